@@ -1,0 +1,315 @@
+//! The HDF5 bottleneck cache: one file per (images, model, output, preprocessing).
+//!
+//! Layout (readable by h5py):
+//! - `/features` [N, D] float32, chunked and resizable along N
+//! - `/paths` [N] UTF-8 strings, the data set's own names for the images
+//! - `/labels` [N, C] int32 (MTFL: gender, smile, glasses, pose in MTFL coding; -1 = unknown)
+//! - `/landmarks` [N, 10] float32 (x1..x5, y1..y5; NaN where the data set has none)
+//! - `/source_index` [N] int64, each row's position in the full image list, so shards of one
+//!   extraction can be merged back into the single-machine order without changing the layout
+//! - `/skipped` [M] strings, `path<TAB>reason` for images that could not be used
+//!
+//! Root attributes name what produced the rows (`model_sha256`, `output`, `preprocess`, `source`,
+//! ...) and how far the extraction got. Rows are appended a batch at a time; a batch counts only
+//! once the file has been flushed and `rows_committed` says so, so a killed run resumes from the
+//! last committed batch and rows past it are dropped.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hdf5::types::VarLenUnicode;
+use ndarray::{Array1, Array2, ArrayView2};
+
+/// Bumped when the layout changes incompatibly.
+pub const FORMAT_VERSION: i64 = 1;
+const CHUNK_ROWS: usize = 64;
+const STRING_CHUNK: usize = 1024;
+
+/// What produced a cache. Two runs may share a file only when all of these are equal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub model_sha256: String,
+    pub output: String,
+    pub preprocess: String,
+    pub source: String,
+    pub label_columns: Vec<String>,
+    pub class_names: Vec<String>,
+    pub shard: Shard,
+}
+
+/// Which part of the image list this file holds: `index` of `count` (0 of 1 = everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Deterministic: image `source_index` belongs to shard `source_index % count`.
+    pub fn contains(&self, source_index: usize) -> bool {
+        source_index % self.count == self.index
+    }
+}
+
+/// One batch of finished rows.
+pub struct Rows<'a> {
+    pub features: &'a [f32],
+    pub paths: Vec<&'a str>,
+    pub labels: Vec<&'a [i32]>,
+    pub landmarks: Vec<Option<[f32; 10]>>,
+    pub source_index: Vec<i64>,
+}
+
+/// An open cache file being written.
+pub struct CacheWriter {
+    path: PathBuf,
+    file: hdf5::File,
+    dim: usize,
+    label_width: usize,
+    rows: usize,
+    next_source: usize,
+    skipped: usize,
+}
+
+/// The identity attributes, as stored.
+const IDENTITY_KEYS: [&str; 4] = ["model_sha256", "output", "preprocess", "source"];
+
+impl CacheWriter {
+    /// Opens `path` to continue it, or creates it. Refuses a file made by another model,
+    /// output, preprocessing or image list, and says which of them differs.
+    pub fn open_or_create(path: &Path, id: &Identity, dim: usize) -> Result<CacheWriter> {
+        if path.exists() {
+            Self::resume(path, id, dim)
+        } else {
+            Self::create(path, id, dim)
+        }
+    }
+
+    fn create(path: &Path, id: &Identity, dim: usize) -> Result<CacheWriter> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        }
+        let file = hdf5::File::create(path).with_context(|| format!("cannot create cache {}", path.display()))?;
+        let width = id.label_columns.len();
+        file.new_dataset::<f32>().chunk((CHUNK_ROWS, dim)).shape((0.., dim)).create("features")?;
+        file.new_dataset::<VarLenUnicode>().chunk(STRING_CHUNK).shape(0..).create("paths")?;
+        file.new_dataset::<i32>().chunk((STRING_CHUNK, width)).shape((0.., width)).create("labels")?;
+        file.new_dataset::<f32>().chunk((STRING_CHUNK, 10)).shape((0.., 10)).create("landmarks")?;
+        file.new_dataset::<i64>().chunk(STRING_CHUNK).shape(0..).create("source_index")?;
+        file.new_dataset::<VarLenUnicode>().chunk(256).shape(0..).create("skipped")?;
+        for (key, value) in IDENTITY_KEYS.iter().zip([&id.model_sha256, &id.output, &id.preprocess, &id.source]) {
+            write_str_attr(&file, key, value)?;
+        }
+        write_str_attr(&file, "label_columns", &id.label_columns.join(","))?;
+        write_str_attr(&file, "class_names", &serde_json::to_string(&id.class_names)?)?;
+        write_str_attr(&file, "created", &chrono::Utc::now().to_rfc3339())?;
+        write_str_attr(&file, "tool_version", &format!("retrain {}", env!("CARGO_PKG_VERSION")))?;
+        for (key, value) in [("format_version", FORMAT_VERSION), ("shard_index", id.shard.index as i64), ("shard_count", id.shard.count as i64)] {
+            file.new_attr::<i64>().create(key)?.write_scalar(&value)?;
+        }
+        for key in ["rows_committed", "next_source_index", "sources_total"] {
+            file.new_attr::<i64>().create(key)?.write_scalar(&0i64)?;
+        }
+        file.flush()?;
+        Ok(CacheWriter { path: path.to_path_buf(), file, dim, label_width: width, rows: 0, next_source: 0, skipped: 0 })
+    }
+
+    fn resume(path: &Path, id: &Identity, dim: usize) -> Result<CacheWriter> {
+        let file = hdf5::File::open_rw(path).with_context(|| format!("cannot open existing cache {} for writing", path.display()))?;
+        check_identity(&file, id, dim).with_context(|| {
+            format!("cache {} was built differently and is not reused; choose another --out or delete it", path.display())
+        })?;
+        let rows = read_i64_attr(&file, "rows_committed")? as usize;
+        let next_source = read_i64_attr(&file, "next_source_index")? as usize;
+        let skipped = file.dataset("skipped")?.shape()[0];
+        let writer = CacheWriter { path: path.to_path_buf(), file, dim, label_width: id.label_columns.len(), rows, next_source, skipped };
+        writer.truncate_uncommitted()?;
+        Ok(writer)
+    }
+
+    /// Drops rows a killed run wrote after its last commit.
+    fn truncate_uncommitted(&self) -> Result<()> {
+        for name in ["features", "labels", "landmarks"] {
+            let ds = self.file.dataset(name)?;
+            let width = ds.shape()[1];
+            if ds.shape()[0] != self.rows {
+                ds.resize((self.rows, width))?;
+            }
+        }
+        for name in ["paths", "source_index"] {
+            let ds = self.file.dataset(name)?;
+            if ds.shape()[0] != self.rows {
+                ds.resize(self.rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows already committed.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// First image (index into the full list) not yet processed.
+    pub fn next_source_index(&self) -> usize {
+        self.next_source
+    }
+
+    pub fn skipped_count(&self) -> usize {
+        self.skipped
+    }
+
+    /// Appends one batch plus the images skipped in it, then commits through `next_source`.
+    pub fn append(&mut self, rows: &Rows, skipped: &[String], next_source: usize, sources_total: usize) -> Result<()> {
+        let n = rows.paths.len();
+        if rows.features.len() != n * self.dim {
+            bail!("batch of {n} rows has {} feature values, expected {} ({n} x {})", rows.features.len(), n * self.dim, self.dim);
+        }
+        let (start, end) = (self.rows, self.rows + n);
+        if n > 0 {
+            self.write_rows(rows, start, end).with_context(|| format!("writing rows {start}..{end} to {}", self.path.display()))?;
+        }
+        if !skipped.is_empty() {
+            let ds = self.file.dataset("skipped")?;
+            let values = skipped.iter().map(|s| to_varlen(s)).collect::<Result<Vec<_>>>()?;
+            ds.resize(self.skipped + values.len())?;
+            ds.write_slice(&values, self.skipped..self.skipped + values.len())?;
+            self.skipped += values.len();
+        }
+        // Data first, then the counters: a kill between the two flushes loses only this batch.
+        self.file.flush()?;
+        self.file.attr("rows_committed")?.write_scalar(&(end as i64))?;
+        self.file.attr("next_source_index")?.write_scalar(&(next_source as i64))?;
+        self.file.attr("sources_total")?.write_scalar(&(sources_total as i64))?;
+        self.file.flush()?;
+        self.rows = end;
+        self.next_source = next_source;
+        Ok(())
+    }
+
+    fn write_rows(&self, rows: &Rows, start: usize, end: usize) -> Result<()> {
+        let n = end - start;
+        let features = ArrayView2::from_shape((n, self.dim), rows.features)?;
+        let labels = Array2::from_shape_fn((n, self.label_width), |(i, j)| rows.labels[i][j]);
+        let landmarks = Array2::from_shape_fn((n, 10), |(i, j)| rows.landmarks[i].map_or(f32::NAN, |l| l[j]));
+        let paths: Vec<VarLenUnicode> = rows.paths.iter().map(|p| to_varlen(p)).collect::<Result<_>>()?;
+        let f = &self.file;
+        f.dataset("features")?.resize((end, self.dim))?;
+        f.dataset("features")?.write_slice(&features, (start..end, ..))?;
+        f.dataset("labels")?.resize((end, self.label_width))?;
+        f.dataset("labels")?.write_slice(&labels, (start..end, ..))?;
+        f.dataset("landmarks")?.resize((end, 10))?;
+        f.dataset("landmarks")?.write_slice(&landmarks, (start..end, ..))?;
+        f.dataset("paths")?.resize(end)?;
+        f.dataset("paths")?.write_slice(&Array1::from(paths), start..end)?;
+        f.dataset("source_index")?.resize(end)?;
+        f.dataset("source_index")?.write_slice(&Array1::from(rows.source_index.clone()), start..end)?;
+        Ok(())
+    }
+}
+
+fn check_identity(file: &hdf5::File, id: &Identity, dim: usize) -> Result<()> {
+    let version = read_i64_attr(file, "format_version")?;
+    if version != FORMAT_VERSION {
+        bail!("format_version is {version}, this retrain writes {FORMAT_VERSION}");
+    }
+    for (key, want) in IDENTITY_KEYS.iter().zip([&id.model_sha256, &id.output, &id.preprocess, &id.source]) {
+        let have = read_str_attr(file, key)?;
+        if &have != want {
+            bail!("{key} differs: the file has '{have}', this run has '{want}'");
+        }
+    }
+    let columns = read_str_attr(file, "label_columns")?;
+    if columns != id.label_columns.join(",") {
+        bail!("label_columns differ: '{columns}' vs '{}'", id.label_columns.join(","));
+    }
+    let shard = Shard { index: read_i64_attr(file, "shard_index")? as usize, count: read_i64_attr(file, "shard_count")? as usize };
+    if shard != id.shard {
+        bail!("the file holds shard {}/{}, this run asks for {}/{}", shard.index, shard.count, id.shard.index, id.shard.count);
+    }
+    let have_dim = file.dataset("features")?.shape()[1];
+    if have_dim != dim {
+        bail!("features are {have_dim} wide, this model's output is {dim}");
+    }
+    Ok(())
+}
+
+fn to_varlen(s: &str) -> Result<VarLenUnicode> {
+    s.parse::<VarLenUnicode>().map_err(|e| anyhow!("cannot store '{s}' as an HDF5 string: {e}"))
+}
+
+pub fn write_str_attr(loc: &hdf5::Location, name: &str, value: &str) -> Result<()> {
+    let v = to_varlen(value)?;
+    loc.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&v)?;
+    Ok(())
+}
+
+pub fn read_str_attr(loc: &hdf5::Location, name: &str) -> Result<String> {
+    let v: VarLenUnicode = loc.attr(name).with_context(|| format!("attribute '{name}' missing"))?.read_scalar()?;
+    Ok(v.as_str().to_string())
+}
+
+pub fn read_i64_attr(loc: &hdf5::Location, name: &str) -> Result<i64> {
+    Ok(loc.attr(name).with_context(|| format!("attribute '{name}' missing"))?.read_scalar()?)
+}
+
+/// Everything a finished cache holds, read back for training, evaluation and tests.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub features: Array2<f32>,
+    pub paths: Vec<String>,
+    pub labels: Array2<i32>,
+    pub landmarks: Array2<f32>,
+    pub source_index: Vec<i64>,
+    pub skipped: Vec<String>,
+    pub label_columns: Vec<String>,
+    pub class_names: Vec<String>,
+    pub model_sha256: String,
+    pub output: String,
+    pub preprocess: String,
+    pub source: String,
+}
+
+impl Cache {
+    /// Reads the committed rows of a cache file.
+    pub fn read(path: &Path) -> Result<Cache> {
+        let file = hdf5::File::open(path).with_context(|| format!("cannot open cache {}", path.display()))?;
+        let read = || -> Result<Cache> {
+            let rows = read_i64_attr(&file, "rows_committed")? as usize;
+            let strings = |name: &str, n: usize| -> Result<Vec<String>> {
+                let v: Array1<VarLenUnicode> = file.dataset(name)?.read_slice_1d(0..n)?;
+                Ok(v.iter().map(|s| s.as_str().to_string()).collect())
+            };
+            let skipped_len = file.dataset("skipped")?.shape()[0];
+            Ok(Cache {
+                features: file.dataset("features")?.read_slice_2d((0..rows, ..))?,
+                paths: strings("paths", rows)?,
+                labels: file.dataset("labels")?.read_slice_2d((0..rows, ..))?,
+                landmarks: file.dataset("landmarks")?.read_slice_2d((0..rows, ..))?,
+                source_index: file.dataset("source_index")?.read_slice_1d::<i64, _>(0..rows)?.to_vec(),
+                skipped: strings("skipped", skipped_len)?,
+                label_columns: read_str_attr(&file, "label_columns")?.split(',').map(str::to_string).collect(),
+                class_names: serde_json::from_str(&read_str_attr(&file, "class_names")?)?,
+                model_sha256: read_str_attr(&file, "model_sha256")?,
+                output: read_str_attr(&file, "output")?,
+                preprocess: read_str_attr(&file, "preprocess")?,
+                source: read_str_attr(&file, "source")?,
+            })
+        };
+        read().with_context(|| format!("cache {} is not a retrain cache or is damaged", path.display()))
+    }
+
+    /// Column of `/labels` for an attribute name such as `smile`.
+    pub fn label_column(&self, attribute: &str) -> Result<usize> {
+        self.label_columns
+            .iter()
+            .position(|c| c == attribute)
+            .ok_or_else(|| anyhow!("attribute '{attribute}' is not in this cache (it has: {})", self.label_columns.join(", ")))
+    }
+}

@@ -1,0 +1,48 @@
+//! Data sets: where images are and what is known about them.
+//!
+//! Two layouts are read: MTFL annotation files and TensorFlow retrain.py-style class folders.
+//! Both yield [`Sample`]s; the rest of the pipeline never looks at the layout again.
+
+pub mod folders;
+pub mod mtfl;
+pub mod split;
+
+use std::path::PathBuf;
+
+/// The four MTFL attributes, in the column order of `/labels` in the cache.
+pub const MTFL_ATTRIBUTES: [&str; 4] = ["gender", "smile", "glasses", "pose"];
+
+/// Value stored for a label that the data set does not give.
+pub const UNKNOWN_LABEL: i32 = -1;
+
+/// One image and what the data set says about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Where to read the image.
+    pub path: PathBuf,
+    /// The name recorded in the cache: the path as the data set spells it, with `/` separators.
+    pub key: String,
+    /// One value per label column of the data set (MTFL: gender, smile, glasses, pose in MTFL coding).
+    pub labels: Vec<i32>,
+    /// x1..x5, y1..y5 (left eye, right eye, nose, left and right mouth corner), when annotated.
+    pub landmarks: Option<[f32; 10]>,
+}
+
+impl Sample {
+    /// The nose landmark (x3, y3), when the sample has landmarks.
+    pub fn nose(&self) -> Option<(f32, f32)> {
+        self.landmarks.map(|l| (l[2], l[7]))
+    }
+}
+
+/// A loaded data set: samples plus the names of its label columns.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Human-readable identity of the source, recorded in the cache (`mtfl:training`, `folders:/x`).
+    pub source: String,
+    /// Names of the label columns, e.g. MTFL's four attributes or `class` for folders.
+    pub label_columns: Vec<String>,
+    /// For class folders: the class names, index = label value.
+    pub class_names: Vec<String>,
+    pub samples: Vec<Sample>,
+}

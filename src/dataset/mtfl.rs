@@ -1,0 +1,108 @@
+//! The MTFL annotation format (training.txt / testing.txt).
+//!
+//! Each line: `path x1..x5 y1..y5 gender smile glasses pose`. The real files have CRLF line
+//! ends, a leading space on most lines, Windows backslash paths in training.txt and blank lines
+//! at the end; all of that is accepted. Anything else is an error naming file and line.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::{Dataset, Sample, MTFL_ATTRIBUTES};
+
+/// Valid codes per attribute: gender 1/2, smile 1/2, glasses 1/2, pose 1..5.
+const LABEL_RANGES: [(i32, i32); 4] = [(1, 2), (1, 2), (1, 2), (1, 5)];
+const COLUMNS: usize = 1 + 10 + 4;
+
+/// Which annotation file of MTFL to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Training,
+    Testing,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Training => "training",
+            Split::Testing => "testing",
+        }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "training" | "train" => Ok(Split::Training),
+            "testing" | "test" => Ok(Split::Testing),
+            _ => bail!("unknown MTFL split '{s}': expected training or testing"),
+        }
+    }
+}
+
+/// Reads `root/<split>.txt`, resolving image paths against `root`.
+pub fn load(root: &Path, split: Split) -> Result<Dataset> {
+    let file = root.join(format!("{}.txt", split.name()));
+    let text = fs::read(&file).with_context(|| {
+        format!("cannot read MTFL annotations {} (is --mtfl the folder holding training.txt and testing.txt?)", file.display())
+    })?;
+    let text = String::from_utf8_lossy(&text);
+    let samples = parse(&text, root).with_context(|| format!("in {}", file.display()))?;
+    Ok(Dataset {
+        source: format!("mtfl:{}", split.name()),
+        label_columns: MTFL_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
+        class_names: Vec::new(),
+        samples,
+    })
+}
+
+/// Parses annotation text; errors carry the 1-based line number.
+pub fn parse(text: &str, root: &Path) -> Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let sample = parse_line(line, root).with_context(|| format!("line {}: '{}'", i + 1, shorten(line)))?;
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
+fn parse_line(line: &str, root: &Path) -> Result<Sample> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() != COLUMNS {
+        bail!("expected {COLUMNS} columns (path, 10 landmark coordinates, gender, smile, glasses, pose), found {}", fields.len());
+    }
+    let key = fields[0].replace('\\', "/");
+    let mut landmarks = [0f32; 10];
+    for (k, field) in fields[1..11].iter().enumerate() {
+        let v: f32 = field.parse().map_err(|_| anyhow::anyhow!("landmark column {} is not a number: '{field}'", k + 2))?;
+        if !v.is_finite() {
+            bail!("landmark column {} is not finite: '{field}'", k + 2);
+        }
+        landmarks[k] = v;
+    }
+    let mut labels = Vec::with_capacity(4);
+    for (k, field) in fields[11..].iter().enumerate() {
+        let (lo, hi) = LABEL_RANGES[k];
+        let name = MTFL_ATTRIBUTES[k];
+        let v: i32 = field.parse().map_err(|_| anyhow::anyhow!("{name} (column {}) is not an integer: '{field}'", k + 12))?;
+        if v < lo || v > hi {
+            bail!("{name} (column {}) has unknown code {v}: expected {lo}..={hi}", k + 12);
+        }
+        labels.push(v);
+    }
+    Ok(Sample { path: root.join(&key), key, labels, landmarks: Some(landmarks) })
+}
+
+fn shorten(line: &str) -> String {
+    const MAX: usize = 80;
+    match line.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_string(),
+    }
+}

@@ -1,0 +1,263 @@
+//! The extraction job: images -> preprocessing (parallel) -> ONNX Runtime -> HDF5 cache.
+//!
+//! Decoding and preprocessing of batch k+1 overlap inference on batch k; a bounded channel
+//! between them keeps memory flat however many images there are. Each batch is committed to
+//! the cache as it finishes, so a killed job resumes at the first uncommitted batch, and since
+//! batches are formed from the image list the same way every time, a resumed run produces the
+//! same rows as an uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::cache::{CacheWriter, Identity, Rows, Shard};
+use crate::dataset::Dataset;
+use crate::model::Model;
+use crate::preprocess::{Crop, Preprocess};
+use crate::progress;
+
+/// What to extract and how.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    pub crop: Crop,
+    pub batch: usize,
+    /// Output file; `None` = a name under `cache_dir` derived from model, output and preprocessing.
+    pub out: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    /// Only the first `limit` images of the list.
+    pub limit: Option<usize>,
+    pub shard: Shard,
+    /// Make an unreadable image fatal instead of skipping it.
+    pub strict: bool,
+    /// Threads decoding and resizing images; `None` = every core.
+    pub decode_threads: Option<usize>,
+    pub show_progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct ExtractSummary {
+    pub out: PathBuf,
+    /// Rows in the file when the run started (resumed work).
+    pub rows_before: usize,
+    pub rows_after: usize,
+    /// Images looked at in this run (written or skipped).
+    pub processed: usize,
+    /// Images skipped in this run, as `path<TAB>reason`.
+    pub skipped: Vec<String>,
+    pub seconds: f64,
+}
+
+impl ExtractSummary {
+    pub fn images_per_second(&self) -> f64 {
+        self.processed as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// A batch ready for the model.
+struct Prepared {
+    tensor: Vec<f32>,
+    good: Vec<usize>,
+    failures: Vec<String>,
+    next_source: usize,
+}
+
+/// Runs the job over `dataset` with `model`.
+pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> Result<ExtractSummary> {
+    if opts.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let preprocess = Preprocess { crop: opts.crop, input: model.input.clone() };
+    let identity = Identity {
+        model_sha256: model.sha256.clone(),
+        output: model.output_name.clone(),
+        preprocess: preprocess.describe(),
+        source: dataset.source.clone(),
+        label_columns: dataset.label_columns.clone(),
+        class_names: dataset.class_names.clone(),
+        shard: opts.shard,
+    };
+    let out = opts.out.clone().unwrap_or_else(|| default_cache_path(&opts.cache_dir, dataset, &identity));
+    let mut writer = CacheWriter::open_or_create(&out, &identity, model.output_dim)?;
+    let total = opts.limit.map_or(dataset.samples.len(), |l| l.min(dataset.samples.len()));
+    let todo: Vec<usize> = (writer.next_source_index()..total).filter(|&i| opts.shard.contains(i)).collect();
+    let rows_before = writer.rows();
+    let started = Instant::now();
+    let bar = progress::bar(todo.len() as u64, "images", opts.show_progress);
+    bar.set_message(format!("extract {}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+
+    let (tx, rx) = sync_channel::<Result<Prepared>>(2);
+    let mut skipped = Vec::new();
+    std::thread::scope(|scope| -> Result<()> {
+        let producer = scope.spawn(|| produce(dataset, &preprocess, &todo, opts, tx));
+        let consumed = consume(dataset, model, &mut writer, rx, &bar, &mut skipped, total, opts.strict);
+        // The producer stops by itself once the receiver is gone.
+        let produced = producer.join().map_err(|_| anyhow::anyhow!("image decoding thread panicked"))?;
+        consumed.and(produced)
+    })?;
+    bar.finish_and_clear();
+    Ok(ExtractSummary {
+        out,
+        rows_before,
+        rows_after: writer.rows(),
+        processed: todo.len(),
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Decodes and preprocesses batches in parallel, in list order, into the channel.
+fn produce(dataset: &Dataset, pre: &Preprocess, todo: &[usize], opts: &ExtractOptions, tx: SyncSender<Result<Prepared>>) -> Result<()> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = opts.decode_threads {
+        pool = pool.num_threads(n);
+    }
+    let pool = pool.thread_name(|i| format!("decode-{i}")).build()?;
+    let filter = pre.input.filter()?;
+    let len = pre.input.image_len();
+    for chunk in todo.chunks(opts.batch) {
+        let mut tensor = vec![0f32; chunk.len() * len];
+        let results: Vec<Result<()>> = pool.install(|| {
+            tensor.par_chunks_mut(len).zip(chunk.par_iter()).map(|(slot, &i)| pre.load_into(&dataset.samples[i], filter, slot)).collect()
+        });
+        let mut good = Vec::with_capacity(chunk.len());
+        let mut failures = Vec::new();
+        for (&i, result) in chunk.iter().zip(results) {
+            match result {
+                Ok(()) => good.push(i),
+                Err(e) => failures.push(format!("{}\t{e:#}", dataset.samples[i].key)),
+            }
+        }
+        compact(&mut tensor, chunk, &good, len);
+        let next_source = chunk.last().map_or(0, |&i| i + 1);
+        if tx.send(Ok(Prepared { tensor, good, failures, next_source })).is_err() {
+            return Ok(()); // the consumer stopped (error or strict failure); it reports why
+        }
+    }
+    Ok(())
+}
+
+/// Moves the slots of good images to the front, in order, and drops the rest.
+fn compact(tensor: &mut Vec<f32>, chunk: &[usize], good: &[usize], len: usize) {
+    if good.len() == chunk.len() {
+        return;
+    }
+    let mut w = 0;
+    for (slot, i) in chunk.iter().enumerate() {
+        if good.contains(i) {
+            tensor.copy_within(slot * len..(slot + 1) * len, w * len);
+            w += 1;
+        }
+    }
+    tensor.truncate(w * len);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn consume(
+    dataset: &Dataset,
+    model: &mut Model,
+    writer: &mut CacheWriter,
+    rx: Receiver<Result<Prepared>>,
+    bar: &indicatif::ProgressBar,
+    skipped: &mut Vec<String>,
+    total: usize,
+    strict: bool,
+) -> Result<()> {
+    for prepared in rx {
+        let Prepared { tensor, mut good, mut failures, next_source } = prepared?;
+        let n_seen = good.len() + failures.len();
+        let mut features = if good.is_empty() { Vec::new() } else { model.run(tensor, good.len())? };
+        drop_non_finite(dataset, model.output_dim, &mut features, &mut good, &mut failures);
+        if strict && !failures.is_empty() {
+            bail!("--strict: {} (nothing of this batch was written; earlier batches are kept)", failures.join("; "));
+        }
+        for f in &failures {
+            bar.suspend(|| eprintln!("skipped {}", f.replace('\t', ": ")));
+        }
+        let rows = Rows {
+            features: &features,
+            paths: good.iter().map(|&i| dataset.samples[i].key.as_str()).collect(),
+            labels: good.iter().map(|&i| dataset.samples[i].labels.as_slice()).collect(),
+            landmarks: good.iter().map(|&i| dataset.samples[i].landmarks).collect(),
+            source_index: good.iter().map(|&i| i as i64).collect(),
+        };
+        writer.append(&rows, &failures, next_source, total)?;
+        skipped.extend(failures);
+        bar.inc(n_seen as u64);
+    }
+    Ok(())
+}
+
+/// Rows whose features contain NaN or Inf are reported like unreadable images, never cached.
+fn drop_non_finite(dataset: &Dataset, dim: usize, features: &mut Vec<f32>, good: &mut Vec<usize>, failures: &mut Vec<String>) {
+    if features.iter().all(|v| v.is_finite()) {
+        return;
+    }
+    let mut kept_features = Vec::with_capacity(features.len());
+    let mut kept = Vec::with_capacity(good.len());
+    for (row, &i) in features.chunks_exact(dim).zip(good.iter()) {
+        if row.iter().all(|v| v.is_finite()) {
+            kept_features.extend_from_slice(row);
+            kept.push(i);
+        } else {
+            failures.push(format!("{}\tmodel output contains NaN or Inf", dataset.samples[i].key));
+        }
+    }
+    *features = kept_features;
+    *good = kept;
+}
+
+/// `cache/<source>-<model sha256 prefix>-<hash of output + preprocessing>[-shardIofN].h5`.
+pub fn default_cache_path(dir: &Path, dataset: &Dataset, id: &Identity) -> PathBuf {
+    let source: String = dataset
+        .source
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or("images")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    let kind = dataset.source.split(':').next().unwrap_or("images");
+    let mut h = Sha256::new();
+    h.update(id.output.as_bytes());
+    h.update([0]);
+    h.update(id.preprocess.as_bytes());
+    let pp = hex::encode(h.finalize());
+    let shard = if id.shard.count > 1 { format!("-shard{}of{}", id.shard.index, id.shard.count) } else { String::new() };
+    let name = if source.starts_with(kind) { source } else { format!("{kind}-{source}") };
+    dir.join(format!("{name}-{}-{}{shard}.h5", &id.model_sha256[..12], &pp[..8]))
+}
+
+/// Short human summary printed at the end of `retrain extract`.
+pub fn report(s: &ExtractSummary) -> String {
+    let mut text = format!(
+        "wrote {} rows to {} ({} were already there); {} images in {:.1} s = {:.2} images/s",
+        s.rows_after - s.rows_before,
+        s.out.display(),
+        s.rows_before,
+        s.processed,
+        s.seconds,
+        s.images_per_second()
+    );
+    if !s.skipped.is_empty() {
+        text.push_str(&format!("\nskipped {} images:", s.skipped.len()));
+        for line in &s.skipped {
+            text.push_str(&format!("\n  {}", line.replace('\t', ": ")));
+        }
+    }
+    text
+}
+
+/// Reads a `--shard I/N` argument.
+pub fn parse_shard(text: &str) -> Result<Shard> {
+    let (i, n) = text.split_once('/').context("--shard takes I/N, e.g. 0/4")?;
+    let shard = Shard { index: i.trim().parse().context("shard index")?, count: n.trim().parse().context("shard count")? };
+    if shard.count == 0 || shard.index >= shard.count {
+        bail!("--shard {text}: need 0 <= I < N");
+    }
+    Ok(shard)
+}

@@ -1,0 +1,158 @@
+//! The `retrain` command line: parses arguments and calls the library, nothing more.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use retrain::cache::{Cache, Shard};
+use retrain::dataset::{self, mtfl, Dataset};
+use retrain::extract::{self, ExtractOptions};
+use retrain::model::Model;
+use retrain::preprocess::Crop;
+use retrain::runtime::{self, Device, SessionConfig};
+
+/// Transfer learning for face attributes on ONNX Runtime: bottleneck extraction, heads, fine-tuning.
+#[derive(Parser)]
+#[command(name = "retrain", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an ONNX backbone over a data set and cache one feature vector per image in HDF5.
+    ///
+    /// Resumes where an earlier run of the same command stopped; refuses a cache built with
+    /// another model, output or preprocessing.
+    Extract(ExtractArgs),
+    /// Summarise a cache file: rows, width, provenance, skipped images.
+    Info {
+        /// The HDF5 cache.
+        cache: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Images {
+    /// MTFL folder (holding training.txt, testing.txt and the images).
+    #[arg(long, requires = "split", conflicts_with = "folders")]
+    mtfl: Option<PathBuf>,
+    /// Which MTFL annotation file to read.
+    #[arg(long, value_parser = ["training", "testing"])]
+    split: Option<String>,
+    /// Class-folder layout instead of MTFL: DIR/<class>/*.jpg.
+    #[arg(long)]
+    folders: Option<PathBuf>,
+}
+
+impl Images {
+    fn load(&self) -> Result<Dataset> {
+        match (&self.mtfl, &self.folders) {
+            (Some(root), None) => mtfl::load(root, self.split.as_deref().unwrap_or("training").parse()?),
+            (None, Some(root)) => dataset::folders::load(root),
+            _ => anyhow::bail!("give either --mtfl DIR --split training|testing, or --folders DIR"),
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExtractArgs {
+    /// The ONNX backbone (its retrain.* metadata or MODEL.onnx.json describe its input).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    images: Images,
+    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    #[arg(long, default_value = "original")]
+    crop: Crop,
+    /// Only the first N images of the list.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output HDF5 file [default: cache/<source>-<model hash>-<preprocessing hash>.h5].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder for default output names.
+    #[arg(long, default_value = "cache")]
+    cache_dir: PathBuf,
+    /// Images per inference call.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// cpu, cuda or cuda:N. CUDA never falls back to CPU.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Intra-op threads for ONNX Runtime [default: every core].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Threads decoding and resizing images [default: every core].
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// Model output to cache [default: the model's `bottleneck`].
+    #[arg(long)]
+    output: Option<String>,
+    /// Process only shard I of N (images whose list position mod N is I), e.g. 0/4.
+    #[arg(long, value_parser = extract::parse_shard)]
+    shard: Option<Shard>,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Extract(args) => run_extract(args),
+        Command::Info { cache } => run_info(&cache),
+    }
+}
+
+fn run_extract(a: ExtractArgs) -> Result<()> {
+    let dataset = a.images.load()?;
+    let config = SessionConfig { intra_threads: a.threads, ..SessionConfig::new(a.device) };
+    let mut model = Model::load(&a.model, &config, a.output.as_deref())?;
+    eprintln!("{}", runtime::describe_provider(&config));
+    eprintln!(
+        "model {} (sha256 {}), output '{}' [{}], {} images from {}",
+        a.model.display(),
+        &model.sha256[..12],
+        model.output_name,
+        model.output_dim,
+        a.limit.map_or(dataset.samples.len(), |l| l.min(dataset.samples.len())),
+        dataset.source
+    );
+    let opts = ExtractOptions {
+        crop: a.crop,
+        batch: a.batch,
+        out: a.out,
+        cache_dir: a.cache_dir,
+        limit: a.limit,
+        shard: a.shard.unwrap_or(Shard::WHOLE),
+        strict: a.strict,
+        decode_threads: a.decode_threads,
+        show_progress: !a.quiet,
+    };
+    let summary = extract::extract(&dataset, &mut model, &opts)?;
+    println!("{}", extract::report(&summary));
+    Ok(())
+}
+
+fn run_info(path: &std::path::Path) -> Result<()> {
+    let c = Cache::read(path).with_context(|| format!("retrain info {}", path.display()))?;
+    println!("{}: {} rows x {} features", path.display(), c.features.nrows(), c.features.ncols());
+    println!("source: {}\nmodel sha256: {}\noutput: {}\npreprocess: {}", c.source, c.model_sha256, c.output, c.preprocess);
+    println!("labels: {}", c.label_columns.join(", "));
+    println!("skipped: {}", c.skipped.len());
+    for s in &c.skipped {
+        println!("  {}", s.replace('\t', ": "));
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! An ONNX backbone and its self-description: input spec, bottleneck output, file hash.
+//!
+//! The input layout, size and scaling come from the model, never from constants here: ONNX
+//! metadata keys `retrain.*` (written by scripts/convert_inception.py), or else a sidecar JSON
+//! `MODEL.onnx.json` with the same keys without the prefix.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::session::Session;
+use sha2::{Digest, Sha256};
+
+use crate::preprocess::{InputSpec, Layout};
+use crate::runtime::{self, SessionConfig};
+
+/// A loaded backbone, ready to run.
+pub struct Model {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub session: Session,
+    pub input_name: String,
+    pub input: InputSpec,
+    /// The output that is cached (`--output`, else `bottleneck` from the description).
+    pub output_name: String,
+    /// Width of that output per image.
+    pub output_dim: usize,
+    /// Every key of the description, for the record.
+    pub description: HashMap<String, String>,
+}
+
+impl Model {
+    /// Loads `path`, reads its description and checks that the input and output fit it.
+    pub fn load(path: &Path, config: &SessionConfig, output: Option<&str>) -> Result<Model> {
+        let sha256 = file_sha256(path)?;
+        let session = runtime::session(path, config)?;
+        let description = read_description(path, &session)?;
+        let get = |k: &str| description.get(k).map(String::as_str);
+        let input = input_spec(&description).with_context(|| format!("model description of {}", path.display()))?;
+        let input_name = get("input_name").map(str::to_string).unwrap_or_else(|| session.inputs()[0].name().to_string());
+        check_input(&session, &input_name, &input).with_context(|| format!("model {}", path.display()))?;
+        let output_name = output.or(get("bottleneck")).map(str::to_string).unwrap_or_else(|| session.outputs()[0].name().to_string());
+        let output_dim = output_width(&session, &output_name).with_context(|| format!("model {}", path.display()))?;
+        Ok(Model { path: path.to_path_buf(), sha256, session, input_name, input, output_name, output_dim, description })
+    }
+
+    /// Runs one batch laid out as `input.batch_shape(n)` and returns `n * output_dim` floats.
+    pub fn run(&mut self, batch: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let shape = self.input.batch_shape(n);
+        let tensor = ort::value::Tensor::from_array((shape, batch)).map_err(|e| anyhow!("{e}"))?;
+        let options = ort::session::RunOptions::new()
+            .map_err(|e| anyhow!("{e}"))?
+            .with_outputs(ort::session::OutputSelector::no_default().with(&self.output_name));
+        let outputs = self
+            .session
+            .run_with_options(ort::inputs![self.input_name.as_str() => tensor], &options)
+            .map_err(|e| anyhow!("running {} on a batch of {n}: {e}", self.path.display()))?;
+        let (out_shape, data) = outputs[self.output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("output {} of {}: {e}", self.output_name, self.path.display()))?;
+        if data.len() != n * self.output_dim {
+            bail!("output {} has shape {:?}, expected [{n}, {}]", self.output_name, &**out_shape, self.output_dim);
+        }
+        Ok(data.to_vec())
+    }
+}
+
+/// Hex SHA-256 of a file, the identity of a model in every cache.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = fs::File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+const METADATA_PREFIX: &str = "retrain.";
+
+/// `retrain.*` ONNX metadata, else the sidecar `MODEL.onnx.json`; error if neither exists.
+fn read_description(path: &Path, session: &Session) -> Result<HashMap<String, String>> {
+    let meta = session.metadata().map_err(|e| anyhow!("{e}"))?;
+    let keys = meta.custom_keys().map_err(|e| anyhow!("{e}"))?;
+    let from_metadata: HashMap<String, String> = keys
+        .iter()
+        .filter_map(|k| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), meta.custom(k)?)))
+        .collect();
+    if !from_metadata.is_empty() {
+        return Ok(from_metadata);
+    }
+    let sidecar = sidecar_path(path);
+    let text = fs::read_to_string(&sidecar).map_err(|_| {
+        anyhow!(
+            "model {} has no retrain.* metadata and no sidecar {}: write one with layout, height, width, mean, std, resize (see README, 'Model description')",
+            path.display(),
+            sidecar.display()
+        )
+    })?;
+    let json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).with_context(|| format!("sidecar {} is not a JSON object", sidecar.display()))?;
+    Ok(json
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
+pub fn sidecar_path(model: &Path) -> PathBuf {
+    let mut s = model.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+/// Builds the [`InputSpec`] from a description's keys.
+pub fn input_spec(d: &HashMap<String, String>) -> Result<InputSpec> {
+    let need = |k: &str| d.get(k).ok_or_else(|| anyhow!("missing key '{k}'"));
+    let layout = match need("layout")?.to_ascii_uppercase().as_str() {
+        "NHWC" => Layout::Nhwc,
+        "NCHW" => Layout::Nchw,
+        other => bail!("layout '{other}' is neither NHWC nor NCHW"),
+    };
+    let dim = |k: &str| -> Result<u32> { need(k)?.parse().with_context(|| format!("key '{k}' is not a positive integer")) };
+    let triple = |k: &str, default: f32| -> Result<[f32; 3]> {
+        let Some(text) = d.get(k) else { return Ok([default; 3]) };
+        let v: Vec<f32> = text.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().with_context(|| format!("key '{k}'='{text}'"))?;
+        match v.as_slice() {
+            [a] => Ok([*a; 3]),
+            [a, b, c] => Ok([*a, *b, *c]),
+            _ => bail!("key '{k}'='{text}' needs 1 or 3 numbers"),
+        }
+    };
+    if d.get("color").is_some_and(|c| !c.eq_ignore_ascii_case("RGB")) {
+        bail!("color '{}' is not supported: only RGB inputs", d["color"]);
+    }
+    let spec = InputSpec {
+        layout,
+        height: dim("height")?,
+        width: dim("width")?,
+        mean: triple("mean", 0.0)?,
+        std: triple("std", 1.0)?,
+        resize: d.get("resize").cloned().unwrap_or_else(|| "bilinear".to_string()),
+    };
+    if spec.std.contains(&0.0) {
+        bail!("key 'std' contains 0");
+    }
+    spec.filter()?;
+    Ok(spec)
+}
+
+fn check_input(session: &Session, name: &str, spec: &InputSpec) -> Result<()> {
+    let input = session
+        .inputs()
+        .iter()
+        .find(|i| i.name() == name)
+        .ok_or_else(|| anyhow!("has no input '{name}' (inputs: {})", names(session.inputs())))?;
+    let shape = input.dtype().tensor_shape().ok_or_else(|| anyhow!("input '{name}' is not a tensor"))?;
+    let expected = spec.batch_shape(1);
+    if shape.len() != 4 {
+        bail!("input '{name}' has rank {} (shape {:?}); expected a 4-d image batch like {:?}", shape.len(), &**shape, expected);
+    }
+    for (axis, (&got, &want)) in shape.iter().zip(expected.iter()).enumerate().skip(1) {
+        if got >= 0 && got as usize != want {
+            bail!("input '{name}' has shape {:?}, but the description asks for {:?} (axis {axis})", &**shape, expected);
+        }
+    }
+    Ok(())
+}
+
+fn output_width(session: &Session, name: &str) -> Result<usize> {
+    let out = session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == name)
+        .ok_or_else(|| anyhow!("has no output '{name}' (outputs: {})", names(session.outputs())))?;
+    let shape = out.dtype().tensor_shape().ok_or_else(|| anyhow!("output '{name}' is not a tensor"))?;
+    let per_image: i64 = shape.iter().skip(1).product();
+    if shape.is_empty() || per_image <= 0 {
+        bail!("output '{name}' has shape {:?}: its per-image size must be static", &**shape);
+    }
+    Ok(per_image as usize)
+}
+
+fn names(outlets: &[ort::value::Outlet]) -> String {
+    outlets.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,195 @@
+//! From an image file to the tensor a model expects.
+//!
+//! Two crops as in the study: the whole image ("original") and a square centred on the nose
+//! landmark ("nose", 150x150 px by default). Then a resize to the model's input size and the
+//! model's own scaling and layout, all taken from [`InputSpec`] (ONNX metadata or a sidecar).
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use image::{imageops::FilterType, DynamicImage, RgbImage};
+
+use crate::dataset::Sample;
+
+/// Memory layout of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Nhwc,
+    Nchw,
+}
+
+/// How to turn pixels into the model's input: value = (pixel / 255 - mean[c]) / std[c].
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub layout: Layout,
+    pub height: u32,
+    pub width: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Resize filter name as recorded: nearest, bilinear, bicubic or lanczos.
+    pub resize: String,
+}
+
+impl InputSpec {
+    pub fn filter(&self) -> Result<FilterType> {
+        match self.resize.as_str() {
+            "nearest" => Ok(FilterType::Nearest),
+            "bilinear" | "triangle" => Ok(FilterType::Triangle),
+            "bicubic" | "catmullrom" => Ok(FilterType::CatmullRom),
+            "lanczos" | "lanczos3" => Ok(FilterType::Lanczos3),
+            other => bail!("unknown resize filter '{other}': expected nearest, bilinear, bicubic or lanczos"),
+        }
+    }
+
+    /// Number of floats one image occupies in the input tensor.
+    pub fn image_len(&self) -> usize {
+        3 * self.height as usize * self.width as usize
+    }
+
+    /// Shape of a batch of `n` images.
+    pub fn batch_shape(&self, n: usize) -> [usize; 4] {
+        let (h, w) = (self.height as usize, self.width as usize);
+        match self.layout {
+            Layout::Nhwc => [n, h, w, 3],
+            Layout::Nchw => [n, 3, h, w],
+        }
+    }
+}
+
+/// Which part of the image the model sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crop {
+    /// The whole image, resized.
+    Original,
+    /// A `size` x `size` square centred on the nose landmark, then resized.
+    Nose { size: u32 },
+}
+
+pub const DEFAULT_NOSE_CROP: u32 = 150;
+
+impl std::str::FromStr for Crop {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "original" => Ok(Crop::Original),
+            "nose" => Ok(Crop::Nose { size: DEFAULT_NOSE_CROP }),
+            _ => match s.strip_prefix("nose:").map(str::parse::<u32>) {
+                Some(Ok(size)) if size > 0 => Ok(Crop::Nose { size }),
+                _ => bail!("unknown crop '{s}': expected original, nose or nose:SIZE"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Crop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Crop::Original => write!(f, "original"),
+            Crop::Nose { size } => write!(f, "nose:{size}"),
+        }
+    }
+}
+
+/// Everything that decides the pixels fed to the model; recorded in every cache it produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub crop: Crop,
+    pub input: InputSpec,
+}
+
+impl Preprocess {
+    /// A readable, complete description: two caches share it only if their inputs are identical.
+    pub fn describe(&self) -> String {
+        let i = &self.input;
+        let layout = match i.layout {
+            Layout::Nhwc => "NHWC",
+            Layout::Nchw => "NCHW",
+        };
+        format!(
+            "crop={} (clamped inside the image); resize={}x{} {} (image crate); color=RGB; layout={}; value=(pixel/255-mean)/std, mean={:?}, std={:?}",
+            self.crop, i.width, i.height, i.resize, layout, i.mean, i.std
+        )
+    }
+
+    /// Decodes, crops, resizes and scales one image into `out` (length `input.image_len()`).
+    pub fn load_into(&self, sample: &Sample, filter: FilterType, out: &mut [f32]) -> Result<()> {
+        let rgb = decode_rgb(&sample.path)?;
+        let rgb = crop(rgb, self.crop, sample)?;
+        let resized = if rgb.dimensions() == (self.input.width, self.input.height) {
+            rgb
+        } else {
+            image::imageops::resize(&rgb, self.input.width, self.input.height, filter)
+        };
+        write_tensor(&resized, &self.input, out);
+        Ok(())
+    }
+}
+
+/// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included).
+pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    let img: DynamicImage = reader.decode().with_context(|| format!("cannot decode image {}", path.display()))?;
+    Ok(img.into_rgb8())
+}
+
+/// The crop window (x, y, width, height) for `crop` on an image of `w` x `h`.
+///
+/// The nose window is shifted to lie inside the image rather than padded, and shrinks to the
+/// image where the image is smaller than the window, so the model never sees invented pixels.
+pub fn crop_window(crop: Crop, w: u32, h: u32, nose: Option<(f32, f32)>) -> Result<(u32, u32, u32, u32)> {
+    let size = match crop {
+        Crop::Original => return Ok((0, 0, w, h)),
+        Crop::Nose { size } => size,
+    };
+    let Some((nx, ny)) = nose else { bail!("crop {crop} needs landmarks, and this sample has none") };
+    if !(0.0..=w as f32).contains(&nx) || !(0.0..=h as f32).contains(&ny) {
+        bail!("nose landmark ({nx}, {ny}) lies outside the {w}x{h} image");
+    }
+    let axis = |centre: f32, extent: u32| -> (u32, u32) {
+        let len = size.min(extent);
+        let start = (centre - len as f32 / 2.0).round().clamp(0.0, (extent - len) as f32) as u32;
+        (start, len)
+    };
+    let (x, cw) = axis(nx, w);
+    let (y, ch) = axis(ny, h);
+    Ok((x, y, cw, ch))
+}
+
+fn crop(rgb: RgbImage, crop: Crop, sample: &Sample) -> Result<RgbImage> {
+    let (w, h) = rgb.dimensions();
+    let (x, y, cw, ch) = crop_window(crop, w, h, sample.nose()).with_context(|| format!("image {}", sample.path.display()))?;
+    if (x, y, cw, ch) == (0, 0, w, h) {
+        return Ok(rgb);
+    }
+    Ok(image::imageops::crop_imm(&rgb, x, y, cw, ch).to_image())
+}
+
+/// Scales pixels and writes them in the model's layout.
+pub fn write_tensor(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) {
+    let (w, h) = (spec.width as usize, spec.height as usize);
+    debug_assert_eq!(out.len(), 3 * w * h);
+    // Precomputed per channel so the inner loop is one multiply-add: (p/255 - m)/s = p*a + b.
+    let a: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * spec.std[c]));
+    let b: [f32; 3] = std::array::from_fn(|c| -spec.mean[c] / spec.std[c]);
+    let raw = img.as_raw();
+    match spec.layout {
+        Layout::Nhwc => {
+            for (i, (o, &p)) in out.iter_mut().zip(raw.iter()).enumerate() {
+                let c = i % 3;
+                *o = p as f32 * a[c] + b[c];
+            }
+        }
+        Layout::Nchw => {
+            let plane = w * h;
+            for (i, px) in raw.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    out[c * plane + i] = px[c] as f32 * a[c] + b[c];
+                }
+            }
+        }
+    }
+}
