@@ -1,0 +1,115 @@
+//! Crop geometry, colour conversion, scaling and layout, and the hash split.
+
+mod common;
+
+use std::process::Command;
+
+use image::{Rgb, RgbImage};
+use retrain::dataset::split::{assign, Subset};
+use retrain::dataset::Sample;
+use retrain::preprocess::{crop_window, decode_rgb, write_tensor, Crop, InputSpec, Layout, Preprocess};
+
+const NOSE: Crop = Crop::Nose { size: 150 };
+
+#[test]
+fn nose_window_is_centred_on_the_nose() {
+    assert_eq!(crop_window(NOSE, 250, 250, Some((125.0, 130.0))).unwrap(), (50, 55, 150, 150));
+    assert_eq!(crop_window(Crop::Original, 250, 250, None).unwrap(), (0, 0, 250, 250));
+}
+
+#[test]
+fn nose_window_is_shifted_inside_the_image() {
+    // Nose near the top-left corner: the window starts at 0 rather than leaving the image.
+    assert_eq!(crop_window(NOSE, 400, 400, Some((20.0, 30.0))).unwrap(), (0, 0, 150, 150));
+    // Near the bottom-right corner: it ends at the border.
+    assert_eq!(crop_window(NOSE, 400, 400, Some((390.0, 399.0))).unwrap(), (250, 250, 150, 150));
+}
+
+#[test]
+fn nose_window_shrinks_to_a_smaller_image() {
+    // 160x216 net_7876 images are narrower than 150 only in neither axis; a 100x120 one is in both.
+    assert_eq!(crop_window(NOSE, 160, 216, Some((80.0, 108.0))).unwrap(), (5, 33, 150, 150));
+    assert_eq!(crop_window(NOSE, 100, 120, Some((50.0, 60.0))).unwrap(), (0, 0, 100, 120));
+    // AFLW test images are exactly 150x150: the crop is the whole image.
+    assert_eq!(crop_window(NOSE, 150, 150, Some((70.0, 90.0))).unwrap(), (0, 0, 150, 150));
+}
+
+#[test]
+fn nose_crop_needs_a_nose_inside_the_image() {
+    let e = crop_window(NOSE, 100, 100, Some((150.0, 50.0))).unwrap_err().to_string();
+    assert!(e.contains("outside") && e.contains("100x100"), "{e}");
+    let e = crop_window(NOSE, 100, 100, None).unwrap_err().to_string();
+    assert!(e.contains("needs landmarks"), "{e}");
+}
+
+fn spec(layout: Layout, w: u32, h: u32) -> InputSpec {
+    InputSpec { layout, height: h, width: w, mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 1.0], resize: "bilinear".into() }
+}
+
+#[test]
+fn scaling_and_layout_follow_the_spec() {
+    let img = RgbImage::from_fn(2, 1, |x, _| if x == 0 { Rgb([255, 0, 51]) } else { Rgb([0, 255, 102]) });
+    let mut nhwc = vec![0f32; 6];
+    write_tensor(&img, &spec(Layout::Nhwc, 2, 1), &mut nhwc);
+    let expect = [1.0, -1.0, 0.2, -1.0, 3.0, 0.4];
+    for (a, b) in nhwc.iter().zip(expect) {
+        assert!((a - b).abs() < 1e-6, "{nhwc:?}");
+    }
+    let mut nchw = vec![0f32; 6];
+    write_tensor(&img, &spec(Layout::Nchw, 2, 1), &mut nchw);
+    let expect = [1.0, -1.0, -1.0, 3.0, 0.2, 0.4];
+    for (a, b) in nchw.iter().zip(expect) {
+        assert!((a - b).abs() < 1e-6, "{nchw:?}");
+    }
+}
+
+#[test]
+fn nose_crop_takes_the_right_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.png");
+    // Pixel value encodes its own coordinates, so the cropped tensor says where it came from.
+    RgbImage::from_fn(20, 20, |x, y| Rgb([x as u8 * 10, y as u8 * 10, 0])).save(&path).unwrap();
+    let mut lm = [0f32; 10];
+    lm[2] = 14.0;
+    lm[7] = 6.0;
+    let sample = Sample { path, key: "x.png".into(), labels: vec![], landmarks: Some(lm) };
+    let pre = Preprocess { crop: Crop::Nose { size: 4 }, input: InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(Layout::Nhwc, 4, 4) } };
+    let mut out = vec![0f32; 48];
+    pre.load_into(&sample, pre.input.filter().unwrap(), &mut out).unwrap();
+    // Window (12, 4, 4, 4): first pixel is (12, 4), last is (15, 7).
+    assert_eq!((out[0] * 255.0).round(), 120.0);
+    assert_eq!((out[1] * 255.0).round(), 40.0);
+    assert_eq!((out[45] * 255.0).round(), 150.0);
+    assert_eq!((out[46] * 255.0).round(), 70.0);
+}
+
+#[test]
+fn grayscale_and_cmyk_jpegs_become_rgb() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = "import sys; from PIL import Image\n\
+                Image.new('L', (8, 6), 200).save(sys.argv[1] + '/gray.jpg')\n\
+                Image.new('CMYK', (8, 6), (0, 255, 255, 0)).save(sys.argv[1] + '/cmyk.jpg')";
+    let ok = Command::new(common::python()).args(["-c", code]).arg(dir.path()).status().unwrap();
+    assert!(ok.success());
+    let gray = decode_rgb(&dir.path().join("gray.jpg")).unwrap();
+    assert_eq!(gray.dimensions(), (8, 6));
+    let p = gray.get_pixel(3, 3).0;
+    assert!(p[0] == p[1] && p[1] == p[2] && (p[0] as i32 - 200).abs() <= 2, "{p:?}");
+    let red = decode_rgb(&dir.path().join("cmyk.jpg")).unwrap().get_pixel(3, 3).0;
+    assert!(red[0] > 200 && red[1] < 60 && red[2] < 60, "CMYK (0,255,255,0) is red, got {red:?}");
+}
+
+#[test]
+fn hash_split_is_stable_and_near_the_percentage() {
+    let names: Vec<String> = (0..4000).map(|i| format!("class/img_{i}.jpg")).collect();
+    let held: Vec<bool> = names.iter().map(|n| assign(n, 7, 10.0) == Subset::Holdout).collect();
+    let share = held.iter().filter(|&&h| h).count() as f64 / names.len() as f64;
+    assert!((0.08..0.12).contains(&share), "hold-out share {share}");
+    // Adding images changes nothing for the old ones: assignment depends on the name alone.
+    assert!(names.iter().zip(&held).all(|(n, &h)| (assign(n, 7, 10.0) == Subset::Holdout) == h));
+    // Another seed gives another split; `_nohash_` variants stay together.
+    assert!(names.iter().any(|n| assign(n, 8, 10.0) != assign(n, 7, 10.0)));
+    assert_eq!(assign("a/pic_nohash_1.jpg", 3, 50.0), assign("b/pic_nohash_2.jpg", 3, 50.0));
+    assert_eq!(assign("x.jpg", 1, 0.0), Subset::Train);
+    assert_eq!(assign("x.jpg", 1, 100.0), Subset::Holdout);
+}
