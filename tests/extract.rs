@@ -335,3 +335,35 @@ fn real_mtfl_nose_crops_carry_labels_and_landmarks() {
     assert!(c.preprocess.contains("crop=nose:150"));
     assert_eq!(c.source, "mtfl:training");
 }
+
+#[test]
+fn cuda_never_falls_back_to_cpu_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    folder_dataset(&img, &["a"], 2);
+    let out = dir.path().join("c.h5");
+    let model = test_model("tiny_cnn.onnx");
+    let cpu_lib = repo().join(".ort/cpu").join(retrain::runtime::ORT_LIBRARY);
+    let o = Command::new(env!("CARGO_BIN_EXE_retrain"))
+        .args(["extract", "--quiet", "--device", "cuda", "--model"])
+        .arg(&model)
+        .arg("--folders")
+        .arg(&img)
+        .arg("--out")
+        .arg(&out)
+        .env("ORT_DYLIB_PATH", &cpu_lib)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("CUDA execution provider"), "{}", stderr(&o));
+    assert!(!out.exists(), "nothing may be written when the requested device is unavailable");
+    let o = Command::new(env!("CARGO_BIN_EXE_retrain"))
+        .args(["extract", "--model"])
+        .arg(&model)
+        .arg("--folders")
+        .arg(&img)
+        .env("ORT_DYLIB_PATH", dir.path().join("missing.so"))
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("ORT_DYLIB_PATH") && stderr(&o).contains("missing.so"), "{}", stderr(&o));
+}
