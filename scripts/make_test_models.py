@@ -101,6 +101,39 @@ MODELS = {
                     dict(mean=(0, 0, 0), std=(1, 1, 1), labels=None),
                     False),
 }
+
+
+def write_special_models(out_dir):
+    """Models that exist to go wrong in a known way (issue 6's bad inputs)."""
+    x = helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 8, 8, 3])
+    # nan_on_dark: sqrt(mean pixel value - 0.5) per image, so a dark picture gives NaN.
+    half = helper.make_tensor("half", onnx.TensorProto.FLOAT, [], [0.5])
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Sub", ["mean", "half"], ["centred"]),
+        helper.make_node("Sqrt", ["centred"], ["bottleneck"]),
+    ]
+    y = helper.make_tensor_value_info("bottleneck", onnx.TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph(nodes, "nan_on_dark", [x], [y], [half])
+    fields = retrain_fields(input_name="input", layout="NHWC", height=8, width=8, bottleneck="bottleneck",
+                            source=SOURCE, converter=CONVERTER, mean=(0, 0, 0), std=(1, 1, 1), labels=None)
+    save_special(out_dir / "nan_on_dark.onnx", graph, fields)
+    # flat_input: an input of rank 2, which no image batch fits.
+    x = helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 12])
+    y = helper.make_tensor_value_info("bottleneck", onnx.TensorProto.FLOAT, ["N", 12])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["bottleneck"])], "flat_input", [x], [y])
+    save_special(out_dir / "flat_input.onnx", graph, fields)
+
+
+def save_special(path, graph, fields):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name=CONVERTER)
+    model.ir_version = 8
+    helper.set_model_props(model, metadata_props(fields))
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
 NOT_A_MODEL = b"this is not an ONNX model\n\x00\x01\x02\x03\xfe\xff"
 
 
@@ -142,6 +175,7 @@ def main(argv=None):
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, (seed, settings, extra, as_metadata) in MODELS.items():
         smoke_test(*write_model(args.out_dir, name, seed, settings, extra, as_metadata))
+    write_special_models(args.out_dir)
     garbage = args.out_dir / "not_a_model.onnx"
     garbage.write_bytes(NOT_A_MODEL)
     print(f"wrote {garbage} ({len(NOT_A_MODEL)} bytes)")

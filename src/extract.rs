@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{CacheWriter, Identity, Rows, Shard};
+use crate::cache::{CacheWriter, Identity, Rows, Shard, Skip};
 use crate::dataset::Dataset;
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
@@ -62,7 +62,7 @@ impl ExtractSummary {
 struct Prepared {
     tensor: Vec<f32>,
     good: Vec<usize>,
-    failures: Vec<String>,
+    failures: Vec<Skip>,
     next_source: usize,
 }
 
@@ -81,9 +81,13 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
         class_names: dataset.class_names.clone(),
         shard: opts.shard,
     };
+    if opts.strict && !dataset.problems.is_empty() {
+        bail!("--strict: the image list has unusable entries:\n  {}", dataset.problems.join("\n  "));
+    }
     let out = opts.out.clone().unwrap_or_else(|| default_cache_path(&opts.cache_dir, dataset, &identity));
     let mut writer = CacheWriter::open_or_create(&out, &identity, model.output_dim)?;
     let total = opts.limit.map_or(dataset.samples.len(), |l| l.min(dataset.samples.len()));
+    let mut skipped = record_listing_problems(dataset, &mut writer, total)?;
     let todo: Vec<usize> = (writer.next_source_index()..total).filter(|&i| opts.shard.contains(i)).collect();
     let rows_before = writer.rows();
     let started = Instant::now();
@@ -91,7 +95,6 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
     bar.set_message(format!("extract {}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
 
     let (tx, rx) = sync_channel::<Result<Prepared>>(2);
-    let mut skipped = Vec::new();
     std::thread::scope(|scope| -> Result<()> {
         let producer = scope.spawn(|| produce(dataset, &preprocess, &todo, opts, tx));
         let consumed = consume(dataset, model, &mut writer, rx, &bar, &mut skipped, total, opts.strict);
@@ -108,6 +111,20 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Reports unusable lines of the image list; a new cache also records them in `/skipped`.
+fn record_listing_problems(dataset: &Dataset, writer: &mut CacheWriter, total: usize) -> Result<Vec<String>> {
+    for p in &dataset.problems {
+        eprintln!("skipped {p}");
+    }
+    let fresh = writer.rows() == 0 && writer.next_source_index() == 0 && writer.skipped_count() == 0;
+    if !fresh || dataset.problems.is_empty() {
+        return Ok(Vec::new());
+    }
+    let skips: Vec<Skip> = dataset.problems.iter().map(|p| Skip { source_index: -1, text: p.replacen(": ", "\t", 1) }).collect();
+    writer.append(&Rows::NONE, &skips, 0, total)?;
+    Ok(skips.into_iter().map(|s| s.text).collect())
 }
 
 /// Decodes and preprocesses batches in parallel, in list order, into the channel.
@@ -129,7 +146,7 @@ fn produce(dataset: &Dataset, pre: &Preprocess, todo: &[usize], opts: &ExtractOp
         for (&i, result) in chunk.iter().zip(results) {
             match result {
                 Ok(()) => good.push(i),
-                Err(e) => failures.push(format!("{}\t{e:#}", dataset.samples[i].key)),
+                Err(e) => failures.push(Skip { source_index: i as i64, text: format!("{}\t{e:#}", dataset.samples[i].key) }),
             }
         }
         compact(&mut tensor, chunk, &good, len);
@@ -172,11 +189,13 @@ fn consume(
         let n_seen = good.len() + failures.len();
         let mut features = if good.is_empty() { Vec::new() } else { model.run(tensor, good.len())? };
         drop_non_finite(dataset, model.output_dim, &mut features, &mut good, &mut failures);
+        failures.sort_by_key(|f| f.source_index); // list order, as a merge of shards restores it
         if strict && !failures.is_empty() {
-            bail!("--strict: {} (nothing of this batch was written; earlier batches are kept)", failures.join("; "));
+            let what: Vec<&str> = failures.iter().map(|f| f.text.as_str()).collect();
+            bail!("--strict: {} (nothing of this batch was written; earlier batches are kept)", what.join("; "));
         }
         for f in &failures {
-            bar.suspend(|| eprintln!("skipped {}", f.replace('\t', ": ")));
+            bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
         }
         let rows = Rows {
             features: &features,
@@ -186,14 +205,14 @@ fn consume(
             source_index: good.iter().map(|&i| i as i64).collect(),
         };
         writer.append(&rows, &failures, next_source, total)?;
-        skipped.extend(failures);
+        skipped.extend(failures.into_iter().map(|f| f.text));
         bar.inc(n_seen as u64);
     }
     Ok(())
 }
 
 /// Rows whose features contain NaN or Inf are reported like unreadable images, never cached.
-fn drop_non_finite(dataset: &Dataset, dim: usize, features: &mut Vec<f32>, good: &mut Vec<usize>, failures: &mut Vec<String>) {
+fn drop_non_finite(dataset: &Dataset, dim: usize, features: &mut Vec<f32>, good: &mut Vec<usize>, failures: &mut Vec<Skip>) {
     if features.iter().all(|v| v.is_finite()) {
         return;
     }
@@ -204,7 +223,7 @@ fn drop_non_finite(dataset: &Dataset, dim: usize, features: &mut Vec<f32>, good:
             kept_features.extend_from_slice(row);
             kept.push(i);
         } else {
-            failures.push(format!("{}\tmodel output contains NaN or Inf", dataset.samples[i].key));
+            failures.push(Skip { source_index: i as i64, text: format!("{}\tmodel output contains NaN or Inf", dataset.samples[i].key) });
         }
     }
     *features = kept_features;
@@ -252,12 +271,33 @@ pub fn report(s: &ExtractSummary) -> String {
     text
 }
 
-/// Reads a `--shard I/N` argument.
+/// Reads `--shard I/N`, or `auto` / `auto/N` from a cluster scheduler's environment:
+/// Slurm job arrays (`SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT`)
+/// or Kubernetes Indexed Jobs (`JOB_COMPLETION_INDEX`, with the count given as `auto/N`).
 pub fn parse_shard(text: &str) -> Result<Shard> {
-    let (i, n) = text.split_once('/').context("--shard takes I/N, e.g. 0/4")?;
-    let shard = Shard { index: i.trim().parse().context("shard index")?, count: n.trim().parse().context("shard count")? };
+    parse_shard_with(text, |k| std::env::var(k).ok())
+}
+
+pub fn parse_shard_with(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Shard> {
+    let (i, n) = text.split_once('/').unwrap_or((text, ""));
+    let number = |what: &str, v: &str| -> Result<usize> { v.trim().parse().with_context(|| format!("--shard {text}: {what} '{v}' is not a number")) };
+    let shard = if i == "auto" {
+        let count = if n.is_empty() { env("SLURM_ARRAY_TASK_COUNT") } else { Some(n.to_string()) }
+            .context("--shard auto: SLURM_ARRAY_TASK_COUNT is not set; give the count as auto/N")?;
+        let index = match (env("SLURM_ARRAY_TASK_ID"), env("JOB_COMPLETION_INDEX")) {
+            (Some(id), _) => number("SLURM_ARRAY_TASK_ID", &id)? - env("SLURM_ARRAY_TASK_MIN").map_or(Ok(0), |m| number("SLURM_ARRAY_TASK_MIN", &m))?,
+            (None, Some(k)) => number("JOB_COMPLETION_INDEX", &k)?,
+            (None, None) => bail!("--shard auto: neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set"),
+        };
+        Shard { index, count: number("shard count", &count)? }
+    } else {
+        if n.is_empty() {
+            bail!("--shard takes I/N (e.g. 0/4), auto or auto/N");
+        }
+        Shard { index: number("shard index", i)?, count: number("shard count", n)? }
+    };
     if shard.count == 0 || shard.index >= shard.count {
-        bail!("--shard {text}: need 0 <= I < N");
+        bail!("--shard {text}: need 0 <= index < count, got {}/{}", shard.index, shard.count);
     }
     Ok(shard)
 }

@@ -26,10 +26,26 @@ enum Command {
     /// Resumes where an earlier run of the same command stopped; refuses a cache built with
     /// another model, output or preprocessing.
     Extract(ExtractArgs),
+    /// Inspect or combine cache files.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
     /// Summarise a cache file: rows, width, provenance, skipped images.
     Info {
         /// The HDF5 cache.
         cache: PathBuf,
+    },
+    /// Join the shard files of one extraction (`extract --shard I/N`) into one cache, in list order.
+    Merge {
+        /// Every shard file, 0/N .. N-1/N, in any order.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        /// The merged cache (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -90,7 +106,8 @@ struct ExtractArgs {
     /// Model output to cache [default: the model's `bottleneck`].
     #[arg(long)]
     output: Option<String>,
-    /// Process only shard I of N (images whose list position mod N is I), e.g. 0/4.
+    /// Process only shard I of N (images whose list position mod N is I), e.g. 0/4; `auto` or
+    /// `auto/N` take I (and N) from SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX.
     #[arg(long, value_parser = extract::parse_shard)]
     shard: Option<Shard>,
     /// Stop at the first unreadable image instead of skipping it.
@@ -111,7 +128,11 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Extract(args) => run_extract(args),
-        Command::Info { cache } => run_info(&cache),
+        Command::Cache(CacheCommand::Info { cache }) => run_info(&cache),
+        Command::Cache(CacheCommand::Merge { shards, out }) => {
+            println!("{}", retrain::cache::merge_command(&shards, &out)?);
+            Ok(())
+        }
     }
 }
 
@@ -146,10 +167,11 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
 }
 
 fn run_info(path: &std::path::Path) -> Result<()> {
-    let c = Cache::read(path).with_context(|| format!("retrain info {}", path.display()))?;
+    let c = Cache::read(path).with_context(|| format!("retrain cache info {}", path.display()))?;
     println!("{}: {} rows x {} features", path.display(), c.features.nrows(), c.features.ncols());
     println!("source: {}\nmodel sha256: {}\noutput: {}\npreprocess: {}", c.source, c.model_sha256, c.output, c.preprocess);
     println!("labels: {}", c.label_columns.join(", "));
+    println!("shard: {}/{}; images {} of {} done{}", c.shard.index, c.shard.count, c.next_source_index, c.sources_total, if c.is_complete() { "" } else { " (unfinished: run the same extract again)" });
     println!("skipped: {}", c.skipped.len());
     for s in &c.skipped {
         println!("  {}", s.replace('\t', ": "));

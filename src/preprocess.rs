@@ -126,13 +126,30 @@ impl Preprocess {
     }
 }
 
+/// Largest side and decoder allocation accepted: a face photo is far below both, while a
+/// "decompression bomb" (a small file declaring a huge image) is refused before it allocates.
+pub const MAX_SIDE: u32 = 16_384;
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+
 /// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included).
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?;
-    let img: DynamicImage = reader.decode().with_context(|| format!("cannot decode image {}", path.display()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img: DynamicImage = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => anyhow::anyhow!(
+            "image {} is too large to decode safely ({e}; limits {MAX_SIDE}x{MAX_SIDE} px, {} MiB): a decompression bomb?",
+            path.display(),
+            MAX_DECODE_BYTES >> 20
+        ),
+        other => anyhow::Error::new(other).context(format!("cannot decode image {}", path.display())),
+    })?;
     Ok(img.into_rgb8())
 }
 

@@ -5,24 +5,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{folder_dataset, h5py_eval, repo, retrain, stderr, test_model};
+use common::{extract_folders, folder_dataset, h5py_eval, repo, retrain, same_rows, stderr, test_model};
 use retrain::cache::Cache;
 use retrain::model::Model;
 use retrain::runtime::{Device, SessionConfig};
 
 fn cpu() -> SessionConfig {
     SessionConfig { intra_threads: Some(1), ..SessionConfig::new(Device::Cpu) }
-}
-
-fn extract_folders(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let model = test_model("tiny_cnn.onnx");
-    let mut args = vec!["extract", "--quiet", "--model", model.to_str().unwrap(), "--folders", root.to_str().unwrap()];
-    args.extend(["--out", out.to_str().unwrap()]);
-    if !extra.contains(&"--batch") {
-        args.extend(["--batch", "4"]);
-    }
-    args.extend(extra);
-    retrain(&args)
 }
 
 // ---- .npy for the Python cross-check -------------------------------------------------------
@@ -151,15 +140,6 @@ fn cache_round_trip_matches_the_model_and_reads_in_h5py() {
     }
 }
 
-fn same_rows(a: &Path, b: &Path) {
-    let (a, b) = (Cache::read(a).unwrap(), Cache::read(b).unwrap());
-    assert_eq!(a.paths, b.paths);
-    assert_eq!(a.source_index, b.source_index);
-    assert_eq!(a.labels, b.labels);
-    let bits = |c: &Cache| c.features.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-    assert!(bits(&a) == bits(&b), "feature values differ");
-}
-
 #[test]
 fn a_stopped_run_resumes_without_recomputing() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,50 +157,82 @@ fn a_stopped_run_resumes_without_recomputing() {
     assert!(common::stdout(&extract_folders(&img, &parts, &[])).contains("wrote 0 rows"));
 }
 
-#[test]
-fn sigkill_halfway_then_resume_equals_an_uninterrupted_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("img");
-    // Large enough pictures that the run lasts long enough to be killed in the middle.
+/// 300 pictures large enough that an extraction lasts long enough to be killed in the middle.
+fn slow_dataset(img: &Path) {
     for c in ["x", "y"] {
         std::fs::create_dir_all(img.join(c)).unwrap();
         for i in 0..150u32 {
             common::picture(i, 480, 360).save(img.join(c).join(format!("{i:03}.jpg"))).unwrap();
         }
     }
+}
+
+fn spawn_extract(model: &Path, img: &Path, out: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_retrain"))
+        .args(["extract", "--quiet", "--batch", "4", "--decode-threads", "1", "--model"])
+        .arg(model)
+        .arg("--folders")
+        .arg(img)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigkill_at_many_points_then_resume_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    slow_dataset(&img);
     let whole = dir.path().join("whole.h5");
     assert!(extract_folders(&img, &whole, &[]).status.success());
     let killed = dir.path().join("killed.h5");
     let model = test_model("tiny_cnn.onnx");
-    let mut rows_at_kill = None;
-    for attempt in 0..30 {
-        let _ = std::fs::remove_file(&killed);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_retrain"))
-            .args(["extract", "--quiet", "--batch", "4", "--decode-threads", "1", "--model"])
-            .arg(&model)
-            .arg("--folders")
-            .arg(&img)
-            .arg("--out")
-            .arg(&killed)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(100 + 40 * attempt));
+    // Kill the same extraction again and again at pseudo-random moments, each time resuming it.
+    let mut kill_points = Vec::new();
+    let mut delay = 37u64;
+    for _ in 0..40 {
+        let mut child = spawn_extract(&model, &img, &killed);
+        delay = (delay * 7919 + 13) % 400;
+        std::thread::sleep(std::time::Duration::from_millis(60 + delay));
         child.kill().unwrap(); // SIGKILL, or nothing if it already finished
         child.wait().unwrap();
         let rows = Cache::read(&killed).map(|c| c.paths.len()).unwrap_or(0);
-        if rows > 0 && rows < 300 {
-            rows_at_kill = Some(rows);
+        if rows == 300 {
             break;
         }
+        if rows > 0 {
+            kill_points.push(rows);
+        }
     }
-    let rows = rows_at_kill.expect("no attempt killed the run between its first and last batch");
+    eprintln!("killed at rows {kill_points:?}");
+    assert!(kill_points.len() >= 3, "too few kills landed between the first and last batch: {kill_points:?}");
     let o = extract_folders(&img, &killed, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let resumed = format!("wrote {} rows", 300 - rows);
-    assert!(common::stdout(&o).contains(&resumed) && common::stdout(&o).contains(&format!("({rows} were already there)")), "{}", common::stdout(&o));
     same_rows(&whole, &killed);
+}
+
+#[test]
+fn a_second_process_on_the_same_cache_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    slow_dataset(&img);
+    let out = dir.path().join("busy.h5");
+    let model = test_model("tiny_cnn.onnx");
+    let mut first = spawn_extract(&model, &img, &out);
+    while !out.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let second = extract_folders(&img, &out, &[]);
+    assert!(first.try_wait().unwrap().is_none(), "the first run ended before the second started; make the data set slower");
+    assert!(!second.status.success());
+    assert!(stderr(&second).contains("being written by another retrain process"), "{}", stderr(&second));
+    assert!(first.wait().unwrap().success());
+    let whole = dir.path().join("whole.h5");
+    assert!(extract_folders(&img, &whole, &[]).status.success());
+    same_rows(&whole, &out);
 }
 
 #[test]
@@ -258,59 +270,16 @@ fn default_names_depend_on_model_and_preprocessing() {
     };
     run("original");
     run("nose:20"); // no landmarks in class folders: every image is skipped, and the file says so
-    let names: Vec<PathBuf> = std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
+    let names: Vec<PathBuf> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "h5"))
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     let sha = retrain::model::file_sha256(&model).unwrap();
     assert!(names.iter().all(|n| n.file_name().unwrap().to_string_lossy().contains(&sha[..12])));
     let skipped: usize = names.iter().map(|n| Cache::read(n).unwrap().skipped.len()).sum();
     assert_eq!(skipped, 2);
-}
-
-fn corrupt_dataset(root: &Path) {
-    folder_dataset(root, &["ok"], 9);
-    let bad = root.join("ok");
-    let full = std::fs::read(bad.join("img000.jpg")).unwrap();
-    std::fs::write(bad.join("img003.jpg"), &full[..full.len() / 3]).unwrap(); // truncated
-    std::fs::write(bad.join("img005.jpg"), b"").unwrap(); // zero bytes
-    std::fs::write(bad.join("img007.jpg"), b"this is not a picture\n").unwrap();
-}
-
-#[test]
-fn corrupt_images_are_reported_skipped_and_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("img");
-    corrupt_dataset(&img);
-    let out = dir.path().join("c.h5");
-    let o = extract_folders(&img, &out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report = format!("{}{}", stderr(&o), common::stdout(&o));
-    for name in ["img003.jpg", "img005.jpg", "img007.jpg"] {
-        assert!(report.contains(name), "{name} not reported:\n{report}");
-    }
-    assert!(common::stdout(&o).contains("skipped 3 images"));
-    let c = Cache::read(&out).unwrap();
-    assert_eq!(c.paths.len(), 6);
-    assert!(!c.paths.iter().any(|p| p.contains("img003") || p.contains("img005") || p.contains("img007")));
-    assert_eq!(c.skipped.len(), 3);
-    assert_eq!(c.source_index, vec![0, 1, 2, 4, 6, 8]);
-}
-
-#[test]
-fn strict_makes_a_corrupt_image_fatal_and_keeps_earlier_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("img");
-    corrupt_dataset(&img);
-    let out = dir.path().join("c.h5");
-    let o = extract_folders(&img, &out, &["--strict"]);
-    assert!(!o.status.success());
-    let e = stderr(&o);
-    assert!(e.contains("--strict") && e.contains("img003.jpg"), "{e}");
-    // Batch 0 (images 0..4) holds the first bad image, so nothing was committed yet.
-    assert_eq!(Cache::read(&out).unwrap().paths.len(), 0);
-    let o = extract_folders(&img, &out, &["--strict", "--batch", "2"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("img003.jpg"), "{}", stderr(&o));
-    assert_eq!(Cache::read(&out).unwrap().paths.len(), 2, "the good batch before the bad one is kept");
 }
 
 #[test]

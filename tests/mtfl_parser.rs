@@ -11,7 +11,9 @@ lfw_5590\\Aaron_Guiel_0001.jpg 101.25 150.25 125.25 99.75 139.75 111.25 106.25 1
 
 #[test]
 fn accepts_crlf_leading_spaces_backslashes_and_blank_lines() {
-    let samples = mtfl::parse(GOOD, Path::new("/data/MTFL")).unwrap();
+    let parsed = mtfl::parse(GOOD, Path::new("/data/MTFL"));
+    assert!(parsed.problems.is_empty());
+    let samples = parsed.samples;
     assert_eq!(samples.len(), 2);
     let s = &samples[1];
     assert_eq!(s.key, "lfw_5590/Aaron_Guiel_0001.jpg");
@@ -22,8 +24,13 @@ fn accepts_crlf_leading_spaces_backslashes_and_blank_lines() {
     assert_eq!(s.nose(), Some((125.25, 139.75)));
 }
 
+/// The one problem reported for `text`, after checking that every other line was kept.
 fn error_of(text: &str) -> String {
-    format!("{:#}", mtfl::parse(text, Path::new("/m")).unwrap_err())
+    let parsed = mtfl::parse(text, Path::new("/m"));
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(parsed.problems.len(), 1, "{:?}", parsed.problems);
+    assert_eq!(parsed.samples.len(), lines - 1, "the good lines must be kept");
+    parsed.problems[0].clone()
 }
 
 #[test]
@@ -48,11 +55,12 @@ fn unknown_label_code_names_the_attribute() {
 }
 
 #[test]
-fn load_names_the_file_in_errors() {
+fn load_names_the_file_in_problems_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("testing.txt"), "AFLW/a.jpg 1 2\n").unwrap();
-    let e = format!("{:#}", mtfl::load(dir.path(), Split::Testing).unwrap_err());
-    assert!(e.contains("testing.txt") && e.contains("line 1"), "{e}");
+    std::fs::write(dir.path().join("testing.txt"), "AFLW/a.jpg 1 2\nAFLW/b.jpg 1 2 3 4 5 6 7 8 9 10 1 1 2 3\n").unwrap();
+    let d = mtfl::load(dir.path(), Split::Testing).unwrap();
+    assert_eq!(d.samples.len(), 1);
+    assert!(d.problems[0].contains("testing.txt:line 1") && d.problems[0].contains("found 3"), "{:?}", d.problems);
     let e = format!("{:#}", mtfl::load(dir.path(), Split::Training).unwrap_err());
     assert!(e.contains("training.txt") && e.contains("cannot read"), "{e}");
 }

@@ -32,6 +32,7 @@ pub fn load(root: &Path) -> Result<Dataset> {
         label_columns: vec!["class".to_string()],
         class_names,
         samples,
+        problems: Vec::new(),
     })
 }
 

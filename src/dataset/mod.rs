@@ -45,4 +45,6 @@ pub struct Dataset {
     /// For class folders: the class names, index = label value.
     pub class_names: Vec<String>,
     pub samples: Vec<Sample>,
+    /// Entries of the listing that could not be used (`file:line N: reason`); the rest is kept.
+    pub problems: Vec<String>,
 }

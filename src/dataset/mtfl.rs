@@ -2,7 +2,8 @@
 //!
 //! Each line: `path x1..x5 y1..y5 gender smile glasses pose`. The real files have CRLF line
 //! ends, a leading space on most lines, Windows backslash paths in training.txt and blank lines
-//! at the end; all of that is accepted. Anything else is an error naming file and line.
+//! at the end; all of that is accepted. A malformed line (too few columns, a non-number, an
+//! unknown label code) is reported with file and line and left out; the other lines are kept.
 
 use std::fs;
 use std::path::Path;
@@ -49,27 +50,38 @@ pub fn load(root: &Path, split: Split) -> Result<Dataset> {
         format!("cannot read MTFL annotations {} (is --mtfl the folder holding training.txt and testing.txt?)", file.display())
     })?;
     let text = String::from_utf8_lossy(&text);
-    let samples = parse(&text, root).with_context(|| format!("in {}", file.display()))?;
+    let parsed = parse(&text, root);
+    let problems = parsed.problems.iter().map(|p| format!("{}:{p}", file.display())).collect();
     Ok(Dataset {
         source: format!("mtfl:{}", split.name()),
         label_columns: MTFL_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
         class_names: Vec::new(),
-        samples,
+        samples: parsed.samples,
+        problems,
     })
 }
 
-/// Parses annotation text; errors carry the 1-based line number.
-pub fn parse(text: &str, root: &Path) -> Result<Vec<Sample>> {
-    let mut samples = Vec::new();
+/// The good lines as samples, and one `line N: reason` for each line left out.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub samples: Vec<Sample>,
+    pub problems: Vec<String>,
+}
+
+/// Parses annotation text; problems carry the 1-based line number.
+pub fn parse(text: &str, root: &Path) -> Parsed {
+    let mut parsed = Parsed::default();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let sample = parse_line(line, root).with_context(|| format!("line {}: '{}'", i + 1, shorten(line)))?;
-        samples.push(sample);
+        match parse_line(line, root) {
+            Ok(sample) => parsed.samples.push(sample),
+            Err(e) => parsed.problems.push(format!("line {}: {e:#} in '{}'", i + 1, shorten(line))),
+        }
     }
-    Ok(samples)
+    parsed
 }
 
 fn parse_line(line: &str, root: &Path) -> Result<Sample> {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use image::{Rgb, RgbImage};
+use retrain::cache::Cache;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,4 +84,27 @@ pub fn h5py_eval(file: &Path, exprs: &[&str]) -> String {
     let out = Command::new(python()).arg("-c").arg(code).arg(file).output().expect("run python");
     assert!(out.status.success(), "h5py failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `retrain extract` with the tiny test model over class folders (batch 4 unless `extra` says).
+pub fn extract_folders(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let model = test_model("tiny_cnn.onnx");
+    let mut args = vec!["extract", "--quiet", "--model", model.to_str().unwrap(), "--folders", root.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    if !extra.contains(&"--batch") {
+        args.extend(["--batch", "4"]);
+    }
+    args.extend(extra);
+    retrain(&args)
+}
+
+/// Asserts two caches hold the same rows, feature values compared bit for bit.
+pub fn same_rows(a: &Path, b: &Path) {
+    let (a, b) = (Cache::read(a).unwrap(), Cache::read(b).unwrap());
+    assert_eq!(a.paths, b.paths);
+    assert_eq!(a.source_index, b.source_index);
+    assert_eq!(a.labels, b.labels);
+    assert_eq!((&a.skipped, &a.skipped_index), (&b.skipped, &b.skipped_index));
+    let bits = |c: &Cache| c.features.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    assert!(bits(&a) == bits(&b), "feature values differ");
 }

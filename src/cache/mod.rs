@@ -7,13 +7,22 @@
 //! - `/landmarks` [N, 10] float32 (x1..x5, y1..y5; NaN where the data set has none)
 //! - `/source_index` [N] int64, each row's position in the full image list, so shards of one
 //!   extraction can be merged back into the single-machine order without changing the layout
-//! - `/skipped` [M] strings, `path<TAB>reason` for images that could not be used
+//! - `/skipped` [M] strings, `path<TAB>reason` for images (or list lines) that could not be used,
+//!   and `/skipped_index` [M] int64, their list positions (-1 for a line of the list itself)
 //!
 //! Root attributes name what produced the rows (`model_sha256`, `output`, `preprocess`, `source`,
 //! ...) and how far the extraction got. Rows are appended a batch at a time; a batch counts only
-//! once the file has been flushed and `rows_committed` says so, so a killed run resumes from the
-//! last committed batch and rows past it are dropped.
+//! once the file has been flushed and `rows_committed` / `skipped_committed` say so, so a killed
+//! run resumes from the last committed batch and rows past it are dropped. A lock file
+//! `<cache>.lock` keeps a second process from writing the same cache.
 
+mod merge;
+mod read;
+
+pub use merge::{merge, merge_command};
+pub use read::Cache;
+
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -62,10 +71,23 @@ pub struct Rows<'a> {
     pub source_index: Vec<i64>,
 }
 
-/// An open cache file being written.
+impl Rows<'_> {
+    pub const NONE: Rows<'static> = Rows { features: &[], paths: vec![], labels: vec![], landmarks: vec![], source_index: vec![] };
+}
+
+/// An image (or a line of the image list, `source_index` -1) that could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub source_index: i64,
+    /// `path<TAB>reason`
+    pub text: String,
+}
+
+/// An open cache file being written. Holds `<file>.lock` so that no second process writes it.
 pub struct CacheWriter {
     path: PathBuf,
     file: hdf5::File,
+    _lock: File,
     dim: usize,
     label_width: usize,
     rows: usize,
@@ -75,22 +97,31 @@ pub struct CacheWriter {
 
 /// The identity attributes, as stored.
 const IDENTITY_KEYS: [&str; 4] = ["model_sha256", "output", "preprocess", "source"];
+const ROW_DATASETS: [&str; 5] = ["features", "labels", "landmarks", "paths", "source_index"];
+const SKIP_DATASETS: [&str; 2] = ["skipped", "skipped_index"];
 
 impl CacheWriter {
     /// Opens `path` to continue it, or creates it. Refuses a file made by another model,
     /// output, preprocessing or image list, and says which of them differs.
     pub fn open_or_create(path: &Path, id: &Identity, dim: usize) -> Result<CacheWriter> {
+        let lock = lock(path)?;
         if path.exists() {
-            Self::resume(path, id, dim)
+            Self::resume(path, id, dim, lock)
         } else {
-            Self::create(path, id, dim)
+            Self::create(path, id, dim, lock)
         }
     }
 
-    fn create(path: &Path, id: &Identity, dim: usize) -> Result<CacheWriter> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    /// Creates a new file; refuses to replace an existing one.
+    pub fn create_new(path: &Path, id: &Identity, dim: usize) -> Result<CacheWriter> {
+        let lock = lock(path)?;
+        if path.exists() {
+            bail!("{} exists already; remove it or choose another output", path.display());
         }
+        Self::create(path, id, dim, lock)
+    }
+
+    fn create(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
         let file = hdf5::File::create(path).with_context(|| format!("cannot create cache {}", path.display()))?;
         let width = id.label_columns.len();
         file.new_dataset::<f32>().chunk((CHUNK_ROWS, dim)).shape((0.., dim)).create("features")?;
@@ -99,6 +130,7 @@ impl CacheWriter {
         file.new_dataset::<f32>().chunk((STRING_CHUNK, 10)).shape((0.., 10)).create("landmarks")?;
         file.new_dataset::<i64>().chunk(STRING_CHUNK).shape(0..).create("source_index")?;
         file.new_dataset::<VarLenUnicode>().chunk(256).shape(0..).create("skipped")?;
+        file.new_dataset::<i64>().chunk(256).shape(0..).create("skipped_index")?;
         for (key, value) in IDENTITY_KEYS.iter().zip([&id.model_sha256, &id.output, &id.preprocess, &id.source]) {
             write_str_attr(&file, key, value)?;
         }
@@ -109,39 +141,34 @@ impl CacheWriter {
         for (key, value) in [("format_version", FORMAT_VERSION), ("shard_index", id.shard.index as i64), ("shard_count", id.shard.count as i64)] {
             file.new_attr::<i64>().create(key)?.write_scalar(&value)?;
         }
-        for key in ["rows_committed", "next_source_index", "sources_total"] {
+        for key in ["rows_committed", "skipped_committed", "next_source_index", "sources_total"] {
             file.new_attr::<i64>().create(key)?.write_scalar(&0i64)?;
         }
         file.flush()?;
-        Ok(CacheWriter { path: path.to_path_buf(), file, dim, label_width: width, rows: 0, next_source: 0, skipped: 0 })
+        Ok(CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: width, rows: 0, next_source: 0, skipped: 0 })
     }
 
-    fn resume(path: &Path, id: &Identity, dim: usize) -> Result<CacheWriter> {
+    fn resume(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
         let file = hdf5::File::open_rw(path).with_context(|| format!("cannot open existing cache {} for writing", path.display()))?;
         check_identity(&file, id, dim).with_context(|| {
             format!("cache {} was built differently and is not reused; choose another --out or delete it", path.display())
         })?;
-        let rows = read_i64_attr(&file, "rows_committed")? as usize;
-        let next_source = read_i64_attr(&file, "next_source_index")? as usize;
-        let skipped = file.dataset("skipped")?.shape()[0];
-        let writer = CacheWriter { path: path.to_path_buf(), file, dim, label_width: id.label_columns.len(), rows, next_source, skipped };
+        let count = |key| read_i64_attr(&file, key).map(|v| v as usize);
+        let (rows, next_source, skipped) = (count("rows_committed")?, count("next_source_index")?, count("skipped_committed")?);
+        let writer = CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: id.label_columns.len(), rows, next_source, skipped };
         writer.truncate_uncommitted()?;
         Ok(writer)
     }
 
-    /// Drops rows a killed run wrote after its last commit.
+    /// Drops what a killed run wrote after its last commit.
     fn truncate_uncommitted(&self) -> Result<()> {
-        for name in ["features", "labels", "landmarks"] {
+        let sets = ROW_DATASETS.iter().map(|n| (n, self.rows)).chain(SKIP_DATASETS.iter().map(|n| (n, self.skipped)));
+        for (name, len) in sets {
             let ds = self.file.dataset(name)?;
-            let width = ds.shape()[1];
-            if ds.shape()[0] != self.rows {
-                ds.resize((self.rows, width))?;
-            }
-        }
-        for name in ["paths", "source_index"] {
-            let ds = self.file.dataset(name)?;
-            if ds.shape()[0] != self.rows {
-                ds.resize(self.rows)?;
+            let mut shape = ds.shape();
+            if shape[0] != len {
+                shape[0] = len;
+                ds.resize(shape)?;
             }
         }
         Ok(())
@@ -165,8 +192,8 @@ impl CacheWriter {
         self.skipped
     }
 
-    /// Appends one batch plus the images skipped in it, then commits through `next_source`.
-    pub fn append(&mut self, rows: &Rows, skipped: &[String], next_source: usize, sources_total: usize) -> Result<()> {
+    /// Appends one batch plus what was skipped in it, then commits through `next_source`.
+    pub fn append(&mut self, rows: &Rows, skipped: &[Skip], next_source: usize, sources_total: usize) -> Result<()> {
         let n = rows.paths.len();
         if rows.features.len() != n * self.dim {
             bail!("batch of {n} rows has {} feature values, expected {} ({n} x {})", rows.features.len(), n * self.dim, self.dim);
@@ -175,20 +202,21 @@ impl CacheWriter {
         if n > 0 {
             self.write_rows(rows, start, end).with_context(|| format!("writing rows {start}..{end} to {}", self.path.display()))?;
         }
+        let skipped_end = self.skipped + skipped.len();
         if !skipped.is_empty() {
-            let ds = self.file.dataset("skipped")?;
-            let values = skipped.iter().map(|s| to_varlen(s)).collect::<Result<Vec<_>>>()?;
-            ds.resize(self.skipped + values.len())?;
-            ds.write_slice(&values, self.skipped..self.skipped + values.len())?;
-            self.skipped += values.len();
+            let text = skipped.iter().map(|s| to_varlen(&s.text)).collect::<Result<Vec<_>>>()?;
+            let index: Vec<i64> = skipped.iter().map(|s| s.source_index).collect();
+            self.extend("skipped", Array1::from(text), self.skipped)?;
+            self.extend("skipped_index", Array1::from(index), self.skipped)?;
         }
         // Data first, then the counters: a kill between the two flushes loses only this batch.
         self.file.flush()?;
-        self.file.attr("rows_committed")?.write_scalar(&(end as i64))?;
-        self.file.attr("next_source_index")?.write_scalar(&(next_source as i64))?;
-        self.file.attr("sources_total")?.write_scalar(&(sources_total as i64))?;
+        for (key, value) in [("rows_committed", end), ("skipped_committed", skipped_end), ("next_source_index", next_source), ("sources_total", sources_total)] {
+            self.file.attr(key)?.write_scalar(&(value as i64))?;
+        }
         self.file.flush()?;
         self.rows = end;
+        self.skipped = skipped_end;
         self.next_source = next_source;
         Ok(())
     }
@@ -199,18 +227,53 @@ impl CacheWriter {
         let labels = Array2::from_shape_fn((n, self.label_width), |(i, j)| rows.labels[i][j]);
         let landmarks = Array2::from_shape_fn((n, 10), |(i, j)| rows.landmarks[i].map_or(f32::NAN, |l| l[j]));
         let paths: Vec<VarLenUnicode> = rows.paths.iter().map(|p| to_varlen(p)).collect::<Result<_>>()?;
-        let f = &self.file;
-        f.dataset("features")?.resize((end, self.dim))?;
-        f.dataset("features")?.write_slice(&features, (start..end, ..))?;
-        f.dataset("labels")?.resize((end, self.label_width))?;
-        f.dataset("labels")?.write_slice(&labels, (start..end, ..))?;
-        f.dataset("landmarks")?.resize((end, 10))?;
-        f.dataset("landmarks")?.write_slice(&landmarks, (start..end, ..))?;
-        f.dataset("paths")?.resize(end)?;
-        f.dataset("paths")?.write_slice(&Array1::from(paths), start..end)?;
-        f.dataset("source_index")?.resize(end)?;
-        f.dataset("source_index")?.write_slice(&Array1::from(rows.source_index.clone()), start..end)?;
+        self.extend_rows("features", features, start)?;
+        self.extend_rows("labels", labels.view(), start)?;
+        self.extend_rows("landmarks", landmarks.view(), start)?;
+        self.extend("paths", Array1::from(paths), start)?;
+        self.extend("source_index", Array1::from(rows.source_index.clone()), start)?;
         Ok(())
+    }
+
+    /// Grows 1-d dataset `name` to hold `data` from row `start` on and writes it there.
+    fn extend<T: hdf5::H5Type>(&self, name: &str, data: Array1<T>, start: usize) -> Result<()> {
+        let ds = self.file.dataset(name)?;
+        let end = start + data.len();
+        ds.resize(end)?;
+        ds.write_slice(&data, start..end)?;
+        Ok(())
+    }
+
+    /// The same for a 2-d dataset, whose width stays as it is.
+    fn extend_rows<T: hdf5::H5Type>(&self, name: &str, data: ArrayView2<T>, start: usize) -> Result<()> {
+        let ds = self.file.dataset(name)?;
+        let end = start + data.nrows();
+        ds.resize((end, data.ncols()))?;
+        ds.write_slice(&data, (start..end, ..))?;
+        Ok(())
+    }
+}
+
+/// Takes `<cache>.lock`, so a second process on the same cache refuses instead of interleaving.
+fn lock(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    }
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot create lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "cache {} is being written by another retrain process (it holds {}); wait for it to finish or choose another --out",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
     }
 }
 
@@ -259,57 +322,3 @@ pub fn read_i64_attr(loc: &hdf5::Location, name: &str) -> Result<i64> {
     Ok(loc.attr(name).with_context(|| format!("attribute '{name}' missing"))?.read_scalar()?)
 }
 
-/// Everything a finished cache holds, read back for training, evaluation and tests.
-#[derive(Debug, Clone)]
-pub struct Cache {
-    pub features: Array2<f32>,
-    pub paths: Vec<String>,
-    pub labels: Array2<i32>,
-    pub landmarks: Array2<f32>,
-    pub source_index: Vec<i64>,
-    pub skipped: Vec<String>,
-    pub label_columns: Vec<String>,
-    pub class_names: Vec<String>,
-    pub model_sha256: String,
-    pub output: String,
-    pub preprocess: String,
-    pub source: String,
-}
-
-impl Cache {
-    /// Reads the committed rows of a cache file.
-    pub fn read(path: &Path) -> Result<Cache> {
-        let file = hdf5::File::open(path).with_context(|| format!("cannot open cache {}", path.display()))?;
-        let read = || -> Result<Cache> {
-            let rows = read_i64_attr(&file, "rows_committed")? as usize;
-            let strings = |name: &str, n: usize| -> Result<Vec<String>> {
-                let v: Array1<VarLenUnicode> = file.dataset(name)?.read_slice_1d(0..n)?;
-                Ok(v.iter().map(|s| s.as_str().to_string()).collect())
-            };
-            let skipped_len = file.dataset("skipped")?.shape()[0];
-            Ok(Cache {
-                features: file.dataset("features")?.read_slice_2d((0..rows, ..))?,
-                paths: strings("paths", rows)?,
-                labels: file.dataset("labels")?.read_slice_2d((0..rows, ..))?,
-                landmarks: file.dataset("landmarks")?.read_slice_2d((0..rows, ..))?,
-                source_index: file.dataset("source_index")?.read_slice_1d::<i64, _>(0..rows)?.to_vec(),
-                skipped: strings("skipped", skipped_len)?,
-                label_columns: read_str_attr(&file, "label_columns")?.split(',').map(str::to_string).collect(),
-                class_names: serde_json::from_str(&read_str_attr(&file, "class_names")?)?,
-                model_sha256: read_str_attr(&file, "model_sha256")?,
-                output: read_str_attr(&file, "output")?,
-                preprocess: read_str_attr(&file, "preprocess")?,
-                source: read_str_attr(&file, "source")?,
-            })
-        };
-        read().with_context(|| format!("cache {} is not a retrain cache or is damaged", path.display()))
-    }
-
-    /// Column of `/labels` for an attribute name such as `smile`.
-    pub fn label_column(&self, attribute: &str) -> Result<usize> {
-        self.label_columns
-            .iter()
-            .position(|c| c == attribute)
-            .ok_or_else(|| anyhow!("attribute '{attribute}' is not in this cache (it has: {})", self.label_columns.join(", ")))
-    }
-}

@@ -1,0 +1,93 @@
+//! Reading a cache back: for training, evaluation, merging and tests.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use hdf5::types::VarLenUnicode;
+use ndarray::{Array1, Array2};
+
+use super::{read_i64_attr, read_str_attr, Shard};
+
+/// Everything a finished cache holds, read back for training, evaluation and tests.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub features: Array2<f32>,
+    pub paths: Vec<String>,
+    pub labels: Array2<i32>,
+    pub landmarks: Array2<f32>,
+    pub source_index: Vec<i64>,
+    pub skipped: Vec<String>,
+    pub skipped_index: Vec<i64>,
+    pub label_columns: Vec<String>,
+    pub class_names: Vec<String>,
+    pub model_sha256: String,
+    pub output: String,
+    pub preprocess: String,
+    pub source: String,
+    pub shard: Shard,
+    /// First list position not yet processed, and the length of the list the run worked through.
+    pub next_source_index: usize,
+    pub sources_total: usize,
+}
+
+impl Cache {
+    /// Reads the committed rows of a cache file.
+    pub fn read(path: &Path) -> Result<Cache> {
+        let file = hdf5::File::open(path).with_context(|| format!("cannot open cache {}", path.display()))?;
+        let read = || -> Result<Cache> {
+            let rows = read_i64_attr(&file, "rows_committed")? as usize;
+            let strings = |name: &str, n: usize| -> Result<Vec<String>> {
+                let v: Array1<VarLenUnicode> = file.dataset(name)?.read_slice_1d(0..n)?;
+                Ok(v.iter().map(|s| s.as_str().to_string()).collect())
+            };
+            let skipped_len = read_i64_attr(&file, "skipped_committed")? as usize;
+            Ok(Cache {
+                features: file.dataset("features")?.read_slice_2d((0..rows, ..))?,
+                paths: strings("paths", rows)?,
+                labels: file.dataset("labels")?.read_slice_2d((0..rows, ..))?,
+                landmarks: file.dataset("landmarks")?.read_slice_2d((0..rows, ..))?,
+                source_index: file.dataset("source_index")?.read_slice_1d::<i64, _>(0..rows)?.to_vec(),
+                skipped: strings("skipped", skipped_len)?,
+                skipped_index: file.dataset("skipped_index")?.read_slice_1d::<i64, _>(0..skipped_len)?.to_vec(),
+                label_columns: read_str_attr(&file, "label_columns")?.split(',').map(str::to_string).collect(),
+                class_names: serde_json::from_str(&read_str_attr(&file, "class_names")?)?,
+                model_sha256: read_str_attr(&file, "model_sha256")?,
+                output: read_str_attr(&file, "output")?,
+                preprocess: read_str_attr(&file, "preprocess")?,
+                source: read_str_attr(&file, "source")?,
+                shard: Shard { index: read_i64_attr(&file, "shard_index")? as usize, count: read_i64_attr(&file, "shard_count")? as usize },
+                next_source_index: read_i64_attr(&file, "next_source_index")? as usize,
+                sources_total: read_i64_attr(&file, "sources_total")? as usize,
+            })
+        };
+        read().with_context(|| format!("cache {} is not a retrain cache or is damaged", path.display()))
+    }
+
+    /// Column of `/labels` for an attribute name such as `smile`.
+    pub fn label_column(&self, attribute: &str) -> Result<usize> {
+        self.label_columns
+            .iter()
+            .position(|c| c == attribute)
+            .ok_or_else(|| anyhow!("attribute '{attribute}' is not in this cache (it has: {})", self.label_columns.join(", ")))
+    }
+}
+
+impl Cache {
+    /// The identity a cache was written with, to check that others (shards) match it.
+    pub fn identity(&self) -> super::Identity {
+        super::Identity {
+            model_sha256: self.model_sha256.clone(),
+            output: self.output.clone(),
+            preprocess: self.preprocess.clone(),
+            source: self.source.clone(),
+            label_columns: self.label_columns.clone(),
+            class_names: self.class_names.clone(),
+            shard: self.shard,
+        }
+    }
+
+    /// Whether the run processed every image of its shard.
+    pub fn is_complete(&self) -> bool {
+        (self.next_source_index..self.sources_total).all(|i| !self.shard.contains(i))
+    }
+}
