@@ -26,7 +26,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 pkg-config --exists hdf5 2>/dev/null || [ -e /usr/include/hdf5/serial/hdf5.h ] || need_apt+=(libhdf5-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-if [ "$want_model" = 1 ] && ! command -v npm >/dev/null; then need_apt+=(nodejs npm); fi
+command -v npm >/dev/null || need_apt+=(nodejs npm)  # npm pack fetches the nsfwjs weights
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   as_root apt-get update -qq
