@@ -147,16 +147,17 @@ impl Artifacts {
     pub fn check_train_step(&self, session: &Session) -> Result<()> {
         let m = &self.manifest;
         let what = "train_step.onnx";
-        let image_shape = declared_shape(session, &m.image.input, true).with_context(|| what)?;
-        if image_shape.first() != Some(&(m.batch as i64)) {
-            bail!("{what}: input '{}' has shape {image_shape:?}; its batch must be the manifest's {}", m.image.input, m.batch);
-        }
         for (name, shape) in [(&m.inputs.labels, vec![m.batch]), (&m.inputs.weights, vec![m.batch]), (&m.inputs.lr, vec![]), (&m.inputs.step, vec![])] {
             expect_shape(session, name, &shape, true).with_context(|| what)?;
         }
         for mask in &m.dropout_masks {
             expect_shape(session, &mask.input, &mask.shape, true).with_context(|| what)?;
         }
+        let image_shape = declared_shape(session, &m.image.input, true).with_context(|| what)?;
+        if image_shape.first() != Some(&(m.batch as i64)) {
+            bail!("{what}: input '{}' has shape {image_shape:?}; its batch must be the manifest's {}", m.image.input, m.batch);
+        }
+
         for s in &m.state {
             expect_shape(session, &s.input, &s.shape, true).with_context(|| what)?;
             expect_shape(session, &s.output, &s.shape, false).with_context(|| what)?;

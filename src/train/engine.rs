@@ -50,8 +50,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads and checks both graphs, then uploads `start`'s tensors to the device.
-    pub fn new(artifacts: Artifacts, config: &SessionConfig, start: &Checkpoint) -> Result<Engine> {
+    /// Loads both graphs and checks them against the manifest; [`Engine::load`] then puts a
+    /// checkpoint's tensors on the device.
+    pub fn new(artifacts: Artifacts, config: &SessionConfig) -> Result<Engine> {
         let step_session = runtime::session(&artifacts.verified_file("train_step")?, config)?;
         artifacts.check_train_step(&step_session)?;
         let eval_session = runtime::session(&artifacts.verified_file("eval")?, config)?;
@@ -64,7 +65,7 @@ impl Engine {
         let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?;
         let step_binding = step_session.create_binding().map_err(ort_err)?;
         let eval_binding = eval_session.create_binding().map_err(ort_err)?;
-        let mut engine = Engine {
+        Ok(Engine {
             artifacts,
             device: config.device,
             step_session,
@@ -75,9 +76,7 @@ impl Engine {
             host,
             buffers: [Vec::new(), Vec::new()],
             current: 0,
-        };
-        engine.load(start)?;
-        Ok(engine)
+        })
     }
 
     /// Replaces the device state by a checkpoint's tensors (shapes checked by the caller).

@@ -88,6 +88,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         bail!("--batch {b}: the artifacts in {} were made for batch {} (the train graph has a fixed batch); \
                regenerate them with scripts/make_artifacts.py --batch {b}", artifacts.dir.display(), m.batch);
     }
+    let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
+    let mut engine = Engine::new(artifacts.clone(), &config)?;
     let start_path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&m.checkpoint));
     let mut start = Checkpoint::read(&start_path)?;
     start.check_fits(&artifacts, &start_path)?;
@@ -103,8 +105,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
 
     let sets = load_sets(opts, &artifacts, start.seed)?;
-    let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
-    let mut engine = Engine::new(artifacts.clone(), &config, &start)?;
+    engine.load(&start)?;
     eprintln!("{}", runtime::describe_provider(&config));
     eprintln!(
         "training {} on {} train / {} validation images ({} test), batch {}, {} lr {}, seed {}, from epoch {}",
