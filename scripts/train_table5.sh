@@ -28,6 +28,7 @@ while [ $# -gt 0 ]; do
 done
 [ -x target/release/retrain ] || cargo build --release
 py=.venv/bin/python
+[ -x "$py" ] || py=python3   # a GPU box may lack .venv: artifacts made elsewhere travel in artifacts/
 
 run() {  # $1 network, $2 attribute, $3 epochs, $4 crop
   local net=$1 attr=$2 epochs=$3 crop=$4
@@ -39,9 +40,9 @@ run() {  # $1 network, $2 attribute, $3 epochs, $4 crop
   target/release/retrain train --artifacts "$art" --mtfl "$mtfl" --attribute "$attr" --crop "$crop" \
     --epochs "$epochs" --lr 1e-4 --device "$device" --out "$out" "${resume[@]}" "${extra[@]}"
   local acc
-  acc=$($py -c "import json;print(json.load(open('$out/result.json'))['test_accuracy'])")
+  acc=$(sed -n 's/.*"test_accuracy": \([0-9.]*\).*/\1/p' "$out/result.json")
   $py scripts/plot_history.py "$out/history.csv" "$out/curves.png" --test-accuracy "$acc" \
-    --title "$net on MTFL $attr (lr 1e-4, batch $batch, $device)"
+    --title "$net on MTFL $attr (lr 1e-4, batch $batch, $device)" || echo "(no PNG: matplotlib missing)"
   echo "== $net $attr: test accuracy $acc, $epochs epochs, wall time $((SECONDS - t0)) s on $device"
 }
 
