@@ -63,10 +63,6 @@ impl StateEntry {
     pub fn is_param(&self) -> bool {
         self.kind == "param"
     }
-
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
 }
 
 /// manifest.json, as scripts/make_artifacts.py writes it.
