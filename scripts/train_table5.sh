@@ -6,13 +6,14 @@
 # result.json,model.onnx,best.h5,last.h5}. Re-running resumes from last.h5.
 #
 #   scripts/train_table5.sh --device cuda [--mtfl ../shared/datasets/MTFL] [--only tcdcn|cascade]
-#       [--tcdcn-epochs 45] [--cascade-epochs 125] [--batch 64] [--threads N]
+#       [--tcdcn-epochs 45] [--cascade-epochs 125] [--batch 64] [--threads N] [--runs runs/table5]
 # On a GPU machine: ORT_DYLIB_PATH=.../libonnxruntime.so.1.31.1 (from onnxruntime-gpu) or
 # scripts/setup.sh --gpu first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 device=cpu; mtfl=../shared/datasets/MTFL; only=all; tcdcn_epochs=45; cascade_epochs=125; batch=64
+runs=runs/table5
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,6 +23,7 @@ while [ $# -gt 0 ]; do
     --tcdcn-epochs) tcdcn_epochs=$2; shift 2 ;;
     --cascade-epochs) cascade_epochs=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
     --threads) extra+=(--threads "$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -32,7 +34,7 @@ py=.venv/bin/python
 
 run() {  # $1 network, $2 attribute, $3 epochs, $4 crop
   local net=$1 attr=$2 epochs=$3 crop=$4
-  local art=artifacts/$net-adam-b$batch out=runs/table5/$net
+  local art=artifacts/$net-adam-b$batch out=$runs/$net
   [ -f "$art/manifest.json" ] || $py scripts/make_artifacts.py "onnx/$net.onnx" --out "$art" --batch "$batch" --optimizer adam
   local resume=()
   [ -f "$out/last.h5" ] && resume=(--resume "$out/last.h5")
