@@ -33,7 +33,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnx, onnxruntime, h5py, sklearn, PIL, onnx_ad" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnx, onnxruntime, h5py, sklearn, PIL, onnx_ad, matplotlib" 2>/dev/null; then
   echo "setup: python venv .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip

@@ -1,7 +1,7 @@
 //! retrain: transfer learning for face attributes on ONNX Runtime.
 //!
 //! Data flows one way: [`dataset`] -> [`preprocess`] -> [`runtime`]/[`model`] -> [`cache`]
-//! -> heads / fine-tuning -> metrics -> export. [`extract`] is the job that joins the first four.
+//! -> heads / fine-tuning ([`train`]) -> metrics -> export. [`extract`] is the job that joins the first four.
 
 pub mod cache;
 pub mod dataset;
@@ -10,6 +10,7 @@ pub mod model;
 pub mod preprocess;
 pub mod progress;
 pub mod runtime;
+pub mod train;
 
 /// The version recorded in every file retrain writes.
 pub fn version() -> &'static str {

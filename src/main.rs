@@ -10,6 +10,7 @@ use retrain::extract::{self, ExtractOptions};
 use retrain::model::Model;
 use retrain::preprocess::Crop;
 use retrain::runtime::{self, Device, SessionConfig};
+use retrain::train::{self, TrainOptions};
 
 /// Transfer learning for face attributes on ONNX Runtime: bottleneck extraction, heads, fine-tuning.
 #[derive(Parser)]
@@ -26,6 +27,12 @@ enum Command {
     /// Resumes where an earlier run of the same command stopped; refuses a cache built with
     /// another model, output or preprocessing.
     Extract(ExtractArgs),
+    /// Train a network through training artifacts (scripts/make_artifacts.py) on MTFL.
+    ///
+    /// Holds out 20% of the training list for validation, prints a line per epoch, keeps
+    /// OUT/last.h5 (resume with --resume) and OUT/best.h5, then reports the test accuracy of
+    /// the best epoch and writes its weights into OUT/model.onnx.
+    Train(TrainArgs),
     /// Inspect or combine cache files.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -118,6 +125,55 @@ struct ExtractArgs {
     quiet: bool,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    /// Training-artifacts folder (manifest.json, train_step.onnx, eval.onnx, init.h5).
+    #[arg(long)]
+    artifacts: PathBuf,
+    /// MTFL folder (holding training.txt, testing.txt and the images).
+    #[arg(long)]
+    mtfl: PathBuf,
+    /// gender, smile, glasses or pose.
+    #[arg(long)]
+    attribute: String,
+    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    #[arg(long, default_value = "original")]
+    crop: Crop,
+    /// Train until this many epochs are complete.
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    /// Batch size; must be the one the artifacts were made for [default: theirs].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// cpu, cuda or cuda:N. CUDA never falls back to CPU; parameters stay on the GPU.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Intra-op threads for ONNX Runtime [default: every core].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder: checkpoints, history.csv, result.json, model.onnx.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Seed of the hold-out split, the shuffling and the dropout masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from a checkpoint (OUT/last.h5) of the same artifacts.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Only the first N images of each MTFL list.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Images per eval-graph call.
+    #[arg(long, default_value_t = 256)]
+    eval_batch: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -128,6 +184,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Extract(args) => run_extract(args),
+        Command::Train(args) => run_train(args),
         Command::Cache(CacheCommand::Info { cache }) => run_info(&cache),
         Command::Cache(CacheCommand::Merge { shards, out }) => {
             println!("{}", retrain::cache::merge_command(&shards, &out)?);
@@ -163,6 +220,29 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
     };
     let summary = extract::extract(&dataset, &mut model, &opts)?;
     println!("{}", extract::report(&summary));
+    Ok(())
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let opts = TrainOptions {
+        artifacts: a.artifacts,
+        mtfl: a.mtfl,
+        attribute: a.attribute,
+        crop: a.crop,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch: a.batch,
+        device: a.device,
+        threads: a.threads,
+        out: a.out,
+        seed: a.seed,
+        resume: a.resume,
+        limit: a.limit,
+        eval_batch: a.eval_batch,
+        show_progress: !a.quiet,
+    };
+    let summary = train::train(&opts)?;
+    println!("{}", train::epochs::report(&summary));
     Ok(())
 }
 

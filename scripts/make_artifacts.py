@@ -1,0 +1,541 @@
+#!/usr/bin/env python3
+"""Training artifacts for any forward ONNX graph, in standard ONNX ops only.
+
+Stock ONNX Runtime (CPU or CUDA provider) runs them; `retrain train --artifacts DIR` drives
+them from Rust.  The folder written:
+
+  manifest.json    what every graph takes and returns, the optimizer and its settings, the
+                   sha256 of each file; its own sha256 is the *artifact hash* that every
+                   checkpoint records
+  forward.onnx     the forward graph as given (export writes trained weights back into it)
+  train_step.onnx  forward + softmax cross-entropy + backward (onnx-ad reverse mode) + optimizer
+                   update, for a FIXED batch (reverse mode needs declared input shapes for Conv
+                   and pooling).  Inputs: the image batch, `labels` int64 [B], `weights` [B]
+                   (0 for padding rows of a short last batch), one `dropout_mask:<node>` per
+                   Dropout node (values 0 or 1/(1-ratio), drawn by the caller from its seed),
+                   `lr` and `step` (float scalars; step counts from 1), the trainable
+                   parameters and the optimizer slots.  Outputs: `loss`, `correct` (weighted
+                   count of right answers) and `updated:<name>` for every parameter and slot.
+  gradient.onnx    the same without the update: `loss`, `correct`, `grad:<param>` (for
+                   gradient accumulation and for the gradient checks)
+  eval.onnx        forward only, dynamic batch, trainable parameters as inputs -> `logits`
+  init.h5          the initial checkpoint: parameters from the forward graph, zero slots,
+                   step 0, epoch 0 (layout in README, "Training checkpoints")
+
+Which parameters train is a choice: all initializers of floating type with rank >= 1 (the
+default), or those matching --trainable glob patterns; the rest stay constants in every graph.
+
+  make_artifacts.py onnx/tcdcn.onnx --out artifacts/tcdcn --batch 64 --optimizer adam
+"""
+
+import argparse
+import copy
+import fnmatch
+import hashlib
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+FORMAT = "retrain-training-artifacts"
+FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "retrain-train-checkpoint"
+CHECKPOINT_VERSION = 1
+OPSET = 17
+LABELS, WEIGHTS, LR, STEP = "labels", "weights", "lr", "step"
+LOSS, CORRECT, LOGITS = "loss", "correct", "logits"
+MASK_PREFIX, UPDATED_PREFIX, GRAD_PREFIX = "dropout_mask:", "updated:", "grad:"
+
+# Optimizer: slots per parameter and default hyper-parameters.  Conventions are PyTorch's
+# (torch.optim.SGD / Adam / AdamW / RMSprop), which README states in full.
+OPTIMIZERS = {
+    "sgd": (["momentum"], dict(momentum=0.9, weight_decay=0.0)),
+    "adam": (["m", "v"], dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)),
+    "adamw": (["m", "v"], dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)),
+    "rmsprop": (["square", "momentum"], dict(rho=0.9, momentum=0.9, eps=1.0, weight_decay=4e-5)),
+}
+NUMPY = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
+
+
+def slot_name(slot, param):
+    return f"opt:{slot}:{param}"
+
+
+# --------------------------------------------------------------------------------------------
+# The forward graph made trainable
+# --------------------------------------------------------------------------------------------
+
+def select_trainable(model, patterns):
+    """Floating initializers of rank >= 1, filtered by glob patterns (None = all)."""
+    floats = [t.name for t in model.graph.initializer
+              if t.data_type in NUMPY and len(t.dims) >= 1]
+    if not patterns:
+        return floats
+    chosen = [n for n in floats if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    unused = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in floats)]
+    if unused:
+        raise SystemExit(f"--trainable {', '.join(unused)} matches no parameter "
+                         f"(parameters: {', '.join(floats)})")
+    return chosen
+
+
+def image_input(model):
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise SystemExit(f"the forward graph must have one image input, it has {[i.name for i in inputs]}")
+    return inputs[0]
+
+
+def elem_type(model):
+    """The float type of the graph; its first input is the image batch in every graph here."""
+    return model.graph.input[0].type.tensor_type.elem_type
+
+
+def with_batch(value, batch):
+    value = copy.deepcopy(value)
+    dim = value.type.tensor_type.shape.dim[0]
+    if batch is None:
+        dim.dim_param = "N"
+    else:
+        dim.dim_value = batch
+    return value
+
+
+def promote_params(model, trainable, batch):
+    """A copy whose trainable initializers are graph inputs and whose batch is `batch`."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    params = [by_name[n] for n in trainable]
+    kept = [t for t in graph.initializer if t.name not in set(trainable)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    image = with_batch(image_input(model), batch)
+    others = [i for i in graph.input if i.name != image.name and i.name not in by_name]
+    del graph.input[:]
+    graph.input.extend([image, *others])
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in params)
+    for out in graph.output:
+        out.CopyFrom(with_batch(out, batch))
+    return model
+
+
+def static_shapes(model):
+    inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    shapes = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def dropout_to_masks(model):
+    """Replace inference-mode Dropout by `x * mask`; the mask is a graph input.
+
+    ONNX Dropout in training mode has no reverse rule in onnx-ad and its seed attribute is
+    fixed per node; a mask input makes every step reproducible from the caller's seed."""
+    shapes = static_shapes(model)
+    graph, masks, nodes = model.graph, [], []
+    dtype = elem_type(model)
+    for node in graph.node:
+        if node.op_type != "Dropout":
+            nodes.append(node)
+            continue
+        ratio = dropout_ratio(model, node)
+        shape = shapes.get(node.input[0])
+        if shape is None or None in shape:
+            raise SystemExit(f"Dropout '{node.name}': input shape {shape} is not static")
+        mask = MASK_PREFIX + (node.name or node.output[0])
+        graph.input.append(helper.make_tensor_value_info(mask, dtype, shape))
+        nodes.append(helper.make_node("Mul", [node.input[0], mask], [node.output[0]], name=node.name))
+        masks.append({"input": mask, "shape": shape, "ratio": ratio})
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return masks
+
+
+def dropout_ratio(model, node):
+    if len(node.input) < 2 or not node.input[1]:
+        return 0.5
+    for t in model.graph.initializer:
+        if t.name == node.input[1]:
+            return float(numpy_helper.to_array(t))
+    raise SystemExit(f"Dropout '{node.name}': ratio '{node.input[1]}' is not an initializer")
+
+
+def add_loss(model, logits, classes):
+    """loss = -sum_i w_i * log_softmax(logits_i)[label_i] / max(sum_i w_i, 1e-12); `correct`
+    = sum_i w_i * [argmax logits_i == label_i].  Written out in plain ops: onnx-ad has no
+    reverse rule for SoftmaxCrossEntropyLoss."""
+    graph = model.graph
+    dtype = elem_type(model)
+    batch = graph.input[0].type.tensor_type.shape.dim[0]
+    batch = batch.dim_value if batch.HasField("dim_value") else "N"
+    graph.input.append(helper.make_tensor_value_info(LABELS, TensorProto.INT64, [batch]))
+    graph.input.append(helper.make_tensor_value_info(WEIGHTS, dtype, [batch]))
+    def const(name, value, t=dtype):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=NUMPY.get(t, np.int64)), name))
+        return name
+
+    def n(op, inputs, out, **attrs):
+        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    class_ids = const("loss/class_ids", np.arange(classes), TensorProto.INT64)
+    axis1 = const("loss/axis1", [1], TensorProto.INT64)
+    tiny = const("loss/tiny", 1e-12)
+    # one-hot as Equal + Cast: ORT has no float64 OneHot, and the gradient checks run float64
+    column = n("Unsqueeze", [LABELS, axis1], "loss/label_column")
+    onehot = n("Cast", [n("Equal", [column, class_ids], "loss/is_label")], "loss/onehot", to=dtype)
+    logp = n("LogSoftmax", [logits], "loss/log_softmax", axis=-1)
+    picked = n("ReduceSum", [n("Mul", [onehot, logp], "loss/picked_all"), axis1], "loss/picked", keepdims=0)
+    total = n("ReduceSum", [n("Mul", [picked, WEIGHTS], "loss/weighted")], "loss/total", keepdims=0)
+    norm = n("Max", [n("ReduceSum", [WEIGHTS], "loss/weight_sum", keepdims=0), tiny], "loss/norm")
+    n("Neg", [n("Div", [total, norm], "loss/mean")], LOSS)
+    hit = n("Equal", [n("ArgMax", [logits], "loss/argmax", axis=-1, keepdims=0), LABELS], "loss/hit")
+    n("ReduceSum", [n("Mul", [n("Cast", [hit], "loss/hitf", to=dtype), WEIGHTS], "loss/hitw")],
+      CORRECT, keepdims=0)
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info(LOSS, dtype, []),
+                         helper.make_tensor_value_info(CORRECT, dtype, [])])
+
+
+def loss_model(forward, trainable, batch, logits=LOGITS):
+    """The forward graph with parameters as inputs, dropout masks and the loss on top."""
+    shapes = static_shapes(promote_params(forward, [], 1))
+    if logits not in shapes:
+        raise SystemExit(f"the forward graph has no tensor '{logits}' (the class scores)")
+    classes = shapes[logits][-1]
+    model = promote_params(forward, trainable, batch)
+    masks = dropout_to_masks(model)
+    add_loss(model, logits, classes)
+    prune_unused(model)
+    return model, masks, classes
+
+
+def prune_unused(model):
+    """Drop nodes that feed neither loss nor correct (probabilities, extra outputs)."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward pass and optimizer update
+# --------------------------------------------------------------------------------------------
+
+def gradient_model(forward, trainable, batch, fast=True):
+    """loss, correct and `grad:<param>` (the parameter's shape), by onnx-ad reverse mode
+    (with the faster Conv/MaxPool rules of fast_rules.py unless `fast` is False)."""
+    import onnx_ad
+
+    import fast_rules
+
+    model, masks, classes = loss_model(forward, trainable, batch)
+    with fast_rules.installed(fast):
+        reverse = onnx_ad.reverse(model, inputs=trainable, outputs=[LOSS], layout="onnx")
+    graph = reverse.graph
+    seed = [i for i in graph.input if i.name.startswith("adj_")]
+    if len(seed) != 1:
+        raise SystemExit(f"onnx-ad gave seed inputs {[i.name for i in seed]}, expected one")
+    # the loss is a scalar: its adjoint seed is the constant [1.0]
+    graph.initializer.append(numpy_helper.from_array(np.ones([1], NUMPY[elem_type(model)]), seed[0].name))
+    graph.input.remove(seed[0])
+    outputs = {o.name: o for o in graph.output}
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    del graph.output[:]
+    graph.output.extend([outputs[LOSS], outputs[CORRECT]])
+    dtype = elem_type(model)
+    for name in trainable:
+        adj = _adjoint_output(outputs, name)
+        shape_const = f"{GRAD_PREFIX}{name}/shape"
+        graph.initializer.append(numpy_helper.from_array(np.array(shapes[name], np.int64), shape_const))
+        graph.node.append(helper.make_node("Reshape", [adj, shape_const], [GRAD_PREFIX + name],
+                                           name=GRAD_PREFIX + name))
+        graph.output.append(helper.make_tensor_value_info(GRAD_PREFIX + name, dtype, shapes[name]))
+    set_opset(reverse)
+    return reverse, masks, classes
+
+
+def _adjoint_output(outputs, param):
+    candidates = [n for n in outputs if n.startswith("adj_") and n[4:] == param]
+    if len(candidates) != 1:
+        raise SystemExit(f"no adjoint output for parameter '{param}' in the reverse graph")
+    return candidates[0]
+
+
+def set_opset(model):
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = max(imp.version, OPSET)
+
+
+class Emitter:
+    """Appends optimizer nodes with unique names and typed constants."""
+
+    def __init__(self, graph, dtype):
+        self.graph, self.dtype, self.count = graph, dtype, 0
+
+    def op(self, op_type, inputs, name=None, **attrs):
+        self.count += 1
+        out = name or f"opt/{op_type.lower()}_{self.count}"
+        self.graph.node.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(self, value):
+        self.count += 1
+        name = f"opt/const_{self.count}"
+        self.graph.initializer.append(numpy_helper.from_array(np.array(value, NUMPY[self.dtype]), name))
+        return name
+
+    def axpy(self, a, x, y):
+        """a*x + y with `a` a Python number."""
+        return self.op("Add", [self.op("Mul", [self.const(a), x]), y])
+
+
+def add_update(model, optimizer, hyper, trainable, masks):
+    """Append the optimizer update: inputs lr, step and slots; outputs `updated:*`."""
+    graph = model.graph
+    dtype = elem_type(model)
+    e = Emitter(graph, dtype)
+    graph.input.append(helper.make_tensor_value_info(LR, dtype, []))
+    graph.input.append(helper.make_tensor_value_info(STEP, dtype, []))
+    slots, _ = OPTIMIZERS[optimizer]
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    grads = {o.name[len(GRAD_PREFIX):]: o.name for o in graph.output if o.name.startswith(GRAD_PREFIX)}
+    del graph.output[2:]  # keep loss and correct; gradients become internal
+    for name in trainable:
+        for slot in slots:
+            graph.input.append(helper.make_tensor_value_info(slot_name(slot, name), dtype, shapes[name]))
+        new = UPDATE_RULES[optimizer](e, name, grads[name], hyper)
+        for target, value in new.items():
+            out = UPDATED_PREFIX + target
+            e.op("Identity", [value], name=out)
+            graph.output.append(helper.make_tensor_value_info(out, dtype, shapes[name]))
+
+
+def _decayed(e, p, g, wd):
+    return g if wd == 0 else e.axpy(wd, p, g)
+
+
+def sgd_update(e, p, g, h):
+    """v = mu*v + (g + wd*p); p -= lr*v."""
+    v = slot_name("momentum", p)
+    v_new = e.axpy(h["momentum"], v, _decayed(e, p, g, h["weight_decay"]))
+    return {p: e.op("Sub", [p, e.op("Mul", [LR, v_new])]), v: v_new}
+
+
+def _adam_moments(e, p, g, h):
+    m, v = slot_name("m", p), slot_name("v", p)
+    b1, b2 = h["beta1"], h["beta2"]
+    m_new = e.axpy(b1, m, e.op("Mul", [e.const(1 - b1), g]))
+    v_new = e.axpy(b2, v, e.op("Mul", [e.const(1 - b2), e.op("Mul", [g, g])]))
+    # bias corrections 1 - beta^step, with step counted from 1
+    c1 = e.op("Sub", [e.const(1.0), e.op("Pow", [e.const(b1), STEP])])
+    c2 = e.op("Sub", [e.const(1.0), e.op("Pow", [e.const(b2), STEP])])
+    denom = e.op("Add", [e.op("Sqrt", [e.op("Div", [v_new, c2])]), e.const(h["eps"])])
+    direction = e.op("Div", [e.op("Div", [m_new, c1]), denom])
+    return direction, {m: m_new, v: v_new}
+
+
+def adam_update(e, p, g, h):
+    """L2 weight decay added to the gradient (torch.optim.Adam)."""
+    direction, slots = _adam_moments(e, p, _decayed(e, p, g, h["weight_decay"]), h)
+    return {p: e.op("Sub", [p, e.op("Mul", [LR, direction])]), **slots}
+
+
+def adamw_update(e, p, g, h):
+    """Decoupled weight decay: p -= lr * (adam direction + wd * p) (torch.optim.AdamW)."""
+    direction, slots = _adam_moments(e, p, g, h)
+    step = e.axpy(h["weight_decay"], p, direction)
+    return {p: e.op("Sub", [p, e.op("Mul", [LR, step])]), **slots}
+
+
+def rmsprop_update(e, p, g, h):
+    """s = rho*s + (1-rho)*g'^2; b = mu*b + g'/(sqrt(s)+eps); p -= lr*b, g' = g + wd*p
+    (torch.optim.RMSprop; eps=1.0 and momentum 0.9 are the Inception training settings)."""
+    s, b = slot_name("square", p), slot_name("momentum", p)
+    g = _decayed(e, p, g, h["weight_decay"])
+    s_new = e.axpy(h["rho"], s, e.op("Mul", [e.const(1 - h["rho"]), e.op("Mul", [g, g])]))
+    scaled = e.op("Div", [g, e.op("Add", [e.op("Sqrt", [s_new]), e.const(h["eps"])])])
+    b_new = e.axpy(h["momentum"], b, scaled)
+    return {p: e.op("Sub", [p, e.op("Mul", [LR, b_new])]), s: s_new, b: b_new}
+
+
+UPDATE_RULES = {"sgd": sgd_update, "adam": adam_update, "adamw": adamw_update, "rmsprop": rmsprop_update}
+
+
+# --------------------------------------------------------------------------------------------
+# Eval graph, checkpoint, manifest
+# --------------------------------------------------------------------------------------------
+
+def eval_model(forward, trainable, logits=LOGITS):
+    """Forward only, dynamic batch, parameters as inputs, `logits` as the one output."""
+    model = promote_params(forward, trainable, None)
+    graph = model.graph
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(logits, elem_type(model), ["N", None]))
+    prune_unused(model)
+    return model
+
+
+def write_checkpoint(path, tensors, *, artifact_sha256, seed, optimizer):
+    """The checkpoint layout that src/train/checkpoint.rs reads and writes."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = CHECKPOINT_FORMAT
+        f.attrs["format_version"] = np.int64(CHECKPOINT_VERSION)
+        f.attrs["artifact_sha256"] = artifact_sha256
+        f.attrs["optimizer"] = optimizer
+        for key in ("step", "epoch", "seed"):
+            f.attrs[key] = np.int64(seed if key == "seed" else 0)
+        f.attrs["best_val_accuracy"] = np.float64(-1.0)
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat()
+        f.attrs["tool_version"] = "retrain scripts/make_artifacts.py"
+        group = f.create_group("tensors")
+        for i, (name, value) in enumerate(tensors):
+            ds = group.create_dataset(f"{i:05d}", data=value)
+            ds.attrs["name"] = name
+
+
+def read_checkpoint(path):
+    """{tensor name: array} and the root attributes, for Python users and tests."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        tensors = {ds.attrs["name"]: ds[()] for ds in f["tensors"].values()}
+        return tensors, dict(f.attrs)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def description(forward):
+    return {p.key[len("retrain."):]: p.value for p in forward.metadata_props if p.key.startswith("retrain.")}
+
+
+def image_layout(model):
+    image = image_input(model)
+    return {"input": image.name,
+            "shape": [d.dim_value if d.HasField("dim_value") else None
+                      for d in image.type.tensor_type.shape.dim]}
+
+
+def generate(forward_path, out, *, batch, optimizer, trainable_patterns=None, hyper=None,
+             seed=0, logits=LOGITS, fast=True):
+    """Write the artifacts folder; returns the manifest."""
+    forward = onnx.load(forward_path)
+    if batch < 1:
+        raise SystemExit("--batch must be at least 1")
+    trainable = select_trainable(forward, trainable_patterns)
+    defaults = dict(OPTIMIZERS[optimizer][1])
+    unknown = set(hyper or {}) - set(defaults)
+    if unknown:
+        raise SystemExit(f"{optimizer} has no setting {', '.join(sorted(unknown))} (it has {', '.join(defaults)})")
+    defaults.update(hyper or {})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    gradient, masks, classes = gradient_model(forward, trainable, batch, fast)
+    step = copy.deepcopy(gradient)
+    add_update(step, optimizer, defaults, trainable, masks)
+    evaluation = eval_model(forward, trainable, logits)
+    files = {"forward": forward, "gradient": gradient, "train_step": step, "eval": evaluation}
+    for name, model in files.items():
+        if name != "forward":
+            model.producer_name = "retrain scripts/make_artifacts.py"
+        onnx.checker.check_model(model, full_check=(name != "gradient"))
+        onnx.save(model, out / f"{name}.onnx")
+
+    init = {t.name: numpy_helper.to_array(t) for t in forward.graph.initializer}
+    params = [(n, init[n]) for n in trainable]
+    slots = [(slot_name(s, n), np.zeros_like(v)) for n, v in params for s in OPTIMIZERS[optimizer][0]]
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_by": "retrain scripts/make_artifacts.py",
+        "source_model": str(forward_path),
+        "source_sha256": sha256(forward_path),
+        "files": {name: {"path": f"{name}.onnx", "sha256": sha256(out / f"{name}.onnx")} for name in files},
+        "batch": batch,
+        "classes": classes,
+        "image": image_layout(forward),
+        "description": description(forward),
+        "dtype": "float32" if elem_type(forward) == TensorProto.FLOAT else "float64",
+        "inputs": {"labels": LABELS, "weights": WEIGHTS, "lr": LR, "step": STEP},
+        "outputs": {"loss": LOSS, "correct": CORRECT, "logits": logits},
+        "dropout_masks": masks,
+        "optimizer": {"name": optimizer, **defaults},
+        "trainable": [{"name": n, "shape": list(v.shape)} for n, v in params],
+        "frozen": [t.name for t in forward.graph.initializer if t.name not in set(trainable)],
+        "state": [{"input": n, "output": UPDATED_PREFIX + n, "shape": list(v.shape),
+                   "kind": "param" if i < len(params) else "slot"}
+                  for i, (n, v) in enumerate(params + slots)],
+        "backward_rules": "fast_rules" if fast else "onnx-ad",
+        "init_seed": seed,
+        "checkpoint": "init.h5",
+    }
+    text = json.dumps(manifest, indent=2) + "\n"
+    (out / "manifest.json").write_text(text)
+    artifact_sha256 = hashlib.sha256(text.encode()).hexdigest()
+    write_checkpoint(out / "init.h5", params + slots, artifact_sha256=artifact_sha256, seed=seed,
+                     optimizer=optimizer)
+    return manifest, artifact_sha256
+
+
+def parse_hyper(items):
+    hyper = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"--set {item}: expected KEY=VALUE")
+        hyper[key.replace("-", "_")] = float(value)
+    return hyper
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("forward", type=Path, help="forward ONNX graph with a `logits` output")
+    parser.add_argument("--out", type=Path, required=True, help="artifacts folder")
+    parser.add_argument("--batch", type=int, default=64, help="fixed batch of the training graphs")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="optimizer setting, e.g. weight_decay=4e-5, momentum=0.9")
+    parser.add_argument("--trainable", action="append", metavar="GLOB",
+                        help="train only parameters matching GLOB (repeatable; default: all)")
+    parser.add_argument("--logits", default=LOGITS, help="the class-score tensor")
+    parser.add_argument("--seed", type=int, default=0, help="recorded as the init seed")
+    parser.add_argument("--onnx-ad-rules", action="store_true",
+                        help="onnx-ad's own Conv/MaxPool reverse rules instead of fast_rules.py")
+    args = parser.parse_args(argv)
+    manifest, digest = generate(args.forward, args.out, batch=args.batch, optimizer=args.optimizer,
+                                trainable_patterns=args.trainable, hyper=parse_hyper(args.set),
+                                seed=args.seed, logits=args.logits, fast=not args.onnx_ad_rules)
+    n_params = sum(int(np.prod(t["shape"])) for t in manifest["trainable"])
+    nodes = len(onnx.load(args.out / "train_step.onnx").graph.node)
+    print(f"wrote {args.out}: {len(manifest['trainable'])} trainable tensors ({n_params} values), "
+          f"{manifest['optimizer']['name']}, batch {manifest['batch']}, train_step {nodes} nodes, "
+          f"artifact sha256 {digest[:12]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

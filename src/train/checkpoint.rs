@@ -1,0 +1,133 @@
+//! Training checkpoints: one HDF5 file, readable from Python with h5py.
+//!
+//! Layout:
+//! - root attributes: `format` = "retrain-train-checkpoint", `format_version`, `artifact_sha256`
+//!   (sha256 of the artifacts' manifest.json), `optimizer`, `step` (optimizer steps taken),
+//!   `epoch` (epochs completed), `seed`, `best_val_accuracy` (-1 before any validation),
+//!   `created`, `tool_version`
+//! - `/tensors/NNNNN`: one float32 dataset per parameter or optimizer slot, in manifest order,
+//!   its attribute `name` = the train-step input it feeds (`conv1/kernel`, `opt:m:conv1/kernel`)
+//!
+//! In Python: `{d.attrs["name"]: d[()] for d in h5py.File(p)["tensors"].values()}`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::artifacts::Artifacts;
+use crate::cache::{read_i64_attr, read_str_attr, write_str_attr};
+
+pub const FORMAT: &str = "retrain-train-checkpoint";
+pub const FORMAT_VERSION: i64 = 1;
+
+/// A named float32 tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Everything needed to continue training exactly where it stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub artifact_sha256: String,
+    pub optimizer: String,
+    pub step: u64,
+    pub epoch: u64,
+    pub seed: u64,
+    pub best_val_accuracy: f64,
+    pub tensors: Vec<NamedTensor>,
+}
+
+impl Checkpoint {
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        let file = hdf5::File::open(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+        Self::read_file(&file).with_context(|| format!("{} is not a retrain training checkpoint", path.display()))
+    }
+
+    fn read_file(file: &hdf5::File) -> Result<Checkpoint> {
+        let format = read_str_attr(file, "format")?;
+        let version = read_i64_attr(file, "format_version")?;
+        if format != FORMAT || version != FORMAT_VERSION {
+            bail!("format '{format}' v{version}, expected '{FORMAT}' v{FORMAT_VERSION}");
+        }
+        let group = file.group("tensors")?;
+        let mut names = group.member_names()?;
+        names.sort();
+        let mut tensors = Vec::with_capacity(names.len());
+        for member in names {
+            let ds = group.dataset(&member)?;
+            tensors.push(NamedTensor { name: read_str_attr(&ds, "name")?, shape: ds.shape(), data: ds.read_raw::<f32>()? });
+        }
+        Ok(Checkpoint {
+            artifact_sha256: read_str_attr(file, "artifact_sha256")?,
+            optimizer: read_str_attr(file, "optimizer")?,
+            step: read_i64_attr(file, "step")? as u64,
+            epoch: read_i64_attr(file, "epoch")? as u64,
+            seed: read_i64_attr(file, "seed")? as u64,
+            best_val_accuracy: file.attr("best_val_accuracy")?.read_scalar()?,
+            tensors,
+        })
+    }
+
+    /// Writes to `path` through a temporary file, so a kill never leaves half a checkpoint.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("h5.partial");
+        self.write_file(&tmp).with_context(|| format!("cannot write checkpoint {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    }
+
+    fn write_file(&self, path: &Path) -> Result<()> {
+        let file = hdf5::File::create(path)?;
+        write_str_attr(&file, "format", FORMAT)?;
+        write_str_attr(&file, "artifact_sha256", &self.artifact_sha256)?;
+        write_str_attr(&file, "optimizer", &self.optimizer)?;
+        write_str_attr(&file, "created", &chrono::Utc::now().to_rfc3339())?;
+        write_str_attr(&file, "tool_version", &format!("retrain {}", crate::version()))?;
+        for (key, value) in [("format_version", FORMAT_VERSION), ("step", self.step as i64), ("epoch", self.epoch as i64), ("seed", self.seed as i64)] {
+            file.new_attr::<i64>().create(key)?.write_scalar(&value)?;
+        }
+        file.new_attr::<f64>().create("best_val_accuracy")?.write_scalar(&self.best_val_accuracy)?;
+        let group = file.create_group("tensors")?;
+        for (i, t) in self.tensors.iter().enumerate() {
+            let ds = group.new_dataset::<f32>().shape(t.shape.clone()).create(format!("{i:05}").as_str())?;
+            ds.write_raw(&t.data)?;
+            write_str_attr(&ds, "name", &t.name)?;
+        }
+        file.flush()?;
+        Ok(())
+    }
+
+    /// Refuses a checkpoint of other artifacts, or one missing a tensor the graphs need.
+    pub fn check_fits(&self, artifacts: &Artifacts, path: &Path) -> Result<()> {
+        if self.artifact_sha256 != artifacts.sha256 {
+            bail!(
+                "checkpoint {} belongs to other training artifacts (artifact sha256 {}, these are {} in {}); \
+                 resume with the artifacts that wrote it",
+                path.display(),
+                short(&self.artifact_sha256),
+                short(&artifacts.sha256),
+                artifacts.dir.display()
+            );
+        }
+        for entry in &artifacts.manifest.state {
+            match self.tensors.iter().find(|t| t.name == entry.input) {
+                None => bail!("checkpoint {} has no tensor '{}'", path.display(), entry.input),
+                Some(t) if t.shape != entry.shape => {
+                    bail!("checkpoint {}: tensor '{}' has shape {:?}, the artifacts need {:?}", path.display(), t.name, t.shape, entry.shape)
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..12.min(hash.len())]
+}

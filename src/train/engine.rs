@@ -1,0 +1,189 @@
+//! The train-step and eval sessions with parameters and optimizer state kept on the device.
+//!
+//! State tensors live in two sets of buffers allocated by ONNX Runtime on the session's device
+//! (CUDA memory with `--device cuda`). Each step binds set A to the `<name>` inputs and set B to
+//! the `updated:<name>` outputs through an IoBinding, then swaps the roles: parameters never
+//! travel to the host between steps. Only the batch goes in and two scalars (loss, correct)
+//! come out. The eval graph reads the same buffers.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::Tensor;
+
+use super::artifacts::Artifacts;
+use super::checkpoint::{Checkpoint, NamedTensor};
+use crate::runtime::{self, Device, SessionConfig};
+
+fn ort_err(e: ort::Error) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+/// One training batch, already laid out for the graph.
+pub struct Batch<'a> {
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+    /// 1 for real rows, 0 for the padding of a short last batch.
+    pub weights: Vec<f32>,
+    pub masks: &'a [Vec<f32>],
+}
+
+/// What one step reports.
+#[derive(Debug, Clone, Copy)]
+pub struct StepResult {
+    pub loss: f32,
+    pub correct: f32,
+}
+
+pub struct Engine {
+    pub artifacts: Artifacts,
+    device: Device,
+    step_session: Session,
+    eval_session: Session,
+    step_binding: IoBinding,
+    eval_binding: IoBinding,
+    allocator: Allocator,
+    host: MemoryInfo<'static>,
+    /// Two buffer sets, in manifest state order; `current` holds the latest values.
+    buffers: [Vec<Tensor<f32>>; 2],
+    current: usize,
+}
+
+impl Engine {
+    /// Loads both graphs and checks them against the manifest; [`Engine::load`] then puts a
+    /// checkpoint's tensors on the device.
+    pub fn new(artifacts: Artifacts, config: &SessionConfig) -> Result<Engine> {
+        let step_session = runtime::session(&artifacts.verified_file("train_step")?, config)?;
+        artifacts.check_train_step(&step_session)?;
+        let eval_session = runtime::session(&artifacts.verified_file("eval")?, config)?;
+        artifacts.check_eval(&eval_session)?;
+        let allocator = match config.device {
+            Device::Cpu => Allocator::default(),
+            Device::Cuda(id) => Allocator::new(&step_session, MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?)
+                .map_err(|e| anyhow!("cannot allocate on cuda:{id}: {e}"))?,
+        };
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?;
+        let step_binding = step_session.create_binding().map_err(ort_err)?;
+        let eval_binding = eval_session.create_binding().map_err(ort_err)?;
+        Ok(Engine {
+            artifacts,
+            device: config.device,
+            step_session,
+            eval_session,
+            step_binding,
+            eval_binding,
+            allocator,
+            host,
+            buffers: [Vec::new(), Vec::new()],
+            current: 0,
+        })
+    }
+
+    /// Replaces the device state by a checkpoint's tensors (shapes checked by the caller).
+    pub fn load(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let mut sets = [Vec::new(), Vec::new()];
+        for entry in &self.artifacts.manifest.state {
+            let t = checkpoint.tensor(&entry.input).ok_or_else(|| anyhow!("checkpoint has no tensor '{}'", entry.input))?;
+            sets[0].push(self.upload(&t.shape, &t.data).with_context(|| format!("uploading '{}'", entry.input))?);
+            sets[1].push(Tensor::<f32>::new(&self.allocator, t.shape.clone()).map_err(ort_err)?);
+        }
+        self.buffers = sets;
+        self.current = 0;
+        Ok(())
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor<f32>> {
+        let mut tensor = Tensor::<f32>::new(&self.allocator, shape.to_vec()).map_err(ort_err)?;
+        match self.device {
+            Device::Cpu => tensor.extract_tensor_mut().1.copy_from_slice(data),
+            Device::Cuda(_) => Tensor::from_array((shape.to_vec(), data.to_vec())).map_err(ort_err)?.copy_into(&mut tensor).map_err(ort_err)?,
+        }
+        Ok(tensor)
+    }
+
+    fn download(&self, tensor: &Tensor<f32>) -> Result<Vec<f32>> {
+        Ok(match self.device {
+            Device::Cpu => tensor.extract_tensor().1.to_vec(),
+            Device::Cuda(_) => tensor.to(AllocationDevice::CPU, 0).map_err(ort_err)?.extract_tensor().1.to_vec(),
+        })
+    }
+
+    /// The current parameters and slots, copied to the host.
+    pub fn snapshot(&self) -> Result<Vec<NamedTensor>> {
+        let entries = &self.artifacts.manifest.state;
+        entries
+            .iter()
+            .zip(&self.buffers[self.current])
+            .map(|(e, t)| Ok(NamedTensor { name: e.input.clone(), shape: e.shape.clone(), data: self.download(t)? }))
+            .collect()
+    }
+
+    /// One optimizer step on one batch of exactly the artifacts' batch size.
+    pub fn step(&mut self, batch: &Batch, lr: f32, step: u64) -> Result<StepResult> {
+        let m = &self.artifacts.manifest;
+        let n = m.batch;
+        if batch.labels.len() != n || batch.weights.len() != n {
+            bail!("a training batch must hold {n} rows (got {} labels, {} weights)", batch.labels.len(), batch.weights.len());
+        }
+        let image_len = batch.images.len() / n;
+        let b = &mut self.step_binding;
+        let image_shape = image_batch_shape(&self.artifacts, n, image_len)?;
+        b.bind_input(&m.image.input, &Tensor::from_array((image_shape, batch.images.clone())).map_err(ort_err)?).map_err(ort_err)?;
+        b.bind_input(&m.inputs.labels, &Tensor::from_array(([n], batch.labels.clone())).map_err(ort_err)?).map_err(ort_err)?;
+        b.bind_input(&m.inputs.weights, &Tensor::from_array(([n], batch.weights.clone())).map_err(ort_err)?).map_err(ort_err)?;
+        b.bind_input(&m.inputs.lr, &scalar(lr)?).map_err(ort_err)?;
+        b.bind_input(&m.inputs.step, &scalar(step as f32)?).map_err(ort_err)?;
+        for (mask, values) in m.dropout_masks.iter().zip(batch.masks) {
+            b.bind_input(&mask.input, &Tensor::from_array((mask.shape.clone(), values.clone())).map_err(ort_err)?).map_err(ort_err)?;
+        }
+        let (read, write) = (self.current, 1 - self.current);
+        for (i, entry) in m.state.iter().enumerate() {
+            b.bind_input(&entry.input, &self.buffers[read][i]).map_err(ort_err)?;
+            b.bind_output(&entry.output, &mut self.buffers[write][i]).map_err(ort_err)?;
+        }
+        b.bind_output_to_device(&m.outputs.loss, &self.host).map_err(ort_err)?;
+        b.bind_output_to_device(&m.outputs.correct, &self.host).map_err(ort_err)?;
+        let outputs = self.step_session.run_binding(&self.step_binding).map_err(|e| anyhow!("train step {step}: {e}"))?;
+        let read_scalar = |name: &str| -> Result<f32> {
+            let (_, v) = outputs[name].try_extract_tensor::<f32>().map_err(|e| anyhow!("output '{name}': {e}"))?;
+            v.first().copied().ok_or_else(|| anyhow!("output '{name}' is empty"))
+        };
+        let result = StepResult { loss: read_scalar(&m.outputs.loss)?, correct: read_scalar(&m.outputs.correct)? };
+        drop(outputs);
+        self.current = write;
+        Ok(result)
+    }
+
+    /// Logits [n, classes] for `n` images, with the current parameters.
+    pub fn logits(&mut self, images: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let m = &self.artifacts.manifest;
+        let shape = image_batch_shape(&self.artifacts, n, images.len() / n.max(1))?;
+        let b = &mut self.eval_binding;
+        b.bind_input(&m.image.input, &Tensor::from_array((shape, images)).map_err(ort_err)?).map_err(ort_err)?;
+        for (entry, tensor) in m.state.iter().zip(&self.buffers[self.current]) {
+            if entry.is_param() {
+                b.bind_input(&entry.input, tensor).map_err(ort_err)?;
+            }
+        }
+        b.bind_output_to_device(&m.outputs.logits, &self.host).map_err(ort_err)?;
+        let outputs = self.eval_session.run_binding(&self.eval_binding).map_err(|e| anyhow!("eval graph: {e}"))?;
+        let (_, v) = outputs[m.outputs.logits.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("logits: {e}"))?;
+        if v.len() != n * m.classes {
+            bail!("eval graph gave {} logits for {n} images of {} classes", v.len(), m.classes);
+        }
+        Ok(v.to_vec())
+    }
+}
+
+fn scalar(v: f32) -> Result<Tensor<f32>> {
+    Tensor::from_array((Vec::<usize>::new(), vec![v])).map_err(ort_err)
+}
+
+/// [n, ...] with the image dimensions of the manifest's input description.
+fn image_batch_shape(artifacts: &Artifacts, n: usize, image_len: usize) -> Result<Vec<usize>> {
+    let spec = crate::model::input_spec(&artifacts.manifest.description).context("artifacts' model description")?;
+    if spec.image_len() != image_len {
+        bail!("an image has {image_len} values, the model's input takes {}", spec.image_len());
+    }
+    Ok(spec.batch_shape(n).to_vec())
+}

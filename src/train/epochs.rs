@@ -1,0 +1,310 @@
+//! The training loop: seeded shuffling, fixed-size batches, validation after every epoch,
+//! `last.h5` (to resume) and `best.h5` (best validation accuracy) checkpoints, a history CSV,
+//! and at the end the test accuracy and the exported model of the best epoch.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::artifacts::Artifacts;
+use super::checkpoint::Checkpoint;
+use super::data::{self, Examples};
+use super::engine::{Batch, Engine};
+use super::export;
+use super::rng;
+use crate::dataset::mtfl::{self, Split};
+use crate::preprocess::{Crop, Preprocess};
+use crate::progress;
+use crate::runtime::{self, Device, SessionConfig};
+
+/// Everything `retrain train` takes.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub artifacts: PathBuf,
+    pub mtfl: PathBuf,
+    pub attribute: String,
+    pub crop: Crop,
+    /// Train until this many epochs are complete (a resumed run counts the earlier ones).
+    pub epochs: u64,
+    pub lr: f32,
+    /// Must equal the artifacts' batch when given (the train graph has a fixed batch).
+    pub batch: Option<usize>,
+    pub device: Device,
+    pub threads: Option<usize>,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub resume: Option<PathBuf>,
+    /// Only the first N images of each MTFL list (tests, quick looks).
+    pub limit: Option<usize>,
+    pub eval_batch: usize,
+    pub show_progress: bool,
+}
+
+/// What a run achieved; also written to `OUT/result.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub attribute: String,
+    pub seed: u64,
+    pub artifact_sha256: String,
+    pub optimizer: String,
+    pub lr: f32,
+    pub batch: usize,
+    pub epochs_completed: u64,
+    pub epochs_run_now: u64,
+    pub best_epoch: u64,
+    pub best_val_accuracy: f64,
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub test_images: usize,
+    pub train_seconds: f64,
+    pub seconds_per_epoch: f64,
+    pub device: String,
+    pub model: PathBuf,
+}
+
+/// One epoch's numbers, a line of `history.csv`.
+#[derive(Debug, Clone, Copy)]
+pub struct EpochStats {
+    pub epoch: u64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+}
+
+const HISTORY_HEADER: &str = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds";
+
+pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+    let artifacts = Artifacts::open(&opts.artifacts)?;
+    let m = &artifacts.manifest;
+    if let Some(b) = opts.batch.filter(|&b| b != m.batch) {
+        bail!("--batch {b}: the artifacts in {} were made for batch {} (the train graph has a fixed batch); \
+               regenerate them with scripts/make_artifacts.py --batch {b}", artifacts.dir.display(), m.batch);
+    }
+    let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
+    let mut engine = Engine::new(artifacts.clone(), &config)?;
+    let start_path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&m.checkpoint));
+    let mut start = Checkpoint::read(&start_path)?;
+    start.check_fits(&artifacts, &start_path)?;
+    if opts.resume.is_none() {
+        start.seed = opts.seed;
+    } else if start.seed != opts.seed {
+        eprintln!("resuming with the checkpoint's seed {} (not {})", start.seed, opts.seed);
+    }
+    let class_names = data::class_names(&opts.attribute)?;
+    if class_names.len() != m.classes {
+        bail!("attribute '{}' has {} classes, the artifacts' class layer has {}", opts.attribute, class_names.len(), m.classes);
+    }
+    fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+
+    let sets = load_sets(opts, &artifacts, start.seed)?;
+    engine.load(&start)?;
+    eprintln!("{}", runtime::describe_provider(&config));
+    eprintln!(
+        "training {} on {} train / {} validation images ({} test), batch {}, {} lr {}, seed {}, from epoch {}",
+        opts.attribute, sets.train.len(), sets.val.len(), sets.test.len(), m.batch, artifacts.optimizer_name(), opts.lr, start.seed, start.epoch
+    );
+    let run = run_epochs(opts, &mut engine, &sets, start)?;
+    finish(opts, &mut engine, &sets, &class_names, run)
+}
+
+struct Sets {
+    train: Examples,
+    val: Examples,
+    test: Examples,
+}
+
+fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, seed: u64) -> Result<Sets> {
+    let input = crate::model::input_spec(&artifacts.manifest.description).context("artifacts' model description")?;
+    let pre = Preprocess { crop: opts.crop, input };
+    let training = mtfl::load(&opts.mtfl, Split::Training)?;
+    let testing = mtfl::load(&opts.mtfl, Split::Testing)?;
+    let column = data::label_column(&training, &opts.attribute)?;
+    let limit = |n: usize| opts.limit.map_or(n, |l| l.min(n));
+    let (train, val) = data::hold_out(&training.samples[..limit(training.samples.len())], seed);
+    let test: Vec<_> = testing.samples[..limit(testing.samples.len())].iter().collect();
+    let sets = Sets {
+        train: data::load(&train, column, &pre, "training", opts.show_progress)?,
+        val: data::load(&val, column, &pre, "validation", opts.show_progress)?,
+        test: data::load(&test, column, &pre, "test", opts.show_progress)?,
+    };
+    for s in sets.train.skipped.iter().chain(&sets.val.skipped).chain(&sets.test.skipped) {
+        eprintln!("skipped {s}");
+    }
+    Ok(sets)
+}
+
+struct Run {
+    last: Checkpoint,
+    epochs_run_now: u64,
+    train_seconds: f64,
+}
+
+fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Checkpoint) -> Result<Run> {
+    let history = opts.out.join("history.csv");
+    prepare_history(&history, start.epoch)?;
+    let mut state = start;
+    let order: Vec<usize> = (0..sets.train.len()).collect();
+    let started = Instant::now();
+    let first = state.epoch;
+    for epoch in first..opts.epochs {
+        let t0 = Instant::now();
+        let (train_loss, train_accuracy) = train_epoch(opts, engine, &sets.train, &order, &mut state, epoch)?;
+        let (val_loss, val_accuracy) = evaluate(engine, &sets.val, opts.eval_batch)?;
+        let stats = EpochStats { epoch: epoch + 1, train_loss, train_accuracy, val_loss, val_accuracy, seconds: t0.elapsed().as_secs_f64() };
+        println!("{}", epoch_line(&stats, opts.epochs));
+        state.epoch = epoch + 1;
+        state.tensors = engine.snapshot()?;
+        let improved = val_accuracy > state.best_val_accuracy;
+        if improved {
+            state.best_val_accuracy = val_accuracy;
+            state.write(&opts.out.join("best.h5"))?;
+        }
+        state.write(&opts.out.join("last.h5"))?;
+        append_history(&history, &stats)?;
+    }
+    Ok(Run { last: state, epochs_run_now: opts.epochs.saturating_sub(first), train_seconds: started.elapsed().as_secs_f64() })
+}
+
+fn train_epoch(opts: &TrainOptions, engine: &mut Engine, train: &Examples, order: &[usize], state: &mut Checkpoint, epoch: u64) -> Result<(f64, f64)> {
+    let m = engine.artifacts.manifest.clone();
+    let shuffled = rng::shuffled(order, state.seed, epoch);
+    let bar = progress::bar(shuffled.len() as u64, "images", opts.show_progress);
+    bar.set_message(format!("epoch {}/{}", epoch + 1, opts.epochs));
+    let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
+    for chunk in shuffled.chunks(m.batch) {
+        state.step += 1;
+        let masks: Vec<Vec<f32>> = m
+            .dropout_masks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| rng::dropout_mask(d.shape.iter().product(), d.ratio, state.seed, state.step, i as u64))
+            .collect();
+        let batch = make_batch(train, chunk, m.batch, &masks);
+        let r = engine.step(&batch, opts.lr, state.step)?;
+        if !r.loss.is_finite() {
+            bail!("loss became {} at step {} (epoch {}): lower --lr", r.loss, state.step, epoch + 1);
+        }
+        loss_sum += r.loss as f64 * chunk.len() as f64;
+        correct += r.correct as f64;
+        seen += chunk.len();
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((loss_sum / seen.max(1) as f64, correct / seen.max(1) as f64))
+}
+
+/// `chunk`'s images, padded to `size` rows by repeating them with weight 0.
+fn make_batch<'a>(ex: &Examples, chunk: &[usize], size: usize, masks: &'a [Vec<f32>]) -> Batch<'a> {
+    let mut batch = Batch { images: Vec::with_capacity(size * ex.image_len), labels: Vec::with_capacity(size), weights: Vec::with_capacity(size), masks };
+    for k in 0..size {
+        let i = chunk[k % chunk.len()];
+        batch.images.extend_from_slice(ex.image(i));
+        batch.labels.push(ex.labels[i]);
+        batch.weights.push(if k < chunk.len() { 1.0 } else { 0.0 });
+    }
+    batch
+}
+
+/// Mean cross-entropy and accuracy over `ex` with the current parameters.
+pub fn evaluate(engine: &mut Engine, ex: &Examples, eval_batch: usize) -> Result<(f64, f64)> {
+    let classes = engine.artifacts.manifest.classes;
+    let (mut loss, mut correct) = (0f64, 0usize);
+    let indices: Vec<usize> = (0..ex.len()).collect();
+    for chunk in indices.chunks(eval_batch.max(1)) {
+        let images = ex.images[chunk[0] * ex.image_len..(chunk[chunk.len() - 1] + 1) * ex.image_len].to_vec();
+        let logits = engine.logits(images, chunk.len())?;
+        for (row, &i) in logits.chunks(classes).zip(chunk) {
+            let (l, best) = cross_entropy(row, ex.labels[i] as usize);
+            loss += l;
+            correct += usize::from(best == ex.labels[i] as usize);
+        }
+    }
+    Ok((loss / ex.len().max(1) as f64, correct as f64 / ex.len().max(1) as f64))
+}
+
+/// -log softmax(row)[label] and the argmax.
+fn cross_entropy(row: &[f32], label: usize) -> (f64, usize) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+    (log_sum - row[label] as f64, best)
+}
+
+pub fn epoch_line(s: &EpochStats, total: u64) -> String {
+    format!(
+        "epoch {}/{total}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.1} s",
+        s.epoch, s.train_loss, s.train_accuracy, s.val_loss, s.val_accuracy, s.seconds
+    )
+}
+
+/// Keeps the first `epochs` lines of an earlier run's history (a resume), else starts anew.
+fn prepare_history(path: &Path, epochs: u64) -> Result<()> {
+    let old = if epochs > 0 { fs::read_to_string(path).unwrap_or_default() } else { String::new() };
+    let kept: Vec<&str> = old.lines().skip(1).take(epochs as usize).collect();
+    let text = std::iter::once(HISTORY_HEADER).chain(kept).map(|l| format!("{l}\n")).collect::<String>();
+    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn append_history(path: &Path, s: &EpochStats) -> Result<()> {
+    let mut f = fs::OpenOptions::new().append(true).open(path).with_context(|| format!("cannot append to {}", path.display()))?;
+    writeln!(f, "{},{:.6},{:.6},{:.6},{:.6},{:.3}", s.epoch, s.train_loss, s.train_accuracy, s.val_loss, s.val_accuracy, s.seconds)?;
+    Ok(())
+}
+
+/// Test accuracy of the best epoch, its exported model and result.json.
+fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[String], run: Run) -> Result<TrainSummary> {
+    let best_path = opts.out.join("best.h5");
+    let best = if best_path.exists() { Checkpoint::read(&best_path)? } else { run.last.clone() };
+    engine.load(&best)?;
+    let (test_loss, test_accuracy) = evaluate(engine, &sets.test, opts.eval_batch)?;
+    let a = &engine.artifacts;
+    let model = opts.out.join("model.onnx");
+    let params: Vec<_> = best.tensors.iter().filter(|t| a.params().any(|p| p.input == t.name)).cloned().collect();
+    let source = format!(
+        "trained by retrain train: MTFL {} ({} crop), epoch {} of {}, {} lr {}, seed {}, artifacts {}",
+        opts.attribute, opts.crop, best.epoch, run.last.epoch, a.optimizer_name(), opts.lr, best.seed, &a.sha256[..12]
+    );
+    let metadata = vec![("retrain.labels".to_string(), class_names.join(",")), ("retrain.source".to_string(), source)];
+    export::export(&a.verified_file("forward")?, &params, &metadata, &model)?;
+    let summary = TrainSummary {
+        attribute: opts.attribute.clone(),
+        seed: best.seed,
+        artifact_sha256: a.sha256.clone(),
+        optimizer: a.optimizer_name().to_string(),
+        lr: opts.lr,
+        batch: a.manifest.batch,
+        epochs_completed: run.last.epoch,
+        epochs_run_now: run.epochs_run_now,
+        best_epoch: best.epoch,
+        best_val_accuracy: best.best_val_accuracy,
+        test_accuracy,
+        test_loss,
+        train_images: sets.train.len(),
+        val_images: sets.val.len(),
+        test_images: sets.test.len(),
+        train_seconds: run.train_seconds,
+        seconds_per_epoch: run.train_seconds / run.epochs_run_now.max(1) as f64,
+        device: opts.device.to_string(),
+        model,
+    };
+    fs::write(opts.out.join("result.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    Ok(summary)
+}
+
+/// The closing lines of `retrain train`.
+pub fn report(s: &TrainSummary) -> String {
+    format!(
+        "best epoch {} (validation accuracy {:.4}); test accuracy {:.4} (loss {:.4}) on {} MTFL test images\n\
+         {} epochs in {:.1} s ({:.1} s/epoch) on {}; model {}",
+        s.best_epoch, s.best_val_accuracy, s.test_accuracy, s.test_loss, s.test_images, s.epochs_run_now, s.train_seconds, s.seconds_per_epoch, s.device,
+        s.model.display()
+    )
+}
