@@ -7,13 +7,14 @@
 #
 #   scripts/train_table5.sh --device cuda [--mtfl ../shared/datasets/MTFL] [--only tcdcn|cascade]
 #       [--tcdcn-epochs 45] [--cascade-epochs 125] [--batch 64] [--threads N] [--runs runs/table5]
+#       [--crop original|nose]
 # On a GPU machine: ORT_DYLIB_PATH=.../libonnxruntime.so.1.31.1 (from onnxruntime-gpu) or
 # scripts/setup.sh --gpu first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 device=cpu; mtfl=../shared/datasets/MTFL; only=all; tcdcn_epochs=45; cascade_epochs=125; batch=64
-runs=runs/table5
+runs=runs/table5; crop=original
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
     --cascade-epochs) cascade_epochs=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --crop) crop=$2; shift 2 ;;
     --threads) extra+=(--threads "$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -48,5 +50,5 @@ run() {  # $1 network, $2 attribute, $3 epochs, $4 crop
   echo "== $net $attr: test accuracy $acc, $epochs epochs, wall time $((SECONDS - t0)) s on $device"
 }
 
-if [ "$only" = all ] || [ "$only" = tcdcn ]; then run tcdcn smile "$tcdcn_epochs" original; fi
-if [ "$only" = all ] || [ "$only" = cascade ]; then run cascade_cnn gender "$cascade_epochs" original; fi
+if [ "$only" = all ] || [ "$only" = tcdcn ]; then run tcdcn smile "$tcdcn_epochs" "$crop"; fi
+if [ "$only" = all ] || [ "$only" = cascade ]; then run cascade_cnn gender "$cascade_epochs" "$crop"; fi
