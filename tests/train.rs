@@ -178,3 +178,52 @@ fn one_epoch_on_real_mtfl() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("test accuracy"), "{}", stdout(&o));
 }
+
+#[test]
+fn sigkill_during_training_then_resume_equals_continuous_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 40);
+    let epochs = "8";
+    let straight = tmp.path().join("straight");
+    assert!(retrain(&train_args(s(&art), s(&mtfl), s(&straight), epochs)).status.success());
+    let killed = tmp.path().join("killed");
+    let last = killed.join("last.h5");
+    let mut kills = Vec::new();
+    let mut delay = 11u64;
+    for _ in 0..30 {
+        let mut args = train_args(s(&art), s(&mtfl), s(&killed), epochs);
+        if last.exists() {
+            args.extend(["--resume", s(&last)]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_retrain"))
+            .args(&args)
+            .current_dir(repo())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        delay = (delay * 7919 + 3) % 700;
+        std::thread::sleep(std::time::Duration::from_millis(150 + delay));
+        let finished = child.try_wait().unwrap().is_some_and(|s| s.success());
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if finished {
+            break;
+        }
+        // Whatever the moment of the kill, the checkpoint on disk is a whole one.
+        if last.exists() {
+            let c = Checkpoint::read(&last).expect("a killed run left a damaged checkpoint");
+            kills.push(c.epoch);
+        }
+    }
+    eprintln!("killed at completed epochs {kills:?}");
+    assert!(kills.len() >= 2, "too few kills landed during training: {kills:?}");
+    let mut args = train_args(s(&art), s(&mtfl), s(&killed), epochs);
+    args.extend(["--resume", s(&last)]);
+    let o = retrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (Checkpoint::read(&straight.join("last.h5")).unwrap(), Checkpoint::read(&last).unwrap());
+    assert_eq!((a.step, a.epoch), (b.step, b.epoch));
+    assert_eq!(a.tensors, b.tensors, "killed-and-resumed training differs from continuous training");
+}
