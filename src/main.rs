@@ -107,6 +107,9 @@ struct TrainHeadArgs {
     /// sgd: number of steps.
     #[arg(long, default_value_t = SgdParams::default().steps)]
     steps: usize,
+    /// sgd: validation rows drawn for each point of the curve (0 = all of them).
+    #[arg(long, default_value_t = SgdParams::default().validation_batch)]
+    validation_batch: usize,
     /// sgd: print the learning curve every N steps (it is recorded every 10).
     #[arg(long, default_value_t = 200)]
     print_every: usize,
@@ -349,7 +352,7 @@ fn run_train_head(a: TrainHeadArgs) -> Result<()> {
         class_weight: a.class_weight,
         validation_percent: a.validation_percent,
         linfa: LinfaParams { c: a.c, max_iterations: a.max_iterations, ..LinfaParams::default() },
-        sgd: SgdParams { learning_rate: a.learning_rate, batch: a.batch, steps: a.steps, ..SgdParams::default() },
+        sgd: SgdParams { learning_rate: a.learning_rate, batch: a.batch, steps: a.steps, validation_batch: a.validation_batch, ..SgdParams::default() },
         ..TrainOptions::new(&a.attribute, a.solver)
     };
     let every = a.print_every.max(1);
