@@ -66,6 +66,22 @@ impl RunArgs {
     }
 }
 
+/// How images stream through a backbone (extract, predict, reproduce).
+#[derive(Args)]
+struct ImageRunArgs {
+    /// Images per inference call.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Threads decoding and resizing images [default: every core].
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 #[derive(Args)]
 struct TrainHeadArgs {
     /// The training cache (HDF5 from `retrain extract`).
@@ -164,16 +180,8 @@ struct PredictArgs {
     /// Output: .csv or .json.
     #[arg(long)]
     out: PathBuf,
-    /// Images per inference call.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Threads decoding and resizing images [default: every core].
-    #[arg(long)]
-    decode_threads: Option<usize>,
-    #[arg(long)]
-    quiet: bool,
     #[command(flatten)]
-    run: RunArgs,
+    stream: ImageRunArgs,
 }
 
 #[derive(Args)]
@@ -204,15 +212,8 @@ struct ReproduceArgs {
     /// Only the first N images of each split (a quick run).
     #[arg(long)]
     limit: Option<usize>,
-    /// Images per inference call.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    #[arg(long)]
-    decode_threads: Option<usize>,
-    #[arg(long)]
-    quiet: bool,
     #[command(flatten)]
-    run: RunArgs,
+    stream: ImageRunArgs,
 }
 
 #[derive(Args)]
@@ -408,10 +409,10 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     if samples.is_empty() {
         anyhow::bail!("no images: give image files or --list FILE");
     }
-    let config = a.run.config();
+    let config = a.stream.run.config();
     let mut model = Model::load(&a.model, &config, None)?;
     eprintln!("{}", runtime::describe_provider(&config));
-    let opts = PredictOptions { crop: a.crop, batch: a.batch, decode_threads: a.decode_threads, show_progress: !a.quiet };
+    let opts = PredictOptions { crop: a.crop, batch: a.stream.batch, decode_threads: a.stream.decode_threads, show_progress: !a.stream.quiet };
     let summary = predict::predict(&mut model, &samples, &opts)?;
     summary.table.write(&a.out)?;
     println!(
@@ -436,11 +437,11 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         attributes: a.attributes,
         solvers: a.solvers,
         seed: a.seed,
-        batch: a.batch,
+        batch: a.stream.batch,
         limit: a.limit,
-        session: a.run.config(),
-        decode_threads: a.decode_threads,
-        show_progress: !a.quiet,
+        session: a.stream.run.config(),
+        decode_threads: a.stream.decode_threads,
+        show_progress: !a.stream.quiet,
     };
     let report = reproduce::reproduce(&opts)?;
     println!("{}", report.markdown);
