@@ -14,6 +14,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use retrain::cache::Cache;
 use retrain::eval;
+use retrain::head::linfa::LinfaParams;
 use retrain::head::{self, Solver, TrainOptions};
 use retrain::runtime::{Device, SessionConfig};
 
@@ -104,6 +105,8 @@ fn ours(a: &Args, train: &Cache, attribute: &str, solver: Solver, dir: &Path) ->
 
 fn sklearn(a: &Args, attribute: &str) -> Result<Row> {
     let python = std::env::var("RETRAIN_PYTHON").unwrap_or_else(|_| ".venv/bin/python".to_string());
+    // The same regularisation and iteration cap as our linfa head.
+    let linfa = LinfaParams::default();
     let mut best: Option<(f64, f64)> = None;
     for _ in 0..a.repeat {
         let out = Command::new(&python)
@@ -112,6 +115,7 @@ fn sklearn(a: &Args, attribute: &str) -> Result<Row> {
             .arg("--test")
             .arg(&a.test)
             .args(["--attribute", attribute])
+            .args(["--c", &linfa.c.to_string(), "--max-iter", &linfa.max_iterations.to_string()])
             .output()
             .with_context(|| format!("cannot run {python} scripts/sklearn_head.py (set RETRAIN_PYTHON)"))?;
         if !out.status.success() {

@@ -11,7 +11,7 @@ Prints one JSON object per attribute (one line each), or writes a list with --js
   precision/recall, n_iter, sklearn version, dtype, threads note.
 
 usage: sklearn_head.py --train TRAIN.h5 --test TEST.h5 [--attribute gender --attribute smile]
-                       [--c 1.0] [--max-iter 1000] [--json OUT.json]
+                       [--c 0.01] [--max-iter 1000] [--json OUT.json]
 """
 import argparse
 import json
@@ -89,7 +89,7 @@ def main():
     ap.add_argument("--train", required=True)
     ap.add_argument("--test", required=True)
     ap.add_argument("--attribute", action="append", help="repeatable [default: gender and smile]")
-    ap.add_argument("--c", type=float, default=1.0, help="inverse L2 strength [1.0]")
+    ap.add_argument("--c", type=float, default=0.01, help="inverse L2 strength [0.01, retrain's default]")
     ap.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations at most [1000]")
     ap.add_argument("--json", help="write all results as a JSON list here")
     a = ap.parse_args()

@@ -132,8 +132,9 @@ fn linfa_agrees_with_scikit_learn() {
     let head = dir.path().join("gender.onnx");
     trained.head.save(&head, &[]).unwrap();
     let ours = eval::evaluate(&head, &test_cache, &cpu()).unwrap().metrics.accuracy;
+    let c = TrainOptions::new("gender", Solver::Linfa).linfa.c.to_string();
     let out = std::process::Command::new(python)
-        .args(["scripts/sklearn_head.py", "--attribute", "gender", "--train"])
+        .args(["scripts/sklearn_head.py", "--attribute", "gender", "--c", &c, "--train"])
         .arg(&train_cache)
         .arg("--test")
         .arg(&test_cache)

@@ -12,15 +12,21 @@ use super::classes::Labeled;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinfaParams {
     /// Inverse L2 strength, scikit-learn's `C` (the penalty is ||W||^2 / (2C) on summed losses).
+    ///
+    /// The default, 0.01, is the best of 1, 0.1, 0.01 and 0.001 for both gender and smile on a
+    /// 10% validation split of MTFL's training set with InceptionV3 bottlenecks; it also makes
+    /// L-BFGS converge in about 100-150 iterations instead of 500-800 at C = 1.
     pub c: f64,
     pub max_iterations: u64,
-    /// L-BFGS stops when the gradient norm (of the summed loss) falls below this.
+    /// scikit-learn's `tol`: L-BFGS stops once the gradient of the *mean* loss is this small.
+    /// linfa minimises the summed loss, so it is given `tol x rows` (and tests the Euclidean
+    /// norm, where scikit-learn tests the largest component: linfa stops no earlier).
     pub gradient_tolerance: f64,
 }
 
 impl Default for LinfaParams {
     fn default() -> Self {
-        LinfaParams { c: 1.0, max_iterations: 100, gradient_tolerance: 1e-4 }
+        LinfaParams { c: 0.01, max_iterations: 1000, gradient_tolerance: 1e-4 }
     }
 }
 
@@ -46,7 +52,7 @@ pub fn train(train: &Labeled, n_classes: usize, params: &LinfaParams) -> Result<
     let fitted = MultiLogisticRegression::default()
         .alpha(params.alpha(n_classes))
         .max_iterations(params.max_iterations)
-        .gradient_tolerance(params.gradient_tolerance)
+        .gradient_tolerance(params.gradient_tolerance * train.y.len() as f64)
         .fit(&Dataset::new(x, y))
         .map_err(|e| anyhow!("linfa-logistic: {e}"))?;
     // linfa orders its columns by sorted class value, and every class 0..n occurs: column k is class k.
