@@ -102,7 +102,8 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
                 let started = Instant::now();
                 let evaluation = eval::evaluate(&head_path, test_path, &opts.session)?;
                 let stem = head_path.with_extension("");
-                evaluation.write(Some(&stem.with_extension("eval.json")), Some(&stem.with_extension("confusion.png")), None)?;
+                let (json, png, csv) = (stem.with_extension("eval.json"), stem.with_extension("confusion.png"), stem.with_extension("predictions.csv"));
+                evaluation.write(Some(&json), Some(&png), Some(&csv))?;
                 timed(format!("eval {crop} {attribute} {}", solver.name()), started, percent(Some(evaluation.metrics.accuracy)));
                 evaluations.push((crop, evaluation));
                 if k == 0 {
