@@ -11,11 +11,12 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use image::imageops::FilterType;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheWriter, Identity, Rows, Shard, Skip};
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Sample};
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
 use crate::progress;
@@ -129,33 +130,44 @@ fn record_listing_problems(dataset: &Dataset, writer: &mut CacheWriter, total: u
 
 /// Decodes and preprocesses batches in parallel, in list order, into the channel.
 fn produce(dataset: &Dataset, pre: &Preprocess, todo: &[usize], opts: &ExtractOptions, tx: SyncSender<Result<Prepared>>) -> Result<()> {
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = opts.decode_threads {
-        pool = pool.num_threads(n);
-    }
-    let pool = pool.thread_name(|i| format!("decode-{i}")).build()?;
+    let pool = decode_pool(opts.decode_threads)?;
     let filter = pre.input.filter()?;
-    let len = pre.input.image_len();
     for chunk in todo.chunks(opts.batch) {
-        let mut tensor = vec![0f32; chunk.len() * len];
-        let results: Vec<Result<()>> = pool.install(|| {
-            tensor.par_chunks_mut(len).zip(chunk.par_iter()).map(|(slot, &i)| pre.load_into(&dataset.samples[i], filter, slot)).collect()
-        });
-        let mut good = Vec::with_capacity(chunk.len());
-        let mut failures = Vec::new();
-        for (&i, result) in chunk.iter().zip(results) {
-            match result {
-                Ok(()) => good.push(i),
-                Err(e) => failures.push(Skip { source_index: i as i64, text: format!("{}\t{e:#}", dataset.samples[i].key) }),
-            }
-        }
-        compact(&mut tensor, chunk, &good, len);
+        let (tensor, good, failures) = load_batch(&pool, pre, filter, &dataset.samples, chunk);
         let next_source = chunk.last().map_or(0, |&i| i + 1);
         if tx.send(Ok(Prepared { tensor, good, failures, next_source })).is_err() {
             return Ok(()); // the consumer stopped (error or strict failure); it reports why
         }
     }
     Ok(())
+}
+
+/// The threads that decode and resize images; `None` = every core.
+pub fn decode_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        pool = pool.num_threads(n);
+    }
+    Ok(pool.thread_name(|i| format!("decode-{i}")).build()?)
+}
+
+/// Loads `samples[i]` for each `i` of `chunk` in parallel. Returns the input tensor of the
+/// images that loaded (in order), their indices, and a [`Skip`] (`key<TAB>reason`) for the others.
+pub fn load_batch(pool: &rayon::ThreadPool, pre: &Preprocess, filter: FilterType, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skip>) {
+    let len = pre.input.image_len();
+    let mut tensor = vec![0f32; chunk.len() * len];
+    let results: Vec<Result<()>> =
+        pool.install(|| tensor.par_chunks_mut(len).zip(chunk.par_iter()).map(|(slot, &i)| pre.load_into(&samples[i], filter, slot)).collect());
+    let mut good = Vec::with_capacity(chunk.len());
+    let mut failures = Vec::new();
+    for (&i, result) in chunk.iter().zip(results) {
+        match result {
+            Ok(()) => good.push(i),
+            Err(e) => failures.push(Skip { source_index: i as i64, text: format!("{}\t{e:#}", samples[i].key) }),
+        }
+    }
+    compact(&mut tensor, chunk, &good, len);
+    (tensor, good, failures)
 }
 
 /// Moves the slots of good images to the front, in order, and drops the rest.

@@ -1,18 +1,46 @@
 //! retrain: transfer learning for face attributes on ONNX Runtime.
 //!
 //! Data flows one way: [`dataset`] -> [`preprocess`] -> [`runtime`]/[`model`] -> [`cache`]
-//! -> heads / fine-tuning ([`train`]) -> metrics -> export. [`extract`] is the job that joins the first four.
+//! -> [`head`] / training ([`train`]) -> [`metrics`] -> [`export`]. [`extract`] is the job that
+//! joins the first four; [`eval`], [`predict`] and [`reproduce`] are the jobs after it.
 
 pub mod cache;
 pub mod dataset;
+pub mod eval;
+pub mod export;
 pub mod extract;
+pub mod head;
+pub mod metrics;
 pub mod model;
+pub mod onnx;
+pub mod plot;
+pub mod predict;
+pub mod predictions;
 pub mod preprocess;
 pub mod progress;
+pub mod reproduce;
 pub mod runtime;
 pub mod train;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
 
 /// The version recorded in every file retrain writes.
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
+}
+
+/// Creates the folder that `path` will be written into.
+pub fn create_parent_dir(path: &Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display())),
+        None => Ok(()),
+    }
+}
+
+/// Writes a whole file, creating its folder; errors name the file.
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    create_parent_dir(path)?;
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,16 +1,21 @@
 //! The `retrain` command line: parses arguments and calls the library, nothing more.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use retrain::cache::{Cache, Shard};
 use retrain::dataset::{self, mtfl, Dataset};
 use retrain::extract::{self, ExtractOptions};
+use retrain::head::linfa::LinfaParams;
+use retrain::head::sgd::SgdParams;
+use retrain::head::{self, ClassWeight, Solver, TrainOptions};
 use retrain::model::Model;
+use retrain::predict::{self, PredictOptions};
 use retrain::preprocess::Crop;
+use retrain::reproduce::{self, ReproduceOptions};
 use retrain::runtime::{self, Device, SessionConfig};
-use retrain::train::{self, TrainOptions};
+use retrain::train;
 
 /// Transfer learning for face attributes on ONNX Runtime: bottleneck extraction, heads, fine-tuning.
 #[derive(Parser)]
@@ -27,15 +32,26 @@ enum Command {
     /// Resumes where an earlier run of the same command stopped; refuses a cache built with
     /// another model, output or preprocessing.
     Extract(ExtractArgs),
+    /// Inspect or combine cache files.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Train a softmax head for one attribute on cached features; writes HEAD (ONNX) and
+    /// HEAD's .history.json.
+    TrainHead(TrainHeadArgs),
+    /// Score a head on a cache: accuracy, per-class precision/recall, confusion matrix.
+    Eval(EvalArgs),
+    /// Join a backbone and heads into one ONNX model: pixels in, probabilities out.
+    Export(ExportArgs),
+    /// Run an exported model on images; CSV or JSON of labels and probabilities.
+    Predict(PredictArgs),
+    /// The study's first approach end to end (extract both crops, train, evaluate, export, report).
+    Reproduce(ReproduceArgs),
     /// Train a network through training artifacts (scripts/make_artifacts.py) on MTFL.
     ///
     /// Holds out 20% of the training list for validation, prints a line per epoch, keeps
     /// OUT/last.h5 (resume with --resume) and OUT/best.h5, then reports the test accuracy of
     /// the best epoch and writes its weights into OUT/model.onnx.
     Train(TrainArgs),
-    /// Inspect or combine cache files.
-    #[command(subcommand)]
-    Cache(CacheCommand),
 }
 
 #[derive(Subcommand)]
@@ -54,6 +70,173 @@ enum CacheCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Where models run.
+#[derive(Args)]
+struct RunArgs {
+    /// cpu, cuda or cuda:N. CUDA never falls back to CPU.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Intra-op threads for ONNX Runtime [default: every core].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl RunArgs {
+    fn config(&self) -> SessionConfig {
+        SessionConfig { intra_threads: self.threads, ..SessionConfig::new(self.device) }
+    }
+}
+
+/// How images stream through a backbone (extract, predict, reproduce).
+#[derive(Args)]
+struct ImageRunArgs {
+    /// Images per inference call.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Threads decoding and resizing images [default: every core].
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct TrainHeadArgs {
+    /// The training cache (HDF5 from `retrain extract`).
+    #[arg(long)]
+    cache: PathBuf,
+    /// gender, smile, glasses, pose (MTFL), or class (class folders).
+    #[arg(long)]
+    attribute: String,
+    /// Where to write the head (ONNX); its history goes next to it.
+    #[arg(long)]
+    out: PathBuf,
+    /// linfa (L-BFGS, linfa-logistic) or sgd (the study's mini-batch recipe).
+    #[arg(long, default_value = "linfa")]
+    solver: Solver,
+    /// Seeds the validation split and the SGD batches; stored with the head.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// none, or balanced (weights n / (classes * n_class); sgd only).
+    #[arg(long, default_value = "none")]
+    class_weight: ClassWeight,
+    /// Percentage of training rows held out for validation [default: sgd 10, linfa 0].
+    #[arg(long)]
+    validation_percent: Option<f64>,
+    /// Train on raw features (the study did); by default they are standardised.
+    #[arg(long)]
+    no_standardize: bool,
+    /// linfa: inverse L2 strength, as scikit-learn's C.
+    #[arg(long, default_value_t = LinfaParams::default().c)]
+    c: f64,
+    /// linfa: L-BFGS iterations at most.
+    #[arg(long, default_value_t = LinfaParams::default().max_iterations)]
+    max_iterations: u64,
+    /// sgd: learning rate.
+    #[arg(long, default_value_t = SgdParams::default().learning_rate)]
+    learning_rate: f32,
+    /// sgd: rows per step.
+    #[arg(long, default_value_t = SgdParams::default().batch)]
+    batch: usize,
+    /// sgd: number of steps.
+    #[arg(long, default_value_t = SgdParams::default().steps)]
+    steps: usize,
+    /// sgd: validation rows drawn for each point of the curve (0 = all of them).
+    #[arg(long, default_value_t = SgdParams::default().validation_batch)]
+    validation_batch: usize,
+    /// sgd: print the learning curve every N steps (it is recorded every 10).
+    #[arg(long, default_value_t = 200)]
+    print_every: usize,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The test cache.
+    #[arg(long)]
+    cache: PathBuf,
+    /// The head (ONNX from `retrain train-head`).
+    #[arg(long)]
+    head: PathBuf,
+    /// Write the scores as JSON here (and the confusion matrix as PNG beside it).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the confusion matrix PNG here [default: beside --json].
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Write per-image predictions (CSV, or JSON for a .json name), as `predict` does.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The backbone the heads were trained on.
+    #[arg(long)]
+    model: PathBuf,
+    /// A head; repeat for several attributes.
+    #[arg(long = "head", required = true)]
+    heads: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// An exported model (`retrain export`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files.
+    images: Vec<PathBuf>,
+    /// A file listing images: one path per line, or an MTFL annotation file (needed for the nose crop).
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Override the crop recorded in the model (original, nose, nose:SIZE).
+    #[arg(long)]
+    crop: Option<Crop>,
+    /// Output: .csv or .json.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    stream: ImageRunArgs,
+}
+
+#[derive(Args)]
+struct ReproduceArgs {
+    /// MTFL folder (holding training.txt, testing.txt and the images).
+    #[arg(long)]
+    mtfl: PathBuf,
+    /// The backbone.
+    #[arg(long, default_value = "onnx/inception_v3.onnx")]
+    model: PathBuf,
+    /// Where bottleneck caches are kept (and resumed from).
+    #[arg(long, default_value = "cache")]
+    cache_dir: PathBuf,
+    /// Heads, evaluations, exported models and report.md.
+    #[arg(long, default_value = "reports/reproduce")]
+    out: PathBuf,
+    /// Crops to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "original,nose")]
+    crops: Vec<Crop>,
+    /// Attributes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "gender,smile")]
+    attributes: Vec<String>,
+    /// Solvers, comma-separated; the first one's heads are exported.
+    #[arg(long, value_delimiter = ',', default_value = "sgd,linfa")]
+    solvers: Vec<Solver>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Only the first N images of each split (a quick run).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    stream: ImageRunArgs,
 }
 
 #[derive(Args)]
@@ -190,6 +373,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", retrain::cache::merge_command(&shards, &out)?);
             Ok(())
         }
+        Command::TrainHead(args) => run_train_head(args),
+        Command::Eval(args) => run_eval(args),
+        Command::Export(args) => run_export(args),
+        Command::Predict(args) => run_predict(args),
+        Command::Reproduce(args) => run_reproduce(args),
     }
 }
 
@@ -224,7 +412,7 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
-    let opts = TrainOptions {
+    let opts = train::TrainOptions {
         artifacts: a.artifacts,
         mtfl: a.mtfl,
         attribute: a.attribute,
@@ -256,5 +444,108 @@ fn run_info(path: &std::path::Path) -> Result<()> {
     for s in &c.skipped {
         println!("  {}", s.replace('\t', ": "));
     }
+    Ok(())
+}
+
+fn run_train_head(a: TrainHeadArgs) -> Result<()> {
+    let cache = Cache::read(&a.cache)?;
+    let opts = TrainOptions {
+        seed: a.seed,
+        standardize: !a.no_standardize,
+        class_weight: a.class_weight,
+        validation_percent: a.validation_percent,
+        linfa: LinfaParams { c: a.c, max_iterations: a.max_iterations, ..LinfaParams::default() },
+        sgd: SgdParams { learning_rate: a.learning_rate, batch: a.batch, steps: a.steps, validation_batch: a.validation_batch, ..SgdParams::default() },
+        ..TrainOptions::new(&a.attribute, a.solver)
+    };
+    let every = a.print_every.max(1);
+    let mut print_point = |p: &head::sgd::CurvePoint| {
+        if p.step.is_multiple_of(every) || p.step == opts.sgd.steps {
+            let val = p.validation_accuracy.map_or(String::new(), |v| format!("  validation accuracy {:.1}%  loss {:.4}", 100.0 * v, p.validation_loss.unwrap_or(f64::NAN)));
+            eprintln!("step {:>5}: train accuracy {:5.1}%  loss {:.4}{val}", p.step, 100.0 * p.train_accuracy, p.train_loss);
+        }
+    };
+    let trained = head::train(&cache, &a.cache, &opts, &mut print_point)?;
+    trained.head.save(&a.out, &trained.curve)?;
+    let i = &trained.head.info;
+    let val = i.validation_accuracy.map_or(String::new(), |v| format!(", validation accuracy {:.1}% ({} rows)", 100.0 * v, i.validation_rows));
+    println!(
+        "{} head for {} ({}) on {} rows: train accuracy {:.1}%{val}; fitted in {:.2} s; seed {}\nwrote {} and {}",
+        i.solver.name(),
+        i.attribute,
+        i.labels.join("/"),
+        i.train_rows,
+        100.0 * i.train_accuracy,
+        i.train_seconds,
+        i.seed,
+        a.out.display(),
+        head::history_path(&a.out).display()
+    );
+    Ok(())
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    let evaluation = retrain::eval::evaluate(&a.head, &a.cache, &a.run.config())?;
+    let png = a.png.or_else(|| a.json.as_ref().map(|j| j.with_extension("png")));
+    evaluation.write(a.json.as_deref(), png.as_deref(), a.predictions.as_deref())?;
+    println!("{}", evaluation.markdown());
+    if evaluation.unlabeled > 0 {
+        println!("({} rows without a {} label were not scored)", evaluation.unlabeled, evaluation.head.attribute);
+    }
+    Ok(())
+}
+
+fn run_export(a: ExportArgs) -> Result<()> {
+    let heads: Vec<&Path> = a.heads.iter().map(PathBuf::as_path).collect();
+    let exported = retrain::export::export(&a.model, &heads, &a.out)?;
+    let outputs: Vec<String> = exported.iter().map(|h| format!("{} [{}]", h.output, h.labels.join(", "))).collect();
+    println!("wrote {}: outputs {}", a.out.display(), outputs.join(", "));
+    Ok(())
+}
+
+fn run_predict(a: PredictArgs) -> Result<()> {
+    let mut samples = predict::images_from_paths(&a.images);
+    if let Some(list) = &a.list {
+        samples.extend(predict::images_from_list(list)?);
+    }
+    if samples.is_empty() {
+        anyhow::bail!("no images: give image files or --list FILE");
+    }
+    let config = a.stream.run.config();
+    let mut model = Model::load(&a.model, &config, None)?;
+    eprintln!("{}", runtime::describe_provider(&config));
+    let opts = PredictOptions { crop: a.crop, batch: a.stream.batch, decode_threads: a.stream.decode_threads, show_progress: !a.stream.quiet };
+    let summary = predict::predict(&mut model, &samples, &opts)?;
+    summary.table.write(&a.out)?;
+    println!(
+        "wrote {} predictions to {} (crop {}; {:.1} s, {:.1} images/s); {} images skipped",
+        summary.table.len(),
+        a.out.display(),
+        summary.crop,
+        summary.seconds,
+        samples.len() as f64 / summary.seconds.max(1e-9),
+        summary.skipped.len()
+    );
+    Ok(())
+}
+
+fn run_reproduce(a: ReproduceArgs) -> Result<()> {
+    let opts = ReproduceOptions {
+        mtfl: a.mtfl,
+        model: a.model,
+        cache_dir: a.cache_dir,
+        out_dir: a.out,
+        crops: a.crops,
+        attributes: a.attributes,
+        solvers: a.solvers,
+        seed: a.seed,
+        batch: a.stream.batch,
+        limit: a.limit,
+        session: a.stream.run.config(),
+        decode_threads: a.stream.decode_threads,
+        show_progress: !a.stream.quiet,
+    };
+    let report = reproduce::reproduce(&opts)?;
+    println!("{}", report.markdown);
     Ok(())
 }

@@ -82,7 +82,7 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-const METADATA_PREFIX: &str = "retrain.";
+pub const METADATA_PREFIX: &str = "retrain.";
 
 /// `retrain.*` ONNX metadata, else the sidecar `MODEL.onnx.json`; error if neither exists.
 fn read_description(path: &Path, session: &Session) -> Result<HashMap<String, String>> {
@@ -95,6 +95,11 @@ fn read_description(path: &Path, session: &Session) -> Result<HashMap<String, St
     if !from_metadata.is_empty() {
         return Ok(from_metadata);
     }
+    read_sidecar(path)
+}
+
+/// The description in the sidecar `MODEL.onnx.json` (keys without the `retrain.` prefix).
+pub fn read_sidecar(path: &Path) -> Result<HashMap<String, String>> {
     let sidecar = sidecar_path(path);
     let text = fs::read_to_string(&sidecar).map_err(|_| {
         anyhow!(

@@ -112,6 +112,13 @@ impl Preprocess {
         )
     }
 
+    /// The crop named by a [`Preprocess::describe`] text (how heads and exported models know
+    /// which crop their features came from).
+    pub fn crop_of(description: &str) -> Result<Crop> {
+        let word = description.strip_prefix("crop=").and_then(|rest| rest.split_whitespace().next());
+        word.with_context(|| format!("preprocessing '{description}' names no crop"))?.parse()
+    }
+
     /// Decodes, crops, resizes and scales one image into `out` (length `input.image_len()`).
     pub fn load_into(&self, sample: &Sample, filter: FilterType, out: &mut [f32]) -> Result<()> {
         let rgb = decode_rgb(&sample.path)?;

@@ -150,3 +150,19 @@ pub fn describe_provider(config: &SessionConfig) -> String {
         Device::Cuda(id) => format!("execution provider: CUDAExecutionProvider (device {id}, CPU fallback disabled; {lib})"),
     }
 }
+
+/// Runs `session` on one float32 tensor and returns the named float32 outputs, each as
+/// (shape, values), in the order asked for.
+pub fn run_f32(session: &mut Session, input: &str, shape: &[usize], data: Vec<f32>, outputs: &[String]) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+    let tensor = ort::value::Tensor::from_array((shape.to_vec(), data)).map_err(|e| anyhow!("{e}"))?;
+    let selector = outputs.iter().fold(ort::session::OutputSelector::no_default(), |s, name| s.with(name));
+    let options = ort::session::RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(selector);
+    let values = session.run_with_options(ort::inputs![input => tensor], &options).map_err(|e| anyhow!("{e}"))?;
+    outputs
+        .iter()
+        .map(|name| {
+            let (shape, data) = values[name.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
+            Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
+        })
+        .collect()
+}

@@ -191,11 +191,13 @@ fn sigkill_during_training_then_resume_equals_continuous_training() {
     let last = killed.join("last.h5");
     let mut kills = Vec::new();
     let mut delay = 11u64;
+    let epoch_on_disk = || Checkpoint::read(&last).map(|c| c.epoch).ok();
     for _ in 0..30 {
         let mut args = train_args(s(&art), s(&mtfl), s(&killed), epochs);
         if last.exists() {
             args.extend(["--resume", s(&last)]);
         }
+        let before = epoch_on_disk();
         let mut child = Command::new(env!("CARGO_BIN_EXE_retrain"))
             .args(&args)
             .current_dir(repo())
@@ -203,19 +205,22 @@ fn sigkill_during_training_then_resume_equals_continuous_training() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        delay = (delay * 7919 + 3) % 700;
-        std::thread::sleep(std::time::Duration::from_millis(150 + delay));
-        let finished = child.try_wait().unwrap().is_some_and(|s| s.success());
+        // Let it write one more checkpoint (so every round makes progress), then kill it at a
+        // pseudo-random moment of the next epoch, checkpoint writing included.
+        while child.try_wait().unwrap().is_none() && epoch_on_disk() == before {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        delay = (delay * 7919 + 3) % 300;
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let finished = child.try_wait().unwrap().is_some();
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         if finished {
             break;
         }
         // Whatever the moment of the kill, the checkpoint on disk is a whole one.
-        if last.exists() {
-            let c = Checkpoint::read(&last).expect("a killed run left a damaged checkpoint");
-            kills.push(c.epoch);
-        }
+        let c = Checkpoint::read(&last).expect("a killed run left a damaged checkpoint");
+        kills.push(c.epoch);
     }
     eprintln!("killed at completed epochs {kills:?}");
     assert!(kills.len() >= 2, "too few kills landed during training: {kills:?}");

@@ -7,6 +7,10 @@ use std::process::{Command, Output};
 use image::{Rgb, RgbImage};
 use retrain::cache::Cache;
 
+mod synth;
+#[allow(unused_imports)] // used by the head and pipeline tests only
+pub use synth::*;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Runs a model exported by `retrain export` with Python's onnxruntime, preprocessing images
+with PIL from the model's own metadata alone (what a deployment team would do), and writes
+the same CSV as `retrain predict`. Checks the file with onnx.checker first.
+
+The preprocessing is an independent implementation (PIL's resize, not the image crate's), so
+probabilities differ from `retrain predict` by a little; labels should almost always agree
+(compare with scripts/compare_predictions.py).
+
+usage: onnxruntime_predict.py MODEL.onnx --list LIST [--limit N] [--batch 16] --out preds.csv
+       LIST: an MTFL annotation file (landmarks make the nose crop possible) or one path per line
+"""
+import argparse
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from PIL import Image
+
+FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "triangle": Image.BILINEAR,
+           "bicubic": Image.BICUBIC, "catmullrom": Image.BICUBIC, "lanczos": Image.LANCZOS, "lanczos3": Image.LANCZOS}
+
+
+def read_list(path):
+    root = os.path.dirname(path)
+    items = []
+    for line in open(path, newline=None):
+        fields = line.split()
+        if not fields:
+            continue
+        key = fields[0].replace("\\", "/")
+        nose = (float(fields[3]), float(fields[8])) if len(fields) == 15 else None
+        items.append((key, os.path.join(root, key), nose))
+    return items
+
+
+def crop_box(crop, w, h, nose):
+    """retrain's crop window: a square on the nose, shifted (never padded) to lie inside."""
+    if crop == "original":
+        return 0, 0, w, h
+    size = int(crop.split(":")[1]) if ":" in crop else 150
+    def axis(centre, extent):
+        length = min(size, extent)
+        start = min(max(math.floor(centre - length / 2 + 0.5), 0), extent - length)
+        return start, length
+    (x, cw), (y, ch) = axis(nose[0], w), axis(nose[1], h)
+    return x, y, x + cw, y + ch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--list", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=16)
+    a = ap.parse_args()
+    model = onnx.load(a.model)
+    onnx.checker.check_model(model)
+    meta = {p.key[len("retrain."):]: p.value for p in model.metadata_props if p.key.startswith("retrain.")}
+    heads = json.loads(meta["heads"])
+    size = (int(meta["width"]), int(meta["height"]))
+    mean = np.array([float(v) for v in meta.get("mean", "0").split(",")], np.float32)
+    std = np.array([float(v) for v in meta.get("std", "1").split(",")], np.float32)
+    crop, layout = meta.get("crop", "original"), meta["layout"].upper()
+    session = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
+    input_name = meta.get("input_name", session.get_inputs()[0].name)
+    items = read_list(a.list)[: a.limit or None]
+    header = ["path"] + [c for h in heads for c in [h["attribute"]] + [f"p_{h['attribute']}_{l}" for l in h["labels"]]]
+    with open(a.out, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        for start in range(0, len(items), a.batch):
+            chunk = items[start:start + a.batch]
+            pixels = []
+            for _, path, nose in chunk:
+                im = Image.open(path).convert("RGB")
+                im = im.crop(crop_box(crop, im.width, im.height, nose)).resize(size, FILTERS[meta.get("resize", "bilinear")])
+                pixels.append((np.asarray(im, np.float32) / 255.0 - mean) / std)
+            x = np.stack(pixels).astype(np.float32)
+            if layout == "NCHW":
+                x = x.transpose(0, 3, 1, 2)
+            probs = session.run([h["output"] for h in heads], {input_name: np.ascontiguousarray(x)})
+            for i, (key, _, _) in enumerate(chunk):
+                row = [key]
+                for h, p in zip(heads, probs):
+                    row += [h["labels"][int(np.argmax(p[i]))]] + [f"{v:.6f}" for v in p[i]]
+                out.writerow(row)
+    print(f"wrote {len(items)} predictions to {a.out} with onnxruntime {ort.__version__}")
+
+
+if __name__ == "__main__":
+    main()

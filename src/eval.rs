@@ -1,0 +1,113 @@
+//! Evaluating a head on a cache: the head's own ONNX file runs in ONNX Runtime on the cached
+//! features, so what is scored is exactly what is shipped.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ndarray::{Array2, ArrayView2};
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::head::classes::{Classes, Labeled};
+use crate::head::onnx::HeadFile;
+use crate::head::{CacheOrigin, HeadInfo};
+use crate::metrics::{self, Metrics};
+use crate::predictions::{Attribute, PredictionTable};
+use crate::runtime::{self, SessionConfig};
+
+/// The result of `retrain eval`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub head_path: String,
+    pub head: HeadInfo,
+    pub cache: CacheOrigin,
+    /// Rows of the cache without a label for the attribute (not scored).
+    pub unlabeled: usize,
+    pub metrics: Metrics,
+    #[serde(skip)]
+    pub predictions: PredictionTable,
+}
+
+/// Scores the head at `head_path` on every labelled row of the cache at `cache_path`.
+pub fn evaluate(head_path: &Path, cache_path: &Path, config: &SessionConfig) -> Result<Evaluation> {
+    let head = HeadFile::read(head_path)?;
+    let cache = Cache::read(cache_path)?;
+    check_compatible(&head.info, &cache, head_path, cache_path)?;
+    let classes = Classes { attribute: head.info.attribute.clone(), labels: head.info.labels.clone(), codes: head.info.codes.clone() };
+    let rows = Labeled::from_cache(&cache, &classes).with_context(|| format!("cache {}", cache_path.display()))?;
+    let probs = run_head(head_path, &head.info, rows.x.view(), config)?;
+    let predicted = crate::head::softmax::predictions(probs.view());
+    let mut predictions = PredictionTable::new(vec![Attribute { name: classes.attribute.clone(), labels: classes.labels.clone() }]);
+    for (path, p) in rows.paths.iter().zip(probs.rows()) {
+        predictions.push(path, &[p.as_slice().expect("standard layout")]);
+    }
+    Ok(Evaluation {
+        head_path: head_path.display().to_string(),
+        metrics: metrics::score(&rows.y, &predicted, &classes.labels),
+        head: head.info,
+        cache: CacheOrigin::of(&cache, cache_path),
+        unlabeled: rows.unlabeled,
+        predictions,
+    })
+}
+
+/// A head only makes sense on features of the backbone, output and preprocessing it was trained on.
+pub fn check_compatible(info: &HeadInfo, cache: &Cache, head_path: &Path, cache_path: &Path) -> Result<()> {
+    let (h, c) = (head_path.display(), cache_path.display());
+    if cache.features.ncols() != info.dim {
+        bail!(
+            "head {h} takes {} features per image, but cache {c} has {} ('/features' is [{}, {}])",
+            info.dim,
+            cache.features.ncols(),
+            cache.features.nrows(),
+            cache.features.ncols()
+        );
+    }
+    let pairs = [
+        ("model (sha256)", &info.cache.model_sha256, &cache.model_sha256),
+        ("model output", &info.cache.output, &cache.output),
+        ("preprocessing", &info.cache.preprocess, &cache.preprocess),
+    ];
+    for (what, trained, here) in pairs {
+        if trained != here {
+            bail!("head {h} was trained on features with {what} '{trained}', but cache {c} has '{here}'");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a head file on features, in ONNX Runtime.
+pub fn run_head(head_path: &Path, info: &HeadInfo, x: ArrayView2<f32>, config: &SessionConfig) -> Result<Array2<f32>> {
+    let mut session = runtime::session(head_path, config)?;
+    let n = x.nrows();
+    let data = x.iter().copied().collect();
+    let mut outputs = runtime::run_f32(&mut session, &info.input, &[n, info.dim], data, std::slice::from_ref(&info.output))
+        .with_context(|| format!("running head {} on {n} rows", head_path.display()))?;
+    let (_, values) = outputs.remove(0);
+    Ok(Array2::from_shape_vec((n, info.labels.len()), values)?)
+}
+
+impl Evaluation {
+    pub fn title(&self) -> String {
+        format!("{} ({} head on {})", self.head.attribute, self.head.solver.name(), self.cache.source)
+    }
+
+    pub fn markdown(&self) -> String {
+        self.metrics.markdown(&self.title())
+    }
+
+    /// Writes whichever of the JSON, PNG and per-image predictions are asked for.
+    pub fn write(&self, json: Option<&Path>, png: Option<&Path>, predictions: Option<&Path>) -> Result<()> {
+        if let Some(path) = json {
+            crate::write_file(path, serde_json::to_string_pretty(self)?)?;
+        }
+        if let Some(path) = png {
+            crate::create_parent_dir(path)?;
+            crate::plot::save_confusion_png(&self.metrics, &self.title(), path)?;
+        }
+        if let Some(path) = predictions {
+            self.predictions.write(path)?;
+        }
+        Ok(())
+    }
+}

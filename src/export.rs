@@ -1,0 +1,245 @@
+//! One deployable ONNX file: backbone + heads, pixels in, per-attribute probabilities out.
+//!
+//! The backbone is edited field-wise (see [`crate::onnx::wire`]): its nodes and weights are
+//! copied byte for byte, nodes that no kept output needs are dropped (e.g. the backbone's own
+//! classifier), then a Flatten of the bottleneck feeds each head's nodes, copied from the head
+//! files as they are. The backbone's `retrain.*` metadata (input layout, size, scaling) stays,
+//! and the crop, the heads and their outputs are added, so `predict` (or anyone) can
+//! preprocess correctly from the file alone.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::head::onnx::{HeadFile, INPUT, KIND_KEY};
+use crate::head::HeadInfo;
+use crate::model::{file_sha256, read_sidecar, METADATA_PREFIX};
+use crate::onnx::wire::{fields, Encoder, Field};
+use crate::onnx::{self, graph_field, model_field, node_field, Dim, OPSET, TENSOR_NAME, VALUE_INFO_NAME};
+use crate::preprocess::Preprocess;
+
+/// Description key (metadata `retrain.heads`) listing the heads of an exported model (JSON,
+/// [`ExportedHead`]s).
+pub const HEADS_KEY: &str = "heads";
+/// Description key with the crop the heads were trained on (`original`, `nose:150`).
+pub const CROP_KEY: &str = "crop";
+/// Description key with the whole preprocessing the heads were trained with.
+pub const PREPROCESS_KEY: &str = "preprocess";
+
+/// What `predict` needs to know of each head in an exported model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportedHead {
+    pub attribute: String,
+    /// The graph output with this attribute's probabilities.
+    pub output: String,
+    pub labels: Vec<String>,
+    pub head: HeadInfo,
+}
+
+/// Joins `backbone` and `heads` into `out`. Every head must have been trained on this very
+/// backbone file, on the same output and preprocessing.
+pub fn export(backbone: &Path, heads: &[&Path], out: &Path) -> Result<Vec<ExportedHead>> {
+    if heads.is_empty() {
+        bail!("export needs at least one --head");
+    }
+    let heads: Vec<HeadFile> = heads.iter().map(|p| HeadFile::read(p)).collect::<Result<_>>()?;
+    let sha = file_sha256(backbone)?;
+    let bytes = std::fs::read(backbone).with_context(|| format!("cannot read backbone {}", backbone.display()))?;
+    let first = &heads[0].info;
+    check_heads(&heads, &sha).with_context(|| format!("heads do not fit backbone {}", backbone.display()))?;
+    let model = graft(&bytes, &heads, &first.cache.output).with_context(|| format!("backbone {}", backbone.display()))?;
+    let exported: Vec<ExportedHead> = heads
+        .iter()
+        .map(|h| ExportedHead { attribute: h.info.attribute.clone(), output: h.info.output.clone(), labels: h.info.labels.clone(), head: h.info.clone() })
+        .collect();
+    let crop = Preprocess::crop_of(&first.cache.preprocess)?;
+    let mut metadata = sidecar_description(backbone, &bytes)?;
+    metadata.extend([
+        (KIND_KEY.to_string(), "model".to_string()),
+        (format!("{METADATA_PREFIX}{CROP_KEY}"), crop.to_string()),
+        (format!("{METADATA_PREFIX}{PREPROCESS_KEY}"), first.cache.preprocess.clone()),
+        (format!("{METADATA_PREFIX}{HEADS_KEY}"), serde_json::to_string(&exported)?),
+        (format!("{METADATA_PREFIX}backbone_sha256"), sha),
+        (format!("{METADATA_PREFIX}exported_by"), format!("retrain {}", crate::version())),
+    ]);
+    let model = with_metadata(&model, &metadata)?;
+    crate::write_file(out, model)?;
+    Ok(exported)
+}
+
+/// A backbone described by a sidecar JSON instead of metadata: its description, as metadata
+/// entries, so that the exported model describes its input by itself. Empty otherwise.
+fn sidecar_description(backbone: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    if onnx::read_metadata(bytes)?.iter().any(|(k, _)| k.starts_with(METADATA_PREFIX)) {
+        return Ok(Vec::new());
+    }
+    let mut entries: Vec<(String, String)> = read_sidecar(backbone)?.into_iter().map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v)).collect();
+    entries.sort();
+    Ok(entries)
+}
+
+fn check_heads(heads: &[HeadFile], sha: &str) -> Result<()> {
+    let first = &heads[0].info;
+    let mut attributes = HashSet::new();
+    for h in heads {
+        let i = &h.info;
+        if i.cache.model_sha256 != sha {
+            bail!("head '{}' was trained on features of a model with sha256 {}, this backbone's is {}", i.attribute, &i.cache.model_sha256[..12], &sha[..12]);
+        }
+        if i.cache.output != first.cache.output {
+            bail!("head '{}' uses output '{}', head '{}' uses '{}'", i.attribute, i.cache.output, first.attribute, first.cache.output);
+        }
+        if i.cache.preprocess != first.cache.preprocess {
+            bail!(
+                "heads '{}' and '{}' were trained on differently preprocessed images ('{}' vs '{}'): one model sees one crop",
+                first.attribute,
+                i.attribute,
+                first.cache.preprocess,
+                i.cache.preprocess
+            );
+        }
+        if !attributes.insert(i.attribute.clone()) {
+            bail!("two heads for attribute '{}'", i.attribute);
+        }
+    }
+    Ok(())
+}
+
+/// The backbone model with its graph replaced by backbone + heads.
+fn graft(model: &[u8], heads: &[HeadFile], bottleneck: &str) -> Result<Vec<u8>> {
+    let top = fields(model)?;
+    check_opset(&top)?;
+    let graph = top.iter().find(|f| f.number == model_field::GRAPH).context("the file has no graph")?;
+    let new_graph = graft_graph(graph.bytes()?, heads, bottleneck)?;
+    let mut e = Encoder::new();
+    for f in &top {
+        e = if f.number == model_field::GRAPH { e.bytes(model_field::GRAPH, &new_graph) } else { e.raw(f.raw) };
+    }
+    Ok(e.finish())
+}
+
+/// Head graphs use opset-13 semantics (see [`OPSET`]); the model's default domain must be at least that.
+fn check_opset(top: &[Field]) -> Result<()> {
+    for f in top.iter().filter(|f| f.number == model_field::OPSET_IMPORT) {
+        let entry = fields(f.bytes()?)?;
+        let domain = entry.iter().find(|e| e.number == 1).map(|e| e.string()).transpose()?.unwrap_or_default();
+        let version = entry.iter().find(|e| e.number == 2).map(|e| e.varint()).transpose()?.unwrap_or(0) as i64;
+        if (domain.is_empty() || domain == "ai.onnx") && version < OPSET {
+            bail!("its default opset is {version}; heads need {OPSET} or newer (re-export the backbone at opset >= {OPSET})");
+        }
+    }
+    Ok(())
+}
+
+fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str) -> Result<Vec<u8>> {
+    let parts = fields(graph)?;
+    let is_bottleneck =
+        |f: &&Field| f.number == graph_field::OUTPUT && onnx::string(f.bytes().unwrap_or_default(), VALUE_INFO_NAME).is_ok_and(|n| n == bottleneck);
+    let bottleneck_output = parts.iter().find(is_bottleneck).with_context(|| format!("graph has no output '{bottleneck}' (the heads were trained on it)"))?;
+    let needed = needed_tensors(&parts, bottleneck)?;
+    let head_parts: Vec<Vec<Field>> = heads.iter().map(|h| head_graph_fields(&h.bytes)).collect::<Result<_>>()?;
+    check_names(&parts, &head_parts)?;
+
+    let mut e = Encoder::new();
+    for f in &parts {
+        if f.number != graph_field::OUTPUT && is_needed(f, needed.as_ref())? {
+            e = e.raw(f.raw);
+        }
+    }
+    e = e.bytes(graph_field::NODE, &onnx::node("Flatten", "retrain/flatten", &[bottleneck], &[INPUT], &[onnx::int_attribute("axis", 1)]));
+    e = e.bytes(graph_field::VALUE_INFO, &onnx::value_info(INPUT, &[Dim::Named("N"), Dim::Fixed(heads[0].info.dim as i64)]));
+    let head_fields = |number: u32| head_parts.iter().flatten().filter(move |f| f.number == number);
+    for f in head_fields(graph_field::NODE).chain(head_fields(graph_field::INITIALIZER)) {
+        e = e.raw(f.raw);
+    }
+    e = e.raw(bottleneck_output.raw);
+    for f in head_fields(graph_field::OUTPUT) {
+        e = e.raw(f.raw);
+    }
+    Ok(e.finish())
+}
+
+/// Tensors that `bottleneck` depends on, or `None` when the graph has control flow (whose
+/// sub-graphs may use outer tensors invisibly): then nothing is pruned.
+fn needed_tensors(graph: &[Field], bottleneck: &str) -> Result<Option<HashSet<String>>> {
+    let mut needed = HashSet::from([bottleneck.to_string()]);
+    // ONNX requires nodes in topological order, so one backward pass finds every producer.
+    for node in graph.iter().rev().filter(|f| f.number == graph_field::NODE) {
+        let bytes = node.bytes()?;
+        if ["If", "Loop", "Scan"].contains(&onnx::string(bytes, node_field::OP_TYPE)?.as_str()) {
+            return Ok(None);
+        }
+        if onnx::strings(bytes, node_field::OUTPUT)?.iter().any(|o| needed.contains(o)) {
+            needed.extend(onnx::strings(bytes, node_field::INPUT)?);
+        }
+    }
+    Ok(Some(needed))
+}
+
+/// Whether a backbone graph field stays: nodes, weights, inputs and shape annotations only when
+/// the bottleneck depends on them; everything else (name, doc string, ...) always.
+fn is_needed(f: &Field, needed: Option<&HashSet<String>>) -> Result<bool> {
+    let Some(needed) = needed else { return Ok(true) };
+    let names = match f.number {
+        graph_field::NODE => onnx::strings(f.bytes()?, node_field::OUTPUT)?,
+        graph_field::INITIALIZER => onnx::strings(f.bytes()?, TENSOR_NAME)?,
+        graph_field::VALUE_INFO | graph_field::INPUT => onnx::strings(f.bytes()?, VALUE_INFO_NAME)?,
+        _ => return Ok(true),
+    };
+    Ok(names.iter().any(|n| needed.contains(n)))
+}
+
+/// The graph fields of a head file.
+fn head_graph_fields(model: &[u8]) -> Result<Vec<Field<'_>>> {
+    let graph = fields(model)?.into_iter().find(|f| f.number == model_field::GRAPH).context("head file has no graph")?;
+    fields(graph.bytes()?)
+}
+
+/// Head tensor names must not clash with the backbone's (or each other's).
+fn check_names(backbone: &[Field], heads: &[Vec<Field>]) -> Result<()> {
+    let mut seen = names(backbone)?;
+    if seen.contains(INPUT) {
+        bail!("the backbone already has a tensor named '{INPUT}'");
+    }
+    for head in heads {
+        for name in names(head)? {
+            if name != INPUT && !seen.insert(name.clone()) {
+                bail!("tensor name '{name}' occurs in the backbone or in two heads");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every node output and initializer name of a graph.
+fn names(graph: &[Field]) -> Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for f in graph {
+        match f.number {
+            graph_field::NODE => out.extend(onnx::strings(f.bytes()?, node_field::OUTPUT)?),
+            graph_field::INITIALIZER => out.extend(onnx::strings(f.bytes()?, TENSOR_NAME)?),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces metadata entries with the same keys and appends the new ones.
+fn with_metadata(model: &[u8], entries: &[(String, String)]) -> Result<Vec<u8>> {
+    let mut e = Encoder::new();
+    for f in fields(model)? {
+        if f.number == model_field::METADATA_PROPS {
+            let key = onnx::string(f.bytes()?, 1)?;
+            if entries.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+        }
+        e = e.raw(f.raw);
+    }
+    for (k, v) in entries {
+        e = e.bytes(model_field::METADATA_PROPS, &onnx::metadata_entry(k, v));
+    }
+    Ok(e.finish())
+}

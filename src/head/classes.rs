@@ -1,0 +1,98 @@
+//! What the label codes of an attribute mean, and the rows of a cache that have one.
+
+use anyhow::{bail, Result};
+use ndarray::{Array2, Axis};
+
+use crate::cache::Cache;
+
+/// MTFL's codes and the names retrain gives them (also the CSV column names of `predict`).
+const MTFL_CLASSES: [(&str, &[(i32, &str)]); 4] = [
+    ("gender", &[(1, "male"), (2, "female")]),
+    ("smile", &[(1, "smiling"), (2, "not_smiling")]),
+    ("glasses", &[(1, "glasses"), (2, "no_glasses")]),
+    ("pose", &[(1, "left_profile"), (2, "left"), (3, "frontal"), (4, "right"), (5, "right_profile")]),
+];
+
+/// The classes of one attribute: output column k of a head is class k.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classes {
+    pub attribute: String,
+    /// Names, e.g. `male`, `female`.
+    pub labels: Vec<String>,
+    /// The code of each class in the cache's `/labels` column.
+    pub codes: Vec<i32>,
+}
+
+impl Classes {
+    /// MTFL attributes by name; class folders (`class` column) from the cache's class names.
+    pub fn of(cache: &Cache, attribute: &str) -> Result<Classes> {
+        cache.label_column(attribute)?;
+        if let Some((_, table)) = MTFL_CLASSES.iter().find(|(a, _)| *a == attribute) {
+            return Ok(Classes {
+                attribute: attribute.to_string(),
+                labels: table.iter().map(|(_, n)| n.to_string()).collect(),
+                codes: table.iter().map(|(c, _)| *c).collect(),
+            });
+        }
+        if cache.class_names.is_empty() {
+            bail!("attribute '{attribute}': the cache names no classes for it");
+        }
+        Ok(Classes { attribute: attribute.to_string(), labels: cache.class_names.clone(), codes: (0..cache.class_names.len() as i32).collect() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Output column of a label code, `None` for unknown (-1) or foreign codes.
+    pub fn index_of(&self, code: i32) -> Option<usize> {
+        self.codes.iter().position(|&c| c == code)
+    }
+}
+
+/// The rows of a cache that carry a known label for one attribute.
+#[derive(Debug, Clone)]
+pub struct Labeled {
+    pub x: Array2<f32>,
+    /// Class index per row (see [`Classes`]).
+    pub y: Vec<usize>,
+    pub paths: Vec<String>,
+    /// Rows left out because their label was unknown.
+    pub unlabeled: usize,
+}
+
+impl Labeled {
+    pub fn from_cache(cache: &Cache, classes: &Classes) -> Result<Labeled> {
+        let column = cache.labels.column(cache.label_column(&classes.attribute)?);
+        let (keep, y): (Vec<usize>, Vec<usize>) = column.iter().enumerate().filter_map(|(i, &code)| Some((i, classes.index_of(code)?))).unzip();
+        Ok(Labeled {
+            x: cache.features.select(Axis(0), &keep),
+            y,
+            paths: keep.iter().map(|&i| cache.paths[i].clone()).collect(),
+            unlabeled: column.len() - keep.len(),
+        })
+    }
+
+    /// Rows per class.
+    pub fn counts(&self, n_classes: usize) -> Vec<usize> {
+        let mut counts = vec![0; n_classes];
+        for &c in &self.y {
+            counts[c] += 1;
+        }
+        counts
+    }
+
+    /// The rows at `index`, in that order.
+    pub fn select(&self, index: &[usize]) -> Labeled {
+        Labeled {
+            x: self.x.select(Axis(0), index),
+            y: index.iter().map(|&i| self.y[i]).collect(),
+            paths: index.iter().map(|&i| self.paths[i].clone()).collect(),
+            unlabeled: 0,
+        }
+    }
+}

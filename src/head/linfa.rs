@@ -1,0 +1,63 @@
+//! Multinomial logistic regression by L-BFGS, through linfa-logistic.
+
+use anyhow::{anyhow, Result};
+use linfa::prelude::*;
+use linfa_logistic::MultiLogisticRegression;
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+use super::classes::Labeled;
+
+/// Hyperparameters, in scikit-learn's terms so that results can be compared one to one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinfaParams {
+    /// Inverse L2 strength, scikit-learn's `C` (the penalty is ||W||^2 / (2C) on summed losses).
+    ///
+    /// The default, 0.01, is the best of 1, 0.1, 0.01 and 0.001 for both gender and smile on a
+    /// 10% validation split of MTFL's training set with InceptionV3 bottlenecks; it also makes
+    /// L-BFGS converge in about 100-150 iterations instead of 500-800 at C = 1.
+    pub c: f64,
+    pub max_iterations: u64,
+    /// scikit-learn's `tol`: L-BFGS stops once the gradient of the *mean* loss is this small.
+    /// linfa minimises the summed loss, so it is given `tol x rows` (and tests the Euclidean
+    /// norm, where scikit-learn tests the largest component: linfa stops no earlier).
+    pub gradient_tolerance: f64,
+}
+
+impl Default for LinfaParams {
+    fn default() -> Self {
+        LinfaParams { c: 0.01, max_iterations: 1000, gradient_tolerance: 1e-4 }
+    }
+}
+
+impl LinfaParams {
+    /// linfa's `alpha` giving the same optimum as scikit-learn's LogisticRegression(C).
+    ///
+    /// With two classes scikit-learn fits one weight vector u and penalises |u|^2/(2C); the
+    /// softmax fits two, w1 = -w0 = u/2 at the optimum, so its penalty alpha/2 (|w0|^2 + |w1|^2)
+    /// equals alpha |u|^2 / 4: alpha = 2/C. With more classes both are softmax: alpha = 1/C.
+    pub fn alpha(&self, n_classes: usize) -> f64 {
+        if n_classes == 2 {
+            2.0 / self.c
+        } else {
+            1.0 / self.c
+        }
+    }
+}
+
+/// Weights [classes, features] and biases. Every class must occur in `train`.
+pub fn train(train: &Labeled, n_classes: usize, params: &LinfaParams) -> Result<(Array2<f32>, Vec<f32>)> {
+    let x = train.x.mapv(f64::from);
+    let y = Array1::from(train.y.clone());
+    let fitted = MultiLogisticRegression::default()
+        .alpha(params.alpha(n_classes))
+        .max_iterations(params.max_iterations)
+        .gradient_tolerance(params.gradient_tolerance * train.y.len() as f64)
+        .fit(&Dataset::new(x, y))
+        .map_err(|e| anyhow!("linfa-logistic: {e}"))?;
+    // linfa orders its columns by sorted class value, and every class 0..n occurs: column k is class k.
+    debug_assert_eq!(fitted.classes(), (0..n_classes).collect::<Vec<_>>().as_slice());
+    let weights = fitted.params().t().mapv(|v| v as f32);
+    let bias = fitted.intercept().iter().map(|&v| v as f32).collect();
+    Ok((weights, bias))
+}

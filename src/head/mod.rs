@@ -1,0 +1,291 @@
+//! Softmax heads on cached bottlenecks: training, and the small ONNX graph each head is saved as.
+//!
+//! A head is `softmax(((x - mean) * scale) W^T + b)`. Two solvers fit W and b: linfa-logistic's
+//! L-BFGS ([`linfa`]) and the study's mini-batch recipe ([`sgd`]). Either way the result is one
+//! ONNX file (standardisation + Gemm + Softmax, see [`onnx`]) that carries its labels and how it
+//! was trained, plus `NAME.history.json` with the learning curve.
+
+pub mod classes;
+pub mod linfa;
+pub mod onnx;
+pub mod rng;
+pub mod sgd;
+pub mod softmax;
+pub mod standardize;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use ndarray::{Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Cache;
+use crate::dataset::split::{assign, Subset};
+use classes::{Classes, Labeled};
+use linfa::LinfaParams;
+use sgd::{CurvePoint, SgdParams};
+use standardize::Standardizer;
+
+/// How W and b are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Solver {
+    /// linfa-logistic MultiLogisticRegression (L-BFGS on the full training set).
+    Linfa,
+    /// The study's mini-batch gradient descent.
+    Sgd,
+}
+
+impl Solver {
+    /// The study held out 10% for validation; L-BFGS needs none, so it trains on everything
+    /// (as scikit-learn's baseline does).
+    pub fn default_validation_percent(self) -> f64 {
+        match self {
+            Solver::Linfa => 0.0,
+            Solver::Sgd => 10.0,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Solver::Linfa => "linfa",
+            Solver::Sgd => "sgd",
+        }
+    }
+}
+
+impl std::str::FromStr for Solver {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "linfa" | "lbfgs" => Ok(Solver::Linfa),
+            "sgd" | "study" => Ok(Solver::Sgd),
+            _ => bail!("unknown solver '{s}': expected linfa or sgd"),
+        }
+    }
+}
+
+/// Loss weight per class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeight {
+    None,
+    /// n / (classes * n_class), as scikit-learn's `class_weight="balanced"`: every class
+    /// contributes equally, so a minority class cannot be neglected.
+    Balanced,
+}
+
+impl ClassWeight {
+    pub fn weights(self, counts: &[usize]) -> Vec<f32> {
+        let n: usize = counts.iter().sum();
+        match self {
+            ClassWeight::None => vec![1.0; counts.len()],
+            ClassWeight::Balanced => counts.iter().map(|&c| n as f32 / (counts.len() * c.max(1)) as f32).collect(),
+        }
+    }
+}
+
+impl std::str::FromStr for ClassWeight {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(ClassWeight::None),
+            "balanced" => Ok(ClassWeight::Balanced),
+            _ => bail!("unknown class weighting '{s}': expected none or balanced"),
+        }
+    }
+}
+
+/// Everything that decides a head.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub attribute: String,
+    pub solver: Solver,
+    pub seed: u64,
+    pub standardize: bool,
+    pub class_weight: ClassWeight,
+    /// Share of training rows held out for validation; `None` = the solver's default.
+    pub validation_percent: Option<f64>,
+    pub linfa: LinfaParams,
+    pub sgd: SgdParams,
+}
+
+impl TrainOptions {
+    pub fn new(attribute: &str, solver: Solver) -> Self {
+        TrainOptions {
+            attribute: attribute.to_string(),
+            solver,
+            seed: 0,
+            standardize: true,
+            class_weight: ClassWeight::None,
+            validation_percent: None,
+            linfa: LinfaParams::default(),
+            sgd: SgdParams::default(),
+        }
+    }
+}
+
+/// The cache a head was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheOrigin {
+    pub path: String,
+    pub model_sha256: String,
+    pub output: String,
+    pub preprocess: String,
+    pub source: String,
+}
+
+impl CacheOrigin {
+    pub fn of(cache: &Cache, path: &Path) -> CacheOrigin {
+        CacheOrigin {
+            path: path.display().to_string(),
+            model_sha256: cache.model_sha256.clone(),
+            output: cache.output.clone(),
+            preprocess: cache.preprocess.clone(),
+            source: cache.source.clone(),
+        }
+    }
+}
+
+/// What a head is and how it was made; stored as JSON in the head's ONNX metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    pub attribute: String,
+    /// Output column k is the probability of `labels[k]`.
+    pub labels: Vec<String>,
+    /// The cache's label code for each label.
+    pub codes: Vec<i32>,
+    /// Features per row (the backbone output width).
+    pub dim: usize,
+    /// Graph input and output names.
+    pub input: String,
+    pub output: String,
+    pub solver: Solver,
+    pub seed: u64,
+    /// The solver's hyperparameters.
+    pub params: serde_json::Value,
+    pub standardized: bool,
+    pub class_weight: ClassWeight,
+    pub class_weights: Vec<f32>,
+    pub validation_percent: f64,
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    /// Training rows per class.
+    pub class_counts: Vec<usize>,
+    pub train_accuracy: f64,
+    pub validation_accuracy: Option<f64>,
+    /// Standardisation plus solver, excluding reading the cache.
+    pub train_seconds: f64,
+    pub cache: CacheOrigin,
+    pub created: String,
+    pub tool_version: String,
+}
+
+/// A trained head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub info: HeadInfo,
+    pub standardizer: Standardizer,
+    /// [classes, features], acting on standardised features.
+    pub weights: Array2<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Head {
+    /// Class probabilities for raw (unstandardised) features.
+    pub fn probabilities(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        softmax::probabilities(self.standardizer.apply(x).view(), self.weights.view(), &self.bias)
+    }
+
+    /// Writes `path` (the ONNX head) and its history next to it.
+    pub fn save(&self, path: &Path, curve: &[CurvePoint]) -> Result<()> {
+        crate::write_file(path, onnx::encode(self)?)?;
+        let history = serde_json::json!({ "head": self.info, "curve": curve });
+        crate::write_file(&history_path(path), serde_json::to_string_pretty(&history)?)
+    }
+}
+
+/// `NAME.onnx` -> `NAME.history.json`.
+pub fn history_path(head: &Path) -> PathBuf {
+    head.with_extension("history.json")
+}
+
+/// A head and its learning curve (empty for linfa, which reports none).
+pub struct Trained {
+    pub head: Head,
+    pub curve: Vec<CurvePoint>,
+}
+
+/// Trains a head for `opts.attribute` on the rows of `cache` that have a label for it.
+pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
+    let classes = Classes::of(cache, &opts.attribute)?;
+    let all = Labeled::from_cache(cache, &classes)?;
+    let validation_percent = opts.validation_percent.unwrap_or(opts.solver.default_validation_percent());
+    let (train, validation) = split(all, opts.seed, validation_percent);
+    let counts = train.counts(classes.len());
+    if let Some(k) = counts.iter().position(|&c| c == 0) {
+        bail!(
+            "cache {}: no training row has {} = {} (code {}); every class needs examples",
+            cache_path.display(),
+            classes.attribute,
+            classes.labels[k],
+            classes.codes[k]
+        );
+    }
+    let class_weights = opts.class_weight.weights(&counts);
+    let started = Instant::now();
+    let standardizer = if opts.standardize { Standardizer::fit(train.x.view()) } else { Standardizer::identity(train.x.ncols()) };
+    let train_z = Labeled { x: standardizer.apply(train.x.view()), ..train };
+    let validation_z = validation.map(|v| Labeled { x: standardizer.apply(v.x.view()), ..v });
+    let (weights, bias, curve, params) = match opts.solver {
+        Solver::Sgd => {
+            let fit = sgd::train(&train_z, validation_z.as_ref(), &class_weights, &opts.sgd, opts.seed, on_point);
+            (fit.weights, fit.bias, fit.curve, serde_json::to_value(&opts.sgd)?)
+        }
+        Solver::Linfa => {
+            if opts.class_weight != ClassWeight::None {
+                bail!("class weighting needs --solver sgd: linfa-logistic takes no sample weights");
+            }
+            let (w, b) = linfa::train(&train_z, classes.len(), &opts.linfa)?;
+            (w, b, Vec::new(), serde_json::to_value(&opts.linfa)?)
+        }
+    };
+    let train_seconds = started.elapsed().as_secs_f64();
+    let score = |d: &Labeled| softmax::accuracy(softmax::probabilities(d.x.view(), weights.view(), &bias).view(), &d.y);
+    let info = HeadInfo {
+        attribute: classes.attribute.clone(),
+        labels: classes.labels.clone(),
+        codes: classes.codes.clone(),
+        dim: train_z.x.ncols(),
+        input: onnx::INPUT.to_string(),
+        output: onnx::output_name(&classes.attribute),
+        solver: opts.solver,
+        seed: opts.seed,
+        params,
+        standardized: opts.standardize,
+        class_weight: opts.class_weight,
+        class_weights,
+        validation_percent,
+        train_rows: train_z.y.len(),
+        validation_rows: validation_z.as_ref().map_or(0, |v| v.y.len()),
+        class_counts: counts,
+        train_accuracy: score(&train_z),
+        validation_accuracy: validation_z.as_ref().map(score),
+        train_seconds,
+        cache: CacheOrigin::of(cache, cache_path),
+        created: chrono::Utc::now().to_rfc3339(),
+        tool_version: format!("retrain {}", crate::version()),
+    };
+    Ok(Trained { head: Head { info, standardizer, weights, bias }, curve })
+}
+
+/// Training and validation rows, by hashing file names as retrain.py does (stable across runs
+/// and additions). No validation set when `percent` is 0.
+fn split(all: Labeled, seed: u64, percent: f64) -> (Labeled, Option<Labeled>) {
+    if percent <= 0.0 {
+        return (all, None);
+    }
+    let (val, train): (Vec<usize>, Vec<usize>) = (0..all.y.len()).partition(|&i| assign(&all.paths[i], seed, percent) == Subset::Holdout);
+    (all.select(&train), Some(all.select(&val)))
+}

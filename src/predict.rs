@@ -1,0 +1,112 @@
+//! Running an exported model (backbone + heads) on image files, in batches, with progress.
+//!
+//! Everything needed to prepare the pixels comes from the model's metadata: input size,
+//! scaling and layout (as for any backbone) and the crop the heads were trained on.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::dataset::{mtfl, Sample};
+use crate::export::{ExportedHead, CROP_KEY, HEADS_KEY};
+use crate::extract::{decode_pool, load_batch};
+use crate::model::{Model, METADATA_PREFIX};
+use crate::predictions::{Attribute, PredictionTable};
+use crate::preprocess::{Crop, Preprocess};
+use crate::{progress, runtime};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    /// Overrides the crop recorded in the model.
+    pub crop: Option<Crop>,
+    pub batch: usize,
+    pub decode_threads: Option<usize>,
+    pub show_progress: bool,
+}
+
+/// What a run produced.
+pub struct PredictSummary {
+    pub table: PredictionTable,
+    /// `path<TAB>reason` for images that could not be read.
+    pub skipped: Vec<String>,
+    pub crop: Crop,
+    pub seconds: f64,
+}
+
+/// The heads of an exported model, from its metadata.
+pub fn exported_heads(model: &Model) -> Result<Vec<ExportedHead>> {
+    let json = model.description.get(HEADS_KEY).with_context(|| {
+        format!("model {} has no '{METADATA_PREFIX}{HEADS_KEY}' metadata: it is a backbone, not a model made by `retrain export`", model.path.display())
+    })?;
+    serde_json::from_str(json).with_context(|| format!("metadata '{METADATA_PREFIX}{HEADS_KEY}' of {}", model.path.display()))
+}
+
+/// Images given on the command line; their names in the output are as given.
+pub fn images_from_paths(paths: &[PathBuf]) -> Vec<Sample> {
+    paths.iter().map(|p| Sample { path: p.clone(), key: p.display().to_string(), labels: Vec::new(), landmarks: None }).collect()
+}
+
+/// A list file: an MTFL annotation file (path, landmarks, labels: the nose crop works), or one
+/// image path per line. Relative paths are taken from the list's folder.
+pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(list).with_context(|| format!("cannot read image list {}", list.display()))?;
+    let root = list.parent().unwrap_or(Path::new("."));
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    if first.split_whitespace().count() == 15 {
+        let parsed = mtfl::parse(&text, root);
+        for p in &parsed.problems {
+            eprintln!("skipped {}:{p}", list.display());
+        }
+        return Ok(parsed.samples);
+    }
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| Sample { path: root.join(l), key: l.to_string(), labels: Vec::new(), landmarks: None })
+        .collect())
+}
+
+/// Runs the model over `samples`; unreadable images are skipped and reported.
+pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> Result<PredictSummary> {
+    if opts.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let heads = exported_heads(model)?;
+    let crop = match (opts.crop, model.description.get(CROP_KEY)) {
+        (Some(c), _) => c,
+        (None, Some(recorded)) => recorded.parse()?,
+        (None, None) => Crop::Original,
+    };
+    let pre = Preprocess { crop, input: model.input.clone() };
+    let filter = pre.input.filter()?;
+    let pool = decode_pool(opts.decode_threads)?;
+    let outputs: Vec<String> = heads.iter().map(|h| h.output.clone()).collect();
+    let mut table = PredictionTable::new(heads.iter().map(|h| Attribute { name: h.attribute.clone(), labels: h.labels.clone() }).collect());
+    let mut skipped = Vec::new();
+    let started = Instant::now();
+    let bar = progress::bar(samples.len() as u64, "images", opts.show_progress);
+    bar.set_message("predict");
+    let all: Vec<usize> = (0..samples.len()).collect();
+    for chunk in all.chunks(opts.batch) {
+        let (tensor, good, failures) = load_batch(&pool, &pre, filter, samples, chunk);
+        for f in &failures {
+            bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
+        }
+        skipped.extend(failures.into_iter().map(|f| f.text));
+        if !good.is_empty() {
+            let shape = pre.input.batch_shape(good.len());
+            let probs = runtime::run_f32(&mut model.session, &model.input_name, &shape, tensor, &outputs)
+                .with_context(|| format!("running {} on a batch of {}", model.path.display(), good.len()))?;
+            for (row, &i) in good.iter().enumerate() {
+                let per_head: Vec<&[f32]> = probs.iter().zip(&heads).map(|((_, p), h)| &p[row * h.labels.len()..(row + 1) * h.labels.len()]).collect();
+                table.push(&samples[i].key, &per_head);
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(PredictSummary { table, skipped, crop, seconds: started.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,147 @@
+//! Per-image predictions as CSV or JSON, written by `predict` and by `eval --predictions`.
+//!
+//! Columns: `path`, then for each attribute its predicted label (`gender`: male/female) and one
+//! probability per class (`p_gender_male`, `p_gender_female`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+
+/// An attribute and its class labels, in the order of its probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    pub name: String,
+    pub labels: Vec<String>,
+}
+
+/// Predictions for a list of images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionTable {
+    pub attributes: Vec<Attribute>,
+    pub paths: Vec<String>,
+    /// Per attribute, row-major [rows, classes].
+    pub probabilities: Vec<Vec<f32>>,
+}
+
+impl PredictionTable {
+    pub fn new(attributes: Vec<Attribute>) -> Self {
+        let probabilities = vec![Vec::new(); attributes.len()];
+        PredictionTable { attributes, paths: Vec::new(), probabilities }
+    }
+
+    /// Adds one image: `probs[a]` holds attribute a's class probabilities.
+    pub fn push(&mut self, path: &str, probs: &[&[f32]]) {
+        debug_assert_eq!(probs.len(), self.attributes.len());
+        self.paths.push(path.to_string());
+        for (column, p) in self.probabilities.iter_mut().zip(probs) {
+            column.extend_from_slice(p);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Probabilities of attribute `a` for row `i`.
+    pub fn row(&self, a: usize, i: usize) -> &[f32] {
+        let k = self.attributes[a].labels.len();
+        &self.probabilities[a][i * k..(i + 1) * k]
+    }
+
+    /// Predicted class index of attribute `a` for row `i` (the most probable class).
+    pub fn predicted(&self, a: usize, i: usize) -> usize {
+        crate::head::softmax::argmax(ndarray::ArrayView1::from(self.row(a, i)))
+    }
+
+    fn header(&self) -> Vec<String> {
+        let mut h = vec!["path".to_string()];
+        for a in &self.attributes {
+            h.push(a.name.clone());
+            h.extend(a.labels.iter().map(|l| format!("p_{}_{l}", a.name)));
+        }
+        h
+    }
+
+    /// The cells of row `i`, in header order.
+    fn cells(&self, i: usize) -> Vec<String> {
+        let mut cells = vec![self.paths[i].clone()];
+        for (a, attr) in self.attributes.iter().enumerate() {
+            cells.push(attr.labels[self.predicted(a, i)].clone());
+            cells.extend(self.row(a, i).iter().map(|p| format!("{p:.6}")));
+        }
+        cells
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut s = String::new();
+        let line = |cells: Vec<String>| cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",");
+        let _ = writeln!(s, "{}", line(self.header()));
+        for i in 0..self.len() {
+            let _ = writeln!(s, "{}", line(self.cells(i)));
+        }
+        s
+    }
+
+    /// One object per image with the CSV's column names as keys (probabilities as numbers).
+    pub fn to_json(&self) -> serde_json::Value {
+        let header = self.header();
+        let rows = (0..self.len())
+            .map(|i| {
+                let object = header.iter().zip(self.cells(i)).map(|(k, v)| {
+                    let value = if k.starts_with("p_") {
+                        v.parse::<f64>().map_or(serde_json::Value::String(v.clone()), serde_json::Value::from)
+                    } else {
+                        serde_json::Value::String(v)
+                    };
+                    (k.clone(), value)
+                });
+                serde_json::Value::Object(object.collect())
+            })
+            .collect();
+        serde_json::Value::Array(rows)
+    }
+
+    /// Writes JSON for a `.json` path, CSV otherwise.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text =
+            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) { serde_json::to_string_pretty(&self.to_json())? } else { self.to_csv() };
+        crate::write_file(path, text)
+    }
+}
+
+/// RFC 4180 quoting where needed.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_has_label_and_probability_columns() {
+        let mut t = PredictionTable::new(vec![
+            Attribute { name: "gender".into(), labels: vec!["male".into(), "female".into()] },
+            Attribute { name: "smile".into(), labels: vec!["smiling".into(), "not_smiling".into()] },
+        ]);
+        t.push("a/1.jpg", &[&[0.25, 0.75], &[0.9, 0.1]]);
+        t.push("b,2.jpg", &[&[0.6, 0.4], &[0.0, 1.0]]);
+        let csv = t.to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "path,gender,p_gender_male,p_gender_female,smile,p_smile_smiling,p_smile_not_smiling");
+        assert_eq!(lines[1], "a/1.jpg,female,0.250000,0.750000,smiling,0.900000,0.100000");
+        assert_eq!(lines[2], "\"b,2.jpg\",male,0.600000,0.400000,not_smiling,0.000000,1.000000");
+        let json = t.to_json();
+        assert_eq!(json[0]["gender"], "female");
+        assert_eq!(json[1]["p_smile_not_smiling"], 1.0);
+    }
+}

@@ -1,0 +1,179 @@
+//! The study's first approach end to end: bottlenecks of both crops of MTFL, softmax heads for
+//! gender and smile, evaluation, one exported model per crop, and a report that puts our
+//! numbers beside the study's with the wall time of every stage.
+//!
+//! Every stage resumes or is cheap: extraction continues an existing cache, so a second run
+//! costs only the head training (seconds).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::cache::{Cache, Shard};
+use crate::dataset::mtfl::{self, Split};
+use crate::eval::{self, Evaluation};
+use crate::extract::{self, ExtractOptions};
+use crate::head::{self, Solver, TrainOptions};
+use crate::metrics::percent;
+use crate::model::Model;
+use crate::preprocess::Crop;
+use crate::runtime::SessionConfig;
+
+/// The study's test accuracies (first approach, InceptionV3 bottlenecks + softmax), by
+/// attribute and crop. Its per-class precision and recall are not reproduced here.
+pub const STUDY_ACCURACY: [(&str, Crop, f64); 4] = [
+    ("gender", Crop::Original, 0.863),
+    ("gender", Crop::Nose { size: 150 }, 0.861),
+    ("smile", Crop::Original, 0.685),
+    ("smile", Crop::Nose { size: 150 }, 0.701),
+];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ReproduceOptions {
+    pub mtfl: PathBuf,
+    pub model: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Heads, evaluations, exported models and the report go here.
+    pub out_dir: PathBuf,
+    pub crops: Vec<Crop>,
+    pub attributes: Vec<String>,
+    /// Heads are trained with each; the first one's heads are exported.
+    pub solvers: Vec<Solver>,
+    pub seed: u64,
+    pub batch: usize,
+    /// Only the first N images of each split (quick runs).
+    pub limit: Option<usize>,
+    pub session: SessionConfig,
+    pub decode_threads: Option<usize>,
+    pub show_progress: bool,
+}
+
+/// One timed stage.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub seconds: f64,
+    pub note: String,
+}
+
+/// Everything the report shows.
+pub struct Report {
+    pub stages: Vec<Stage>,
+    pub evaluations: Vec<(Crop, Evaluation)>,
+    pub exported: Vec<PathBuf>,
+    pub markdown: String,
+}
+
+/// Runs the whole study and writes `out_dir/report.md`.
+pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
+    let mut stages = Vec::new();
+    let mut timed = |name: String, started: Instant, note: String| {
+        eprintln!("{name}: {:.1} s {note}", started.elapsed().as_secs_f64());
+        stages.push(Stage { name, seconds: started.elapsed().as_secs_f64(), note });
+    };
+    let started = Instant::now();
+    let mut model = Model::load(&opts.model, &opts.session, None)?;
+    timed(format!("load {}", opts.model.display()), started, String::new());
+    let mut evaluations = Vec::new();
+    let mut exported = Vec::new();
+    for &crop in &opts.crops {
+        let mut caches = Vec::new();
+        for split in [Split::Training, Split::Testing] {
+            let started = Instant::now();
+            let summary = extract_split(opts, &mut model, crop, split)?;
+            let note = format!("{} new rows ({} were cached), {}", summary.rows_after - summary.rows_before, summary.rows_before, summary.out.display());
+            timed(format!("extract {crop} {}", split.name()), started, note);
+            caches.push(summary.out);
+        }
+        let (train_path, test_path) = (&caches[0], &caches[1]);
+        let train = Cache::read(train_path)?;
+        let crop_dir = opts.out_dir.join(crop.to_string().replace(':', "-"));
+        let mut exportable = Vec::new();
+        for attribute in &opts.attributes {
+            for (k, &solver) in opts.solvers.iter().enumerate() {
+                let started = Instant::now();
+                let head_path = crop_dir.join(format!("{attribute}-{}.onnx", solver.name()));
+                let trained = head::train(&train, train_path, &TrainOptions { seed: opts.seed, ..TrainOptions::new(attribute, solver) }, &mut |_| {})?;
+                trained.head.save(&head_path, &trained.curve)?;
+                timed(format!("train {crop} {attribute} {}", solver.name()), started, format!("{:.2} s fitting", trained.head.info.train_seconds));
+                let started = Instant::now();
+                let evaluation = eval::evaluate(&head_path, test_path, &opts.session)?;
+                let stem = head_path.with_extension("");
+                let (json, png, csv) = (stem.with_extension("eval.json"), stem.with_extension("confusion.png"), stem.with_extension("predictions.csv"));
+                evaluation.write(Some(&json), Some(&png), Some(&csv))?;
+                timed(format!("eval {crop} {attribute} {}", solver.name()), started, percent(Some(evaluation.metrics.accuracy)));
+                evaluations.push((crop, evaluation));
+                if k == 0 {
+                    exportable.push(head_path);
+                }
+            }
+        }
+        let started = Instant::now();
+        let out = crop_dir.join("model.onnx");
+        let heads: Vec<&Path> = exportable.iter().map(PathBuf::as_path).collect();
+        crate::export::export(&opts.model, &heads, &out)?;
+        timed(format!("export {crop}"), started, out.display().to_string());
+        exported.push(out);
+    }
+    let markdown = render(opts, &stages, &evaluations, &exported);
+    crate::write_file(&opts.out_dir.join("report.md"), &markdown)?;
+    Ok(Report { stages, evaluations, exported, markdown })
+}
+
+fn extract_split(opts: &ReproduceOptions, model: &mut Model, crop: Crop, split: Split) -> Result<extract::ExtractSummary> {
+    let dataset = mtfl::load(&opts.mtfl, split)?;
+    let extract_opts = ExtractOptions {
+        crop,
+        batch: opts.batch,
+        out: None,
+        cache_dir: opts.cache_dir.clone(),
+        limit: opts.limit,
+        shard: Shard::WHOLE,
+        strict: false,
+        decode_threads: opts.decode_threads,
+        show_progress: opts.show_progress,
+    };
+    extract::extract(&dataset, model, &extract_opts).with_context(|| format!("extracting MTFL {} with crop {crop}", split.name()))
+}
+
+fn study_accuracy(attribute: &str, crop: Crop) -> Option<f64> {
+    STUDY_ACCURACY.iter().find(|(a, c, _)| *a == attribute && *c == crop).map(|(_, _, v)| *v)
+}
+
+fn render(opts: &ReproduceOptions, stages: &[Stage], evaluations: &[(Crop, Evaluation)], exported: &[PathBuf]) -> String {
+    let mut s = String::from("# Reproduction of the study's first approach (bottlenecks + softmax heads)\n\n");
+    let _ = writeln!(
+        s,
+        "Backbone `{}`, MTFL `{}`{}, seed {}.\n",
+        opts.model.display(),
+        opts.mtfl.display(),
+        opts.limit.map_or(String::new(), |l| format!(" (first {l} images of each split)")),
+        opts.seed
+    );
+    s.push_str("## Test accuracy\n\n| attribute | crop | head | study | ours | difference |\n|---|---|---|---:|---:|---:|\n");
+    for (crop, e) in evaluations {
+        let study = study_accuracy(&e.head.attribute, *crop);
+        let diff = study.map_or("-".to_string(), |v| format!("{:+.1}", 100.0 * (e.metrics.accuracy - v)));
+        let _ =
+            writeln!(s, "| {} | {crop} | {} | {} | {} | {diff} |", e.head.attribute, e.head.solver.name(), percent(study), percent(Some(e.metrics.accuracy)));
+    }
+    s.push_str("\n## Per-class precision and recall (ours)\n\n");
+    for (crop, e) in evaluations {
+        s.push_str(&e.metrics.markdown(&format!("{} - {crop} crop - {} head", e.head.attribute, e.head.solver.name())));
+        s.push('\n');
+    }
+    s.push_str("## Wall time per stage\n\n| stage | seconds | note |\n|---|---:|---|\n");
+    for st in stages {
+        let _ = writeln!(s, "| {} | {:.1} | {} |", st.name, st.seconds, st.note);
+    }
+    let total: f64 = stages.iter().map(|s| s.seconds).sum();
+    let _ = writeln!(s, "| **total** | {total:.1} | |\n");
+    s.push_str("Deployable models (pixels in, probabilities out):\n\n");
+    for path in exported {
+        let _ = writeln!(s, "- `{}`", path.display());
+    }
+    s
+}

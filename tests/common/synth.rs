@@ -1,0 +1,120 @@
+//! Real inputs for the tests, made on the spot: an MTFL-format data set of small PNGs whose
+//! colours carry gender and smile, a tiny convolutional backbone written as ONNX, and caches
+//! of synthetic features written through the library's own HDF5 writer.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use retrain::cache::{CacheWriter, Identity, Rows, Shard};
+use retrain::head::rng::Rng;
+use retrain::onnx::{self, int_attribute, node, tensor_f32, value_info, Dim, Graph};
+
+pub const IMAGE_SIZE: u32 = 24;
+pub const INPUT_SIZE: i64 = 16;
+pub const BOTTLENECK: usize = 8;
+
+/// Writes `root/{training,testing}.txt` and `root/img/*.png`: gender shows in the red channel,
+/// smile in the green one, both with noise, so a linear head can learn them but not perfectly.
+pub fn synthetic_mtfl(root: &Path, train: usize, test: usize) {
+    std::fs::create_dir_all(root.join("img")).unwrap();
+    let mut rng = Rng::new(42);
+    for (split, n) in [("training", train), ("testing", test)] {
+        let mut lines = String::new();
+        for i in 0..n {
+            let (gender, smile) = (1 + (rng.below(2) as i32), 1 + (rng.below(2) as i32));
+            let key = format!("img/{split}_{i:04}.png");
+            face(gender, smile, &mut rng).save(root.join(&key)).unwrap();
+            let c = IMAGE_SIZE as f32 / 2.0;
+            // eyes, nose (the centre), mouth corners; then gender, smile, glasses, pose
+            lines.push_str(&format!(" {key} 8 16 {c} 9 15 8 8 {c} 17 17 {gender} {smile} 2 3\r\n"));
+        }
+        std::fs::write(root.join(format!("{split}.txt")), lines).unwrap();
+    }
+}
+
+fn face(gender: i32, smile: i32, rng: &mut Rng) -> RgbImage {
+    let red = if gender == 1 { 170.0 } else { 90.0 };
+    let green = if smile == 1 { 160.0 } else { 100.0 };
+    RgbImage::from_fn(IMAGE_SIZE, IMAGE_SIZE, |_, _| {
+        let noise = |rng: &mut Rng, base: f64| (base + 60.0 * rng.normal()).clamp(0.0, 255.0) as u8;
+        Rgb([noise(rng, red), noise(rng, green), noise(rng, 128.0)])
+    })
+}
+
+/// A small NCHW backbone: Conv(3->8, 3x3) -> Relu -> GlobalAveragePool -> Flatten = `bottleneck`
+/// [N, 8], plus a classifier `logits` that export must prune. Seeded random weights; the
+/// description is in its `retrain.*` metadata.
+pub fn tiny_backbone(path: &Path, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    let mut random = |n: usize, std: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * std) as f32).collect() };
+    let b = BOTTLENECK as i64;
+    let graph = Graph {
+        name: "tiny backbone".into(),
+        nodes: vec![
+            node("Conv", "conv", &["input", "conv_w", "conv_b"], &["conv"], &[int_attribute("group", 1)]),
+            node("Relu", "relu", &["conv"], &["relu"], &[]),
+            node("GlobalAveragePool", "pool", &["relu"], &["pool"], &[]),
+            node("Flatten", "flatten", &["pool"], &["bottleneck"], &[int_attribute("axis", 1)]),
+            node("Gemm", "classifier", &["bottleneck", "fc_w", "fc_b"], &["logits"], &[int_attribute("transB", 1)]),
+        ],
+        initializers: vec![
+            tensor_f32("conv_w", &[b, 3, 3, 3], &random(BOTTLENECK * 27, 0.5)),
+            tensor_f32("conv_b", &[b], &random(BOTTLENECK, 0.1)),
+            tensor_f32("fc_w", &[5, b], &random(5 * BOTTLENECK, 1.0)),
+            tensor_f32("fc_b", &[5], &[0.0; 5]),
+        ],
+        inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
+        outputs: vec![value_info("bottleneck", &[Dim::Named("N"), Dim::Fixed(b)]), value_info("logits", &[Dim::Named("N"), Dim::Fixed(5)])],
+    };
+    let size = INPUT_SIZE.to_string();
+    let description = [
+        ("layout", "NCHW"),
+        ("height", size.as_str()),
+        ("width", size.as_str()),
+        ("mean", "0.5"),
+        ("std", "0.25"),
+        ("resize", "bilinear"),
+        ("bottleneck", "bottleneck"),
+        ("input_name", "input"),
+    ];
+    let metadata: Vec<(String, String)> = description.iter().map(|(k, v)| (format!("retrain.{k}"), v.to_string())).collect();
+    std::fs::write(path, onnx::model(&graph, &metadata)).unwrap();
+    path.to_path_buf()
+}
+
+/// A cache of `n` rows of synthetic features: class `c` of gender (1, 2) shifts the first
+/// feature by `separation * c`; smile is random. `male_share` sets the class balance.
+pub fn synthetic_cache(path: &Path, n: usize, dim: usize, separation: f32, male_share: f64, seed: u64) -> PathBuf {
+    let id = Identity {
+        model_sha256: "synthetic-model".into(),
+        output: "features".into(),
+        preprocess: "crop=original (synthetic)".into(),
+        source: "synthetic".into(),
+        label_columns: retrain::dataset::MTFL_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
+        class_names: Vec::new(),
+        shard: Shard::WHOLE,
+    };
+    let mut writer = CacheWriter::open_or_create(path, &id, dim).unwrap();
+    let mut rng = Rng::new(seed);
+    let mut features = Vec::with_capacity(n * dim);
+    let mut labels = Vec::with_capacity(n);
+    let paths: Vec<String> = (0..n).map(|i| format!("synthetic/{i:05}.jpg")).collect();
+    for _ in 0..n {
+        let gender = if rng.uniform() < male_share { 1 } else { 2 };
+        let smile = 1 + rng.below(2) as i32;
+        for j in 0..dim {
+            let shift = if j == 0 { separation * (gender as f32 - 1.5) * 2.0 } else { 0.0 };
+            features.push(rng.normal() as f32 + shift + 3.0); // an offset, as real activations have
+        }
+        labels.push([gender, smile, 2, 3]);
+    }
+    let rows = Rows {
+        features: &features,
+        paths: paths.iter().map(String::as_str).collect(),
+        labels: labels.iter().map(|l| l.as_slice()).collect(),
+        landmarks: vec![None; n],
+        source_index: (0..n as i64).collect(),
+    };
+    writer.append(&rows, &[], n, n).unwrap();
+    path.to_path_buf()
+}

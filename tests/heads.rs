@@ -1,0 +1,144 @@
+//! Head training and evaluation on synthetic features in real HDF5 caches; heads run in ONNX
+//! Runtime exactly as `retrain eval` runs them.
+
+mod common;
+
+use std::path::Path;
+
+use common::{python, synthetic_cache};
+use retrain::cache::Cache;
+use retrain::eval;
+use retrain::head::onnx::HeadFile;
+use retrain::head::{self, history_path, ClassWeight, Solver, TrainOptions, Trained};
+use retrain::runtime::{Device, SessionConfig};
+
+fn cpu() -> SessionConfig {
+    SessionConfig { intra_threads: Some(1), ..SessionConfig::new(Device::Cpu) }
+}
+
+fn train(cache: &Path, opts: &TrainOptions) -> anyhow::Result<Trained> {
+    head::train(&Cache::read(cache)?, cache, opts, &mut |_| {})
+}
+
+fn quick_sgd(attribute: &str) -> TrainOptions {
+    let mut opts = TrainOptions::new(attribute, Solver::Sgd);
+    opts.sgd.steps = 500;
+    opts
+}
+
+#[test]
+fn both_solvers_learn_and_the_onnx_head_computes_what_was_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_cache = synthetic_cache(&dir.path().join("train.h5"), 800, 16, 1.5, 0.5, 1);
+    let test_cache = synthetic_cache(&dir.path().join("test.h5"), 400, 16, 1.5, 0.5, 2);
+    for opts in [TrainOptions::new("gender", Solver::Linfa), quick_sgd("gender")] {
+        let trained = train(&train_cache, &opts).unwrap();
+        let path = dir.path().join(format!("gender-{}.onnx", opts.solver.name()));
+        trained.head.save(&path, &trained.curve).unwrap();
+        let e = eval::evaluate(&path, &test_cache, &cpu()).unwrap();
+        // Two unit-variance classes 3 standard deviations apart: the Bayes accuracy is 93.3%.
+        assert!(e.metrics.accuracy > 0.90, "{}: test accuracy {}", opts.solver.name(), e.metrics.accuracy);
+        assert_eq!(e.metrics.rows, 400);
+        assert_eq!(e.metrics.labels, vec!["male", "female"]);
+        // ONNX Runtime on the saved graph == the trained weights applied in Rust.
+        let test = Cache::read(&test_cache).unwrap();
+        let rust = trained.head.probabilities(test.features.view());
+        for (i, p) in rust.rows().into_iter().enumerate() {
+            for (k, &v) in p.iter().enumerate() {
+                assert!((v - e.predictions.row(0, i)[k]).abs() < 1e-5, "row {i} class {k}: {v} vs {:?}", e.predictions.row(0, i));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_seed_decides_the_head_and_is_stored_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("train.h5"), 300, 8, 1.0, 0.5, 3);
+    let with_seed = |seed| train(&cache, &TrainOptions { seed, ..quick_sgd("smile") }).unwrap();
+    let (a, b, c) = (with_seed(7), with_seed(7), with_seed(8));
+    assert_eq!(a.head.weights, b.head.weights);
+    assert_eq!(a.curve, b.curve);
+    assert_ne!(a.head.weights, c.head.weights);
+
+    let path = dir.path().join("smile.onnx");
+    a.head.save(&path, &a.curve).unwrap();
+    let info = HeadFile::read(&path).unwrap().info;
+    assert_eq!((info.seed, info.solver, info.attribute.as_str()), (7, Solver::Sgd, "smile"));
+    assert_eq!(info.validation_percent, 10.0);
+    assert_eq!(info.train_rows + info.validation_rows, 300);
+    let history: serde_json::Value = serde_json::from_slice(&std::fs::read(history_path(&path)).unwrap()).unwrap();
+    assert_eq!(history["head"]["seed"], 7);
+    assert_eq!(history["curve"].as_array().unwrap().len(), 50, "500 steps, a point every 10");
+    assert_eq!(history["curve"][49]["step"], 500);
+}
+
+#[test]
+fn balanced_class_weights_rescue_the_minority_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_cache = synthetic_cache(&dir.path().join("train.h5"), 1000, 4, 0.6, 0.9, 4);
+    let test_cache = synthetic_cache(&dir.path().join("test.h5"), 1000, 4, 0.6, 0.5, 5);
+    let female_recall = |class_weight| {
+        let trained = train(&train_cache, &TrainOptions { class_weight, ..quick_sgd("gender") }).unwrap();
+        let path = dir.path().join(format!("{class_weight:?}.onnx"));
+        trained.head.save(&path, &trained.curve).unwrap();
+        eval::evaluate(&path, &test_cache, &cpu()).unwrap().metrics.classes[1].recall.unwrap()
+    };
+    let (plain, balanced) = (female_recall(ClassWeight::None), female_recall(ClassWeight::Balanced));
+    assert!(balanced > plain + 0.2, "female recall {plain} unweighted, {balanced} balanced");
+}
+
+#[test]
+fn linfa_refuses_class_weights_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("train.h5"), 100, 4, 1.0, 0.5, 6);
+    let opts = TrainOptions { class_weight: ClassWeight::Balanced, ..TrainOptions::new("gender", Solver::Linfa) };
+    let err = format!("{:#}", train(&cache, &opts).err().unwrap());
+    assert!(err.contains("--solver sgd"), "{err}");
+}
+
+#[test]
+fn eval_names_head_cache_and_shapes_when_feature_sizes_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache16 = synthetic_cache(&dir.path().join("wide.h5"), 100, 16, 1.0, 0.5, 7);
+    let cache5 = synthetic_cache(&dir.path().join("narrow.h5"), 100, 5, 1.0, 0.5, 8);
+    let trained = train(&cache16, &TrainOptions::new("gender", Solver::Linfa)).unwrap();
+    let head = dir.path().join("gender.onnx");
+    trained.head.save(&head, &[]).unwrap();
+    let err = format!("{:#}", eval::evaluate(&head, &cache5, &cpu()).err().unwrap());
+    assert!(err.contains("takes 16 features") && err.contains("narrow.h5") && err.contains("gender.onnx") && err.contains("[100, 5]"), "{err}");
+}
+
+#[test]
+fn unknown_attributes_are_refused_with_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("train.h5"), 50, 4, 1.0, 0.5, 9);
+    let err = format!("{:#}", train(&cache, &TrainOptions::new("age", Solver::Sgd)).err().unwrap());
+    assert!(err.contains("'age'") && err.contains("gender, smile, glasses, pose"), "{err}");
+}
+
+/// linfa's head against scikit-learn's LogisticRegression on the same cache (the issue asks
+/// for the same within 0.5 points on MTFL; here on a synthetic cache with overlap).
+#[test]
+fn linfa_agrees_with_scikit_learn() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let train_cache = synthetic_cache(&dir.path().join("train.h5"), 2000, 32, 0.8, 0.6, 10);
+    let test_cache = synthetic_cache(&dir.path().join("test.h5"), 2000, 32, 0.8, 0.6, 11);
+    let trained = train(&train_cache, &TrainOptions::new("gender", Solver::Linfa)).unwrap();
+    let head = dir.path().join("gender.onnx");
+    trained.head.save(&head, &[]).unwrap();
+    let ours = eval::evaluate(&head, &test_cache, &cpu()).unwrap().metrics.accuracy;
+    let c = TrainOptions::new("gender", Solver::Linfa).linfa.c.to_string();
+    let out = std::process::Command::new(python)
+        .args(["scripts/sklearn_head.py", "--attribute", "gender", "--c", &c, "--train"])
+        .arg(&train_cache)
+        .arg("--test")
+        .arg(&test_cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sklearn: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = sklearn["accuracy"].as_f64().unwrap();
+    assert!((ours - theirs).abs() <= 0.005, "linfa {ours}, scikit-learn {theirs}");
+}

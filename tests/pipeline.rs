@@ -1,0 +1,183 @@
+//! Images -> extract -> heads -> eval -> export -> predict, with real PNGs, a real (tiny) ONNX
+//! backbone, ONNX Runtime and HDF5. The exported model must give `eval`'s classes for every
+//! test image, and load in Python's onnxruntime too.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{python, synthetic_mtfl, tiny_backbone};
+use retrain::cache::{Cache, Shard};
+use retrain::dataset::mtfl::{self, Split};
+use retrain::eval::{self, Evaluation};
+use retrain::export;
+use retrain::extract::{self, ExtractOptions};
+use retrain::head::{self, Solver, TrainOptions};
+use retrain::model::Model;
+use retrain::predict::{self, PredictOptions};
+use retrain::preprocess::Crop;
+use retrain::runtime::{self, Device, SessionConfig};
+
+fn cpu() -> SessionConfig {
+    SessionConfig { intra_threads: Some(1), ..SessionConfig::new(Device::Cpu) }
+}
+
+/// A synthetic MTFL folder and a backbone in a fresh temporary folder.
+struct World {
+    dir: tempfile::TempDir,
+    mtfl: PathBuf,
+    backbone: PathBuf,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let mtfl = dir.path().join("MTFL");
+    synthetic_mtfl(&mtfl, 240, 120);
+    let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 1);
+    World { dir, mtfl, backbone }
+}
+
+fn extract_split(w: &World, backbone: &Path, split: Split, crop: Crop) -> PathBuf {
+    let dataset = mtfl::load(&w.mtfl, split).unwrap();
+    let mut model = Model::load(backbone, &cpu(), None).unwrap();
+    let opts = ExtractOptions {
+        crop,
+        batch: 32,
+        out: Some(w.dir.path().join(format!("{}-{crop}.h5", split.name()).replace(':', "-"))),
+        cache_dir: w.dir.path().to_path_buf(),
+        limit: None,
+        shard: Shard::WHOLE,
+        strict: true,
+        decode_threads: Some(1),
+        show_progress: false,
+    };
+    extract::extract(&dataset, &mut model, &opts).unwrap().out
+}
+
+/// Trains and saves heads for gender and smile; returns their paths.
+fn heads(w: &World, train_cache: &Path, tag: &str) -> Vec<PathBuf> {
+    let cache = Cache::read(train_cache).unwrap();
+    ["gender", "smile"]
+        .iter()
+        .map(|a| {
+            let trained = head::train(&cache, train_cache, &TrainOptions::new(a, Solver::Linfa), &mut |_| {}).unwrap();
+            let path = w.dir.path().join(format!("{tag}-{a}.onnx"));
+            trained.head.save(&path, &trained.curve).unwrap();
+            path
+        })
+        .collect()
+}
+
+fn paths(v: &[PathBuf]) -> Vec<&Path> {
+    v.iter().map(PathBuf::as_path).collect()
+}
+
+fn predict_all(model_path: &Path, list: &Path) -> predict::PredictSummary {
+    let mut model = Model::load(model_path, &cpu(), None).unwrap();
+    let samples = predict::images_from_list(list).unwrap();
+    let opts = PredictOptions { crop: None, batch: 7, decode_threads: Some(1), show_progress: false };
+    predict::predict(&mut model, &samples, &opts).unwrap()
+}
+
+/// Same image, same class, (nearly) the same probabilities, for every test image.
+fn assert_agree(e: &Evaluation, summary: &predict::PredictSummary, attribute_index: usize) {
+    let p = &summary.table;
+    assert_eq!(p.len(), e.predictions.len());
+    for i in 0..p.len() {
+        let j = e.predictions.paths.iter().position(|k| *k == p.paths[i]).unwrap();
+        assert_eq!(p.predicted(attribute_index, i), e.predictions.predicted(0, j), "{}", p.paths[i]);
+        for (a, b) in p.row(attribute_index, i).iter().zip(e.predictions.row(0, j)) {
+            assert!((a - b).abs() < 1e-4, "{}: {a} vs {b}", p.paths[i]);
+        }
+    }
+}
+
+#[test]
+fn exported_model_predicts_what_eval_scored_for_every_test_image() {
+    let w = world();
+    let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
+    let test = extract_split(&w, &w.backbone, Split::Testing, Crop::Original);
+    let heads = heads(&w, &train, "original");
+    let evals: Vec<Evaluation> = heads.iter().map(|h| eval::evaluate(h, &test, &cpu()).unwrap()).collect();
+    assert!(evals[0].metrics.accuracy > 0.8, "gender accuracy {}", evals[0].metrics.accuracy);
+    assert!(evals[1].metrics.accuracy > 0.7, "smile accuracy {}", evals[1].metrics.accuracy);
+
+    let model_path = w.dir.path().join("model.onnx");
+    let exported = export::export(&w.backbone, &paths(&heads), &model_path).unwrap();
+    assert_eq!(exported.iter().map(|h| h.output.as_str()).collect::<Vec<_>>(), ["p_gender", "p_smile"]);
+    let model = Model::load(&model_path, &cpu(), None).unwrap();
+    let outputs: Vec<&str> = model.session.outputs().iter().map(|o| o.name()).collect();
+    assert_eq!(outputs, ["bottleneck", "p_gender", "p_smile"], "the backbone's own classifier is pruned");
+    assert_eq!(model.description.get("crop").map(String::as_str), Some("original"));
+
+    let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
+    assert!(summary.skipped.is_empty());
+    assert_agree(&evals[0], &summary, 0);
+    assert_agree(&evals[1], &summary, 1);
+    let csv = w.dir.path().join("preds.csv");
+    summary.table.write(&csv).unwrap();
+    let header = std::fs::read_to_string(&csv).unwrap().lines().next().unwrap().to_string();
+    assert_eq!(header, "path,gender,p_gender_male,p_gender_female,smile,p_smile_smiling,p_smile_not_smiling");
+
+    check_in_python(&model_path);
+}
+
+/// onnx.checker accepts the file and Python's onnxruntime computes what ours computes.
+fn check_in_python(model_path: &Path) {
+    let python = python();
+    let mut model = Model::load(model_path, &cpu(), None).unwrap();
+    let n = 2 * model.input.image_len();
+    let input: Vec<f32> = (0..n).map(|i| (i % 17) as f32 / 17.0).collect();
+    let ours = runtime::run_f32(&mut model.session, "input", &model.input.batch_shape(2), input, &["p_gender".into()]).unwrap().remove(0).1;
+    let script = r#"
+import sys, onnx, onnxruntime as ort, numpy as np
+m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True)
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+x = (np.arange(2 * 3 * 16 * 16) % 17).astype(np.float32).reshape(2, 3, 16, 16) / 17
+print(" ".join(f"{v:.7f}" for v in s.run(["p_gender"], {"input": x})[0].ravel()))
+"#;
+    let out = std::process::Command::new(python).args(["-c", script]).arg(model_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<f32> = String::from_utf8(out.stdout).unwrap().split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(theirs.len(), ours.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a - b).abs() < 1e-5, "Rust {ours:?} vs Python {theirs:?}");
+    }
+}
+
+#[test]
+fn the_nose_crop_travels_from_cache_to_exported_model_to_predict() {
+    let w = world();
+    let crop: Crop = "nose:12".parse().unwrap();
+    let train = extract_split(&w, &w.backbone, Split::Training, crop);
+    let test = extract_split(&w, &w.backbone, Split::Testing, crop);
+    let heads = heads(&w, &train, "nose");
+    let e = eval::evaluate(&heads[0], &test, &cpu()).unwrap();
+    let model_path = w.dir.path().join("nose.onnx");
+    export::export(&w.backbone, &paths(&heads), &model_path).unwrap();
+    let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
+    assert_eq!(summary.crop, crop);
+    assert_agree(&e, &summary, 0);
+}
+
+#[test]
+fn export_refuses_heads_it_cannot_join() {
+    let w = world();
+    let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
+    let heads = heads(&w, &train, "original");
+    let out = w.dir.path().join("never.onnx");
+
+    let other_backbone = tiny_backbone(&w.dir.path().join("other.onnx"), 2);
+    let err = format!("{:#}", export::export(&other_backbone, &paths(&heads), &out).err().unwrap());
+    assert!(err.contains("sha256") && err.contains("other.onnx"), "{err}");
+
+    let twice = [heads[0].as_path(), heads[0].as_path()];
+    let err = format!("{:#}", export::export(&w.backbone, &twice, &out).err().unwrap());
+    assert!(err.contains("two heads for attribute 'gender'"), "{err}");
+
+    let nose_train = extract_split(&w, &w.backbone, Split::Training, "nose:12".parse().unwrap());
+    let nose_heads = self::heads(&w, &nose_train, "nose");
+    let err = format!("{:#}", export::export(&w.backbone, &[heads[0].as_path(), nose_heads[1].as_path()], &out).err().unwrap());
+    assert!(err.contains("differently preprocessed"), "{err}");
+    assert!(!out.exists());
+}
