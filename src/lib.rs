@@ -19,6 +19,7 @@ pub mod predictions;
 pub mod preprocess;
 pub mod progress;
 pub mod reproduce;
+pub mod rng;
 pub mod runtime;
 pub mod train;
 

@@ -72,6 +72,16 @@ pub fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>> {
     Ok(out)
 }
 
+/// The values of a packed repeated varint field (e.g. TensorProto.dims as written by some tools).
+pub fn packed_varints(buf: &[u8]) -> Result<Vec<u64>> {
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while pos < buf.len() {
+        out.push(read_varint(buf, &mut pos)?);
+    }
+    Ok(out)
+}
+
 fn take<'a>(buf: &'a [u8], pos: &mut usize, len: usize) -> Result<&'a [u8]> {
     let end = pos.checked_add(len).filter(|&e| e <= buf.len());
     let Some(end) = end else { bail!("protobuf value of {len} bytes at byte {pos} runs past the end ({} bytes)", buf.len()) };

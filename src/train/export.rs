@@ -15,18 +15,18 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::checkpoint::NamedTensor;
+use crate::onnx::wire::{self, Encoder, Field, Value};
 
-const MODEL_GRAPH: u64 = 7;
-const MODEL_METADATA: u64 = 14;
-const GRAPH_INITIALIZER: u64 = 5;
-const TENSOR_DIMS: u64 = 1;
-const TENSOR_DATA_TYPE: u64 = 2;
-const TENSOR_FLOAT_DATA: u64 = 4;
-const TENSOR_NAME: u64 = 8;
-const TENSOR_RAW_DATA: u64 = 9;
-const TENSOR_EXTERNAL_DATA: u64 = 13;
+const MODEL_GRAPH: u32 = 7;
+const MODEL_METADATA: u32 = 14;
+const GRAPH_INITIALIZER: u32 = 5;
+const TENSOR_DIMS: u32 = 1;
+const TENSOR_DATA_TYPE: u32 = 2;
+const TENSOR_FLOAT_DATA: u32 = 4;
+const TENSOR_NAME: u32 = 8;
+const TENSOR_RAW_DATA: u32 = 9;
+const TENSOR_EXTERNAL_DATA: u32 = 13;
 const ONNX_FLOAT: u64 = 1;
-const LEN: u64 = 2;
 
 /// Copies `forward` to `out` with `params` as its initializer values and `metadata` set.
 pub fn export(forward: &Path, params: &[NamedTensor], metadata: &[(String, String)], out: &Path) -> Result<()> {
@@ -42,167 +42,77 @@ pub fn export(forward: &Path, params: &[NamedTensor], metadata: &[(String, Strin
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
 }
 
+fn is_message(f: &Field, number: u32) -> bool {
+    f.number == number && matches!(f.value, Value::Bytes(_))
+}
+
 fn rewrite_model(buf: &[u8], params: &HashMap<&str, &NamedTensor>, metadata: &[(String, String)], written: &mut Vec<String>) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(buf.len());
-    for f in fields(buf)? {
-        match (f.number, f.wire) {
-            (MODEL_GRAPH, LEN) => put_len(&mut out, MODEL_GRAPH, &rewrite_graph(f.payload(buf), params, written)?),
-            (MODEL_METADATA, LEN) if replaced_key(f.payload(buf), metadata)? => {}
-            _ => out.extend_from_slice(f.whole(buf)),
+    let mut out = Encoder::new();
+    for f in wire::fields(buf)? {
+        if is_message(&f, MODEL_GRAPH) {
+            out = out.bytes(MODEL_GRAPH, &rewrite_graph(f.bytes()?, params, written)?);
+        } else if !(is_message(&f, MODEL_METADATA) && replaced_key(f.bytes()?, metadata)?) {
+            out = out.raw(f.raw);
         }
     }
     for (key, value) in metadata {
-        let mut entry = Vec::new();
-        put_len(&mut entry, 1, key.as_bytes());
-        put_len(&mut entry, 2, value.as_bytes());
-        put_len(&mut out, MODEL_METADATA, &entry);
+        out = out.bytes(MODEL_METADATA, &Encoder::new().string(1, key).string(2, value).finish());
     }
-    Ok(out)
+    Ok(out.finish())
 }
 
 fn replaced_key(entry: &[u8], metadata: &[(String, String)]) -> Result<bool> {
-    let key = fields(entry)?.into_iter().find(|f| f.number == 1 && f.wire == LEN).map(|f| f.payload(entry).to_vec());
-    Ok(key.is_some_and(|k| metadata.iter().any(|(m, _)| m.as_bytes() == k.as_slice())))
+    let key = wire::fields(entry)?.into_iter().find(|f| is_message(f, 1)).map(|f| f.bytes()).transpose()?;
+    Ok(key.is_some_and(|k| metadata.iter().any(|(m, _)| m.as_bytes() == k)))
 }
 
 fn rewrite_graph(buf: &[u8], params: &HashMap<&str, &NamedTensor>, written: &mut Vec<String>) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(buf.len());
-    for f in fields(buf)? {
-        if f.number == GRAPH_INITIALIZER && f.wire == LEN {
-            if let Some(tensor) = rewrite_tensor(f.payload(buf), params)? {
-                put_len(&mut out, GRAPH_INITIALIZER, &tensor.1);
-                written.push(tensor.0);
+    let mut out = Encoder::new();
+    for f in wire::fields(buf)? {
+        if is_message(&f, GRAPH_INITIALIZER) {
+            if let Some((name, tensor)) = rewrite_tensor(f.bytes()?, params)? {
+                out = out.bytes(GRAPH_INITIALIZER, &tensor);
+                written.push(name);
                 continue;
             }
         }
-        out.extend_from_slice(f.whole(buf));
+        out = out.raw(f.raw);
     }
-    Ok(out)
+    Ok(out.finish())
 }
 
 /// The initializer with new raw data, if it is one of `params`.
 fn rewrite_tensor(buf: &[u8], params: &HashMap<&str, &NamedTensor>) -> Result<Option<(String, Vec<u8>)>> {
-    let all = fields(buf)?;
-    let name = all.iter().find(|f| f.number == TENSOR_NAME).map(|f| String::from_utf8_lossy(f.payload(buf)).into_owned()).unwrap_or_default();
+    let all = wire::fields(buf)?;
+    let name = all.iter().find(|f| f.number == TENSOR_NAME).map(|f| f.string()).transpose()?.unwrap_or_default();
     let Some(param) = params.get(name.as_str()) else { return Ok(None) };
-    let data_type = all.iter().find(|f| f.number == TENSOR_DATA_TYPE).map(|f| f.varint).unwrap_or(0);
+    let data_type = all.iter().find(|f| f.number == TENSOR_DATA_TYPE).map(|f| f.varint()).transpose()?.unwrap_or(0);
     if data_type != ONNX_FLOAT {
         bail!("initializer '{name}' has ONNX data type {data_type}, not float");
     }
     if all.iter().any(|f| f.number == TENSOR_EXTERNAL_DATA) {
         bail!("initializer '{name}' keeps its data in an external file, which export does not rewrite");
     }
-    let dims = tensor_dims(buf, &all)?;
+    let dims = tensor_dims(&all)?;
     if dims != param.shape {
         bail!("initializer '{name}' has shape {dims:?}, the trained tensor {:?}", param.shape);
     }
-    let mut out = Vec::with_capacity(buf.len());
-    for f in &all {
-        if f.number != TENSOR_FLOAT_DATA && f.number != TENSOR_RAW_DATA {
-            out.extend_from_slice(f.whole(buf));
-        }
+    let mut out = Encoder::new();
+    for f in all.iter().filter(|f| f.number != TENSOR_FLOAT_DATA && f.number != TENSOR_RAW_DATA) {
+        out = out.raw(f.raw);
     }
     let raw: Vec<u8> = param.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    put_len(&mut out, TENSOR_RAW_DATA, &raw);
-    Ok(Some((name, out)))
+    Ok(Some((name, out.bytes(TENSOR_RAW_DATA, &raw).finish())))
 }
 
-fn tensor_dims(buf: &[u8], all: &[Field]) -> Result<Vec<usize>> {
+/// TensorProto.dims, written one varint per field or packed.
+fn tensor_dims(all: &[Field]) -> Result<Vec<usize>> {
     let mut dims = Vec::new();
     for f in all.iter().filter(|f| f.number == TENSOR_DIMS) {
-        if f.wire == LEN {
-            let payload = f.payload(buf);
-            let mut pos = 0;
-            while pos < payload.len() {
-                dims.push(varint(payload, &mut pos)? as usize);
-            }
-        } else {
-            dims.push(f.varint as usize);
+        match f.value {
+            Value::Bytes(packed) => dims.extend(wire::packed_varints(packed)?.into_iter().map(|d| d as usize)),
+            _ => dims.push(f.varint()? as usize),
         }
     }
     Ok(dims)
-}
-
-/// One protobuf field: its number, wire type, byte ranges and (for varints) value.
-struct Field {
-    number: u64,
-    wire: u64,
-    start: usize,
-    payload_start: usize,
-    end: usize,
-    varint: u64,
-}
-
-impl Field {
-    fn whole<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.start..self.end]
-    }
-
-    fn payload<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.payload_start..self.end]
-    }
-}
-
-fn fields(buf: &[u8]) -> Result<Vec<Field>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let start = pos;
-        let key = varint(buf, &mut pos)?;
-        let (number, wire) = (key >> 3, key & 7);
-        let mut value = 0;
-        let payload_start;
-        match wire {
-            0 => {
-                payload_start = pos;
-                value = varint(buf, &mut pos)?;
-            }
-            1 => {
-                payload_start = pos;
-                pos += 8;
-            }
-            2 => {
-                let len = varint(buf, &mut pos)? as usize;
-                payload_start = pos;
-                pos += len;
-            }
-            5 => {
-                payload_start = pos;
-                pos += 4;
-            }
-            _ => bail!("protobuf wire type {wire} at byte {start}"),
-        }
-        if pos > buf.len() {
-            bail!("protobuf field {number} at byte {start} runs past the end");
-        }
-        out.push(Field { number, wire, start, payload_start, end: pos, varint: value });
-    }
-    Ok(out)
-}
-
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let Some(&byte) = buf.get(*pos) else { bail!("truncated varint") };
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Ok(value);
-        }
-    }
-    bail!("varint longer than 10 bytes")
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_len(out: &mut Vec<u8>, number: u64, payload: &[u8]) {
-    put_varint(out, (number << 3) | LEN);
-    put_varint(out, payload.len() as u64);
-    out.extend_from_slice(payload);
 }

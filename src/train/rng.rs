@@ -3,7 +3,7 @@
 //! Every random draw derives from (seed, purpose, counter) alone, so epoch e's order and step
 //! s's masks are the same whether training ran straight through or resumed from a checkpoint.
 
-/// SplitMix64 (Steele, Lea & Flood 2014): tiny, fast, and well mixed for this use.
+/// [`crate::rng::splitmix64`] with streams keyed by purpose.
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -15,11 +15,7 @@ impl SplitMix64 {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        crate::rng::splitmix64(&mut self.0)
     }
 
     /// Uniform in [0, 1) with 24 random bits.
