@@ -44,6 +44,17 @@ pub struct CurvePoint {
     pub validation_loss: Option<f64>,
 }
 
+impl CurvePoint {
+    /// One line of the printed learning curve.
+    pub fn describe(&self) -> String {
+        let validation = match (self.validation_accuracy, self.validation_loss) {
+            (Some(a), Some(l)) => format!("  validation accuracy {:5.1}%  loss {l:.4}", 100.0 * a),
+            _ => String::new(),
+        };
+        format!("step {:>5}: train accuracy {:5.1}%  loss {:.4}{validation}", self.step, 100.0 * self.train_accuracy, self.train_loss)
+    }
+}
+
 /// Weights [classes, features], biases and the learning curve.
 pub struct SgdFit {
     pub weights: Array2<f32>,
@@ -65,7 +76,7 @@ pub fn train(
     let x = x.as_slice().expect("standard layout");
     let mut rng = Rng::new(seed);
     // Validation draws use their own stream, so the training batches do not depend on them.
-    let mut validation_rng = Rng::new(seed ^ 0x5eed_0f_7a11da7e);
+    let mut validation_rng = Rng::new(seed ^ 0x005e_ed0f_7a11_da7e);
     let mut model = Linear { w: (0..classes * dim).map(|_| rng.truncated_normal(params.init_std as f64) as f32).collect(), b: vec![0.0; classes], dim };
     let mut grad = Linear { w: vec![0.0; classes * dim], b: vec![0.0; classes], dim };
     let mut batch = vec![0usize; params.batch];
@@ -89,7 +100,11 @@ pub fn train(
 
 /// `size` random row numbers below `n` (with replacement), or all of them when `size` is 0.
 fn draw(n: usize, size: usize, rng: &mut Rng) -> Vec<usize> {
-    if size == 0 { (0..n).collect() } else { (0..size).map(|_| rng.below(n)).collect() }
+    if size == 0 {
+        (0..n).collect()
+    } else {
+        (0..size).map(|_| rng.below(n)).collect()
+    }
 }
 
 /// softmax(x W^T + b) on rows of a row-major matrix, W row-major [classes, dim].
@@ -144,8 +159,8 @@ fn gradient(grad: &mut Linear, x: &[f32], rows: &[usize], y: &[usize], probs: &[
     for (&i, p) in rows.iter().zip(probs.chunks_exact(classes)) {
         let row = &x[i * dim..(i + 1) * dim];
         let weight = cw[y[i]] / total;
-        for c in 0..classes {
-            let delta = (p[c] - f32::from(u8::from(c == y[i]))) * weight;
+        for (c, &pc) in p.iter().enumerate() {
+            let delta = (pc - f32::from(u8::from(c == y[i]))) * weight;
             axpy(&mut grad.w[c * dim..(c + 1) * dim], delta, row);
             grad.b[c] += delta;
         }
