@@ -88,8 +88,10 @@ pub fn run_head(head_path: &Path, info: &HeadInfo, x: ArrayView2<f32>, config: &
 }
 
 impl Evaluation {
+    /// E.g. `smile (linfa head on mtfl:testing, crop nose:150)`.
     pub fn title(&self) -> String {
-        format!("{} ({} head on {})", self.head.attribute, self.head.solver.name(), self.cache.source)
+        let crop = crate::preprocess::Preprocess::crop_of(&self.cache.preprocess).map_or_else(|_| "unknown".to_string(), |c| c.to_string());
+        format!("{} ({} head on {}, crop {crop})", self.head.attribute, self.head.solver.name(), self.cache.source)
     }
 
     pub fn markdown(&self) -> String {

@@ -12,10 +12,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::head::onnx::{HeadFile, INPUT, KIND_KEY};
 use crate::head::HeadInfo;
-use crate::model::{file_sha256, read_sidecar, METADATA_PREFIX};
+use crate::model::{read_sidecar, METADATA_PREFIX};
 use crate::onnx::wire::{fields, Encoder, Field};
 use crate::onnx::{self, graph_field, model_field, node_field, Dim, OPSET, TENSOR_NAME, VALUE_INFO_NAME};
 use crate::preprocess::Preprocess;
@@ -45,8 +46,8 @@ pub fn export(backbone: &Path, heads: &[&Path], out: &Path) -> Result<Vec<Export
         bail!("export needs at least one --head");
     }
     let heads: Vec<HeadFile> = heads.iter().map(|p| HeadFile::read(p)).collect::<Result<_>>()?;
-    let sha = file_sha256(backbone)?;
     let bytes = std::fs::read(backbone).with_context(|| format!("cannot read backbone {}", backbone.display()))?;
+    let sha = hex::encode(Sha256::digest(&bytes)); // as model::file_sha256, without reading the file twice
     let first = &heads[0].info;
     check_heads(&heads, &sha).with_context(|| format!("heads do not fit backbone {}", backbone.display()))?;
     let model = graft(&bytes, &heads, &first.cache.output).with_context(|| format!("backbone {}", backbone.display()))?;
@@ -86,7 +87,7 @@ fn check_heads(heads: &[HeadFile], sha: &str) -> Result<()> {
     for h in heads {
         let i = &h.info;
         if i.cache.model_sha256 != sha {
-            bail!("head '{}' was trained on features of a model with sha256 {}, this backbone's is {}", i.attribute, &i.cache.model_sha256[..12], &sha[..12]);
+            bail!("head '{}' was trained on features of a model with sha256 {}, this backbone's is {sha}", i.attribute, i.cache.model_sha256);
         }
         if i.cache.output != first.cache.output {
             bail!("head '{}' uses output '{}', head '{}' uses '{}'", i.attribute, i.cache.output, first.attribute, first.cache.output);

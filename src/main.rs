@@ -461,26 +461,12 @@ fn run_train_head(a: TrainHeadArgs) -> Result<()> {
     let every = a.print_every.max(1);
     let mut print_point = |p: &head::sgd::CurvePoint| {
         if p.step.is_multiple_of(every) || p.step == opts.sgd.steps {
-            let val = p.validation_accuracy.map_or(String::new(), |v| format!("  validation accuracy {:.1}%  loss {:.4}", 100.0 * v, p.validation_loss.unwrap_or(f64::NAN)));
-            eprintln!("step {:>5}: train accuracy {:5.1}%  loss {:.4}{val}", p.step, 100.0 * p.train_accuracy, p.train_loss);
+            eprintln!("{}", p.describe());
         }
     };
     let trained = head::train(&cache, &a.cache, &opts, &mut print_point)?;
     trained.head.save(&a.out, &trained.curve)?;
-    let i = &trained.head.info;
-    let val = i.validation_accuracy.map_or(String::new(), |v| format!(", validation accuracy {:.1}% ({} rows)", 100.0 * v, i.validation_rows));
-    println!(
-        "{} head for {} ({}) on {} rows: train accuracy {:.1}%{val}; fitted in {:.2} s; seed {}\nwrote {} and {}",
-        i.solver.name(),
-        i.attribute,
-        i.labels.join("/"),
-        i.train_rows,
-        100.0 * i.train_accuracy,
-        i.train_seconds,
-        i.seed,
-        a.out.display(),
-        head::history_path(&a.out).display()
-    );
+    println!("{}\nwrote {} and {}", trained.head.info.summary(), a.out.display(), head::history_path(&a.out).display());
     Ok(())
 }
 

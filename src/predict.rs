@@ -83,7 +83,6 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     let pre = Preprocess { crop, input: model.input.clone() };
     let filter = pre.input.filter()?;
     let pool = decode_pool(opts.decode_threads)?;
-    let outputs: Vec<String> = heads.iter().map(|h| h.output.clone()).collect();
     let mut table = PredictionTable::new(heads.iter().map(|h| Attribute { name: h.attribute.clone(), labels: h.labels.clone() }).collect());
     let mut skipped = Vec::new();
     let started = Instant::now();
@@ -97,16 +96,29 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
         }
         skipped.extend(failures.into_iter().map(|f| f.text));
         if !good.is_empty() {
-            let shape = pre.input.batch_shape(good.len());
-            let probs = runtime::run_f32(&mut model.session, &model.input_name, &shape, tensor, &outputs)
-                .with_context(|| format!("running {} on a batch of {}", model.path.display(), good.len()))?;
-            for (row, &i) in good.iter().enumerate() {
-                let per_head: Vec<&[f32]> = probs.iter().zip(&heads).map(|((_, p), h)| &p[row * h.labels.len()..(row + 1) * h.labels.len()]).collect();
-                table.push(&samples[i].key, &per_head);
-            }
+            let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
+            run_batch(model, &heads, &pre, tensor, &keys, &mut table)?;
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     Ok(PredictSummary { table, skipped, crop, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Runs one batch of prepared images and adds a row per image to `table`.
+fn run_batch(model: &mut Model, heads: &[ExportedHead], pre: &Preprocess, tensor: Vec<f32>, keys: &[&str], table: &mut PredictionTable) -> Result<()> {
+    let n = keys.len();
+    let outputs: Vec<String> = heads.iter().map(|h| h.output.clone()).collect();
+    let probs = runtime::run_f32(&mut model.session, &model.input_name, &pre.input.batch_shape(n), tensor, &outputs)
+        .with_context(|| format!("running {} on a batch of {n}", model.path.display()))?;
+    for ((shape, _), h) in probs.iter().zip(heads) {
+        if shape[..] != [n, h.labels.len()] {
+            bail!("output {} of {} has shape {shape:?}, expected [{n}, {}]", h.output, model.path.display(), h.labels.len());
+        }
+    }
+    for (row, key) in keys.iter().enumerate() {
+        let per_head: Vec<&[f32]> = probs.iter().zip(heads).map(|((_, p), h)| &p[row * h.labels.len()..(row + 1) * h.labels.len()]).collect();
+        table.push(key, &per_head);
+    }
+    Ok(())
 }

@@ -182,6 +182,23 @@ pub struct HeadInfo {
     pub tool_version: String,
 }
 
+impl HeadInfo {
+    /// One line: solver, attribute, rows, accuracies, time and seed.
+    pub fn summary(&self) -> String {
+        let validation = self.validation_accuracy.map_or(String::new(), |v| format!(", validation accuracy {:.1}% ({} rows)", 100.0 * v, self.validation_rows));
+        format!(
+            "{} head for {} ({}) on {} rows: train accuracy {:.1}%{validation}; fitted in {:.2} s; seed {}",
+            self.solver.name(),
+            self.attribute,
+            self.labels.join("/"),
+            self.train_rows,
+            100.0 * self.train_accuracy,
+            self.train_seconds,
+            self.seed
+        )
+    }
+}
+
 /// A trained head.
 #[derive(Debug, Clone)]
 pub struct Head {
@@ -219,65 +236,71 @@ pub struct Trained {
 
 /// Trains a head for `opts.attribute` on the rows of `cache` that have a label for it.
 pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
+    if opts.solver == Solver::Linfa && opts.class_weight != ClassWeight::None {
+        bail!("class weighting needs --solver sgd: linfa-logistic takes no sample weights");
+    }
     let classes = Classes::of(cache, &opts.attribute)?;
-    let all = Labeled::from_cache(cache, &classes)?;
     let validation_percent = opts.validation_percent.unwrap_or(opts.solver.default_validation_percent());
-    let (train, validation) = split(all, opts.seed, validation_percent);
+    let (train, validation) = split(Labeled::from_cache(cache, &classes)?, opts.seed, validation_percent);
     let counts = train.counts(classes.len());
     if let Some(k) = counts.iter().position(|&c| c == 0) {
-        bail!(
-            "cache {}: no training row has {} = {} (code {}); every class needs examples",
-            cache_path.display(),
-            classes.attribute,
-            classes.labels[k],
-            classes.codes[k]
-        );
+        let (c, a) = (cache_path.display(), &classes.attribute);
+        bail!("cache {c}: no training row has {a} = {} (code {}); every class needs examples", classes.labels[k], classes.codes[k]);
     }
     let class_weights = opts.class_weight.weights(&counts);
     let started = Instant::now();
     let standardizer = if opts.standardize { Standardizer::fit(train.x.view()) } else { Standardizer::identity(train.x.ncols()) };
-    let train_z = Labeled { x: standardizer.apply(train.x.view()), ..train };
-    let validation_z = validation.map(|v| Labeled { x: standardizer.apply(v.x.view()), ..v });
-    let (weights, bias, curve, params) = match opts.solver {
-        Solver::Sgd => {
-            let fit = sgd::train(&train_z, validation_z.as_ref(), &class_weights, &opts.sgd, opts.seed, on_point);
-            (fit.weights, fit.bias, fit.curve, serde_json::to_value(&opts.sgd)?)
-        }
-        Solver::Linfa => {
-            if opts.class_weight != ClassWeight::None {
-                bail!("class weighting needs --solver sgd: linfa-logistic takes no sample weights");
-            }
-            let (w, b) = linfa::train(&train_z, classes.len(), &opts.linfa)?;
-            (w, b, Vec::new(), serde_json::to_value(&opts.linfa)?)
-        }
-    };
+    let train = Labeled { x: standardizer.apply(train.x.view()), ..train };
+    let validation = validation.map(|v| Labeled { x: standardizer.apply(v.x.view()), ..v });
+    let fit = fit(opts, &train, validation.as_ref(), &class_weights, on_point)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let score = |d: &Labeled| softmax::accuracy(softmax::probabilities(d.x.view(), weights.view(), &bias).view(), &d.y);
+    let score = |d: &Labeled| softmax::accuracy(softmax::probabilities(d.x.view(), fit.weights.view(), &fit.bias).view(), &d.y);
     let info = HeadInfo {
         attribute: classes.attribute.clone(),
-        labels: classes.labels.clone(),
-        codes: classes.codes.clone(),
-        dim: train_z.x.ncols(),
-        input: onnx::INPUT.to_string(),
         output: onnx::output_name(&classes.attribute),
+        labels: classes.labels,
+        codes: classes.codes,
+        dim: train.x.ncols(),
+        input: onnx::INPUT.to_string(),
         solver: opts.solver,
         seed: opts.seed,
-        params,
+        params: fit.params,
         standardized: opts.standardize,
         class_weight: opts.class_weight,
         class_weights,
         validation_percent,
-        train_rows: train_z.y.len(),
-        validation_rows: validation_z.as_ref().map_or(0, |v| v.y.len()),
+        train_rows: train.y.len(),
+        validation_rows: validation.as_ref().map_or(0, |v| v.y.len()),
         class_counts: counts,
-        train_accuracy: score(&train_z),
-        validation_accuracy: validation_z.as_ref().map(score),
+        train_accuracy: score(&train),
+        validation_accuracy: validation.as_ref().map(score),
         train_seconds,
         cache: CacheOrigin::of(cache, cache_path),
         created: chrono::Utc::now().to_rfc3339(),
         tool_version: format!("retrain {}", crate::version()),
     };
-    Ok(Trained { head: Head { info, standardizer, weights, bias }, curve })
+    Ok(Trained { head: Head { info, standardizer, weights: fit.weights, bias: fit.bias }, curve: fit.curve })
+}
+
+/// What a solver found, with the parameters it was given (for the record).
+struct Fit {
+    weights: Array2<f32>,
+    bias: Vec<f32>,
+    curve: Vec<CurvePoint>,
+    params: serde_json::Value,
+}
+
+fn fit(opts: &TrainOptions, train: &Labeled, validation: Option<&Labeled>, class_weights: &[f32], on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Fit> {
+    Ok(match opts.solver {
+        Solver::Sgd => {
+            let f = sgd::train(train, validation, class_weights, &opts.sgd, opts.seed, on_point);
+            Fit { weights: f.weights, bias: f.bias, curve: f.curve, params: serde_json::to_value(&opts.sgd)? }
+        }
+        Solver::Linfa => {
+            let (weights, bias) = linfa::train(train, class_weights.len(), &opts.linfa)?;
+            Fit { weights, bias, curve: Vec::new(), params: serde_json::to_value(&opts.linfa)? }
+        }
+    })
 }
 
 /// Training and validation rows, by hashing file names as retrain.py does (stable across runs
