@@ -20,7 +20,14 @@ them from Rust.  The folder written:
                    gradient accumulation and for the gradient checks)
   eval.onnx        forward only, dynamic batch, trainable parameters as inputs -> `logits`
   init.h5          the initial checkpoint: parameters from the forward graph, zero slots,
-                   step 0, epoch 0 (layout in README, "Training checkpoints")
+                   step 0, epoch 0 (layout in README, "Training checkpoints"; gzip-compressed)
+
+With --micro-batches M1,M2,... also (gradient accumulation, for batches that do not fit):
+  accumulate_bM.onnx  the gradient graph at micro-batch M that adds its gradient, times the
+                   scalar `acc_scale`, to the running sums `acc:<param>` (or starts them when
+                   the bool `acc_first` is true) -> `accumulated:<param>`, `loss`, `correct`
+  update.onnx      the optimizer update alone: parameters, slots, `acc:<param>` (the summed
+                   gradient), `lr`, `step` -> `updated:<name>`
 
 Which parameters train is a choice: all initializers of floating type with rank >= 1 (the
 default), or those matching --trainable glob patterns; the rest stay constants in every graph.
@@ -51,6 +58,7 @@ OPSET = 17
 LABELS, WEIGHTS, LR, STEP = "labels", "weights", "lr", "step"
 LOSS, CORRECT, LOGITS = "loss", "correct", "logits"
 MASK_PREFIX, UPDATED_PREFIX, GRAD_PREFIX = "dropout_mask:", "updated:", "grad:"
+ACC_PREFIX, ACCUMULATED_PREFIX, ACC_FIRST, ACC_SCALE = "acc:", "accumulated:", "acc_first", "acc_scale"
 
 # Optimizer: slots per parameter and default hyper-parameters.  Conventions are PyTorch's
 # (torch.optim.SGD / Adam / AdamW / RMSprop), which README states in full.
@@ -312,22 +320,69 @@ class Emitter:
 def add_update(model, optimizer, hyper, trainable, masks):
     """Append the optimizer update: inputs lr, step and slots; outputs `updated:*`."""
     graph = model.graph
-    dtype = elem_type(model)
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    grads = {o.name[len(GRAD_PREFIX):]: o.name for o in graph.output if o.name.startswith(GRAD_PREFIX)}
+    del graph.output[2:]  # keep loss and correct; gradients become internal
+    _append_update(graph, elem_type(model), optimizer, hyper, {n: (grads[n], shapes[n]) for n in trainable})
+
+
+def _append_update(graph, dtype, optimizer, hyper, grads):
+    """Inputs lr, step and the slots of every parameter in `grads` ({name: (gradient tensor,
+    shape)}); outputs `updated:<param>` and `updated:<slot>`."""
     e = Emitter(graph, dtype)
     graph.input.append(helper.make_tensor_value_info(LR, dtype, []))
     graph.input.append(helper.make_tensor_value_info(STEP, dtype, []))
     slots, _ = OPTIMIZERS[optimizer]
-    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
-    grads = {o.name[len(GRAD_PREFIX):]: o.name for o in graph.output if o.name.startswith(GRAD_PREFIX)}
-    del graph.output[2:]  # keep loss and correct; gradients become internal
-    for name in trainable:
+    for name, (grad, shape) in grads.items():
         for slot in slots:
-            graph.input.append(helper.make_tensor_value_info(slot_name(slot, name), dtype, shapes[name]))
-        new = UPDATE_RULES[optimizer](e, name, grads[name], hyper)
+            graph.input.append(helper.make_tensor_value_info(slot_name(slot, name), dtype, shape))
+        new = UPDATE_RULES[optimizer](e, name, grad, hyper)
         for target, value in new.items():
             out = UPDATED_PREFIX + target
             e.op("Identity", [value], name=out)
-            graph.output.append(helper.make_tensor_value_info(out, dtype, shapes[name]))
+            graph.output.append(helper.make_tensor_value_info(out, dtype, shape))
+
+
+def update_model(forward, trainable, optimizer, hyper):
+    """The update alone (gradient accumulation): parameters, slots, summed gradients `acc:<p>`,
+    lr and step in; `updated:*` out."""
+    dtype = elem_type(forward)
+    init = {t.name: list(t.dims) for t in forward.graph.initializer}
+    graph = helper.make_graph([], "update", [], [])
+    for name in trainable:
+        graph.input.append(helper.make_tensor_value_info(name, dtype, init[name]))
+    for name in trainable:
+        graph.input.append(helper.make_tensor_value_info(ACC_PREFIX + name, dtype, init[name]))
+    _append_update(graph, dtype, optimizer, hyper, {n: (ACC_PREFIX + n, init[n]) for n in trainable})
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = forward.ir_version
+    return model
+
+
+def accumulate_model(forward, trainable, micro):
+    """The gradient graph at batch `micro` that sums: accumulated:<p> = (acc_first ? 0 :
+    acc:<p>) + acc_scale * grad:<p>.  Where, not a multiply by 0, picks the start, so
+    whatever the uninitialised sum buffers hold (NaN too) never leaks in."""
+    model, masks, _ = gradient_model(forward, trainable, micro)
+    graph = model.graph
+    dtype = elem_type(model)
+    graph.input.append(helper.make_tensor_value_info(ACC_FIRST, TensorProto.BOOL, []))
+    graph.input.append(helper.make_tensor_value_info(ACC_SCALE, dtype, []))
+    outputs = list(graph.output)
+    del graph.output[2:]
+    for out in outputs[2:]:
+        name = out.name[len(GRAD_PREFIX):]
+        shape = [d.dim_value for d in out.type.tensor_type.shape.dim]
+        acc = ACC_PREFIX + name
+        graph.input.append(helper.make_tensor_value_info(acc, dtype, shape))
+        scaled = f"acc/scaled:{name}"
+        graph.node.append(helper.make_node("Mul", [out.name, ACC_SCALE], [scaled], name=scaled))
+        summed = f"acc/sum:{name}"
+        graph.node.append(helper.make_node("Add", [acc, scaled], [summed], name=summed))
+        result = ACCUMULATED_PREFIX + name
+        graph.node.append(helper.make_node("Where", [ACC_FIRST, scaled, summed], [result], name=result))
+        graph.output.append(helper.make_tensor_value_info(result, dtype, shape))
+    return model, masks
 
 
 def _decayed(e, p, g, wd):
@@ -411,7 +466,8 @@ def write_checkpoint(path, tensors, *, artifact_sha256, seed, optimizer):
         f.attrs["tool_version"] = "retrain scripts/make_artifacts.py"
         group = f.create_group("tensors")
         for i, (name, value) in enumerate(tensors):
-            ds = group.create_dataset(f"{i:05d}", data=value)
+            # gzip: fresh optimizer slots are all zeros, and big artifacts travel
+            ds = group.create_dataset(f"{i:05d}", data=value, compression="gzip", compression_opts=1)
             ds.attrs["name"] = name
 
 
@@ -422,6 +478,22 @@ def read_checkpoint(path):
     with h5py.File(path, "r") as f:
         tensors = {ds.attrs["name"]: ds[()] for ds in f["tensors"].values()}
         return tensors, dict(f.attrs)
+
+
+def memory_estimate(gradient, params, slots, batch):
+    """Bytes of the training state (parameters and slots, twice: read and write sets; plus two
+    gradient sums when accumulating) and of the activations one image adds: every float
+    tensor of the gradient graph whose first dimension is the batch, which is what reverse mode
+    keeps or recomputes per image.  An upper bound: ONNX Runtime reuses buffers; the measured
+    peaks are in docs/finetune.md."""
+    inferred = shape_inference.infer_shapes(gradient)
+    per_image = 0
+    for v in inferred.graph.value_info:
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+        if dims and dims[0] == batch and all(dims):
+            per_image += int(np.prod(dims[1:])) * 4
+    values = sum(int(np.prod(v.shape)) for _, v in params)
+    return {"state_bytes": values * 4 * (2 * (1 + slots) + 2), "activation_bytes_per_image": per_image}
 
 
 def sha256(path):
@@ -440,7 +512,7 @@ def image_layout(model):
 
 
 def generate(forward_path, out, *, batch, optimizer, trainable_patterns=None, hyper=None,
-             seed=0, logits=LOGITS, fast=True):
+             seed=0, logits=LOGITS, fast=True, micro_batches=()):
     """Write the artifacts folder; returns the manifest."""
     forward = onnx.load(forward_path)
     if batch < 1:
@@ -459,6 +531,10 @@ def generate(forward_path, out, *, batch, optimizer, trainable_patterns=None, hy
     add_update(step, optimizer, defaults, trainable, masks)
     evaluation = eval_model(forward, trainable, logits)
     files = {"forward": forward, "gradient": gradient, "train_step": step, "eval": evaluation}
+    if micro_batches:
+        files["update"] = update_model(forward, trainable, optimizer, defaults)
+        for micro in micro_batches:
+            files[f"accumulate_b{micro}"] = accumulate_model(forward, trainable, micro)[0]
     for name, model in files.items():
         if name != "forward":
             model.producer_name = "retrain scripts/make_artifacts.py"
@@ -489,6 +565,10 @@ def generate(forward_path, out, *, batch, optimizer, trainable_patterns=None, hy
         "state": [{"input": n, "output": UPDATED_PREFIX + n, "shape": list(v.shape),
                    "kind": "param" if i < len(params) else "slot"}
                   for i, (n, v) in enumerate(params + slots)],
+        "micro_batches": sorted(micro_batches, reverse=True),
+        "accumulation": {"first": ACC_FIRST, "scale": ACC_SCALE, "sum_prefix": ACC_PREFIX,
+                         "output_prefix": ACCUMULATED_PREFIX},
+        "memory": memory_estimate(gradient, params, len(OPTIMIZERS[optimizer][0]), batch),
         "backward_rules": "fast_rules" if fast else "onnx-ad",
         "init_seed": seed,
         "checkpoint": "init.h5",
@@ -511,6 +591,13 @@ def parse_hyper(items):
     return hyper
 
 
+def parse_micro(text):
+    sizes = sorted({int(m) for m in text.split(",") if m.strip()}, reverse=True)
+    if any(m < 1 for m in sizes):
+        raise SystemExit(f"--micro-batches {text}: sizes must be at least 1")
+    return sizes
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("forward", type=Path, help="forward ONNX graph with a `logits` output")
@@ -523,12 +610,15 @@ def main(argv=None):
                         help="train only parameters matching GLOB (repeatable; default: all)")
     parser.add_argument("--logits", default=LOGITS, help="the class-score tensor")
     parser.add_argument("--seed", type=int, default=0, help="recorded as the init seed")
+    parser.add_argument("--micro-batches", default="", metavar="M1,M2,...",
+                        help="also write accumulate_bM.onnx for each M and update.onnx (gradient accumulation)")
     parser.add_argument("--onnx-ad-rules", action="store_true",
                         help="onnx-ad's own Conv/MaxPool reverse rules instead of fast_rules.py")
     args = parser.parse_args(argv)
     manifest, digest = generate(args.forward, args.out, batch=args.batch, optimizer=args.optimizer,
                                 trainable_patterns=args.trainable, hyper=parse_hyper(args.set),
-                                seed=args.seed, logits=args.logits, fast=not args.onnx_ad_rules)
+                                seed=args.seed, logits=args.logits, fast=not args.onnx_ad_rules,
+                                micro_batches=parse_micro(args.micro_batches))
     n_params = sum(int(np.prod(t["shape"])) for t in manifest["trainable"])
     nodes = len(onnx.load(args.out / "train_step.onnx").graph.node)
     print(f"wrote {args.out}: {len(manifest['trainable'])} trainable tensors ({n_params} values), "

@@ -67,6 +67,12 @@ struct Prepared {
     next_source: usize,
 }
 
+/// [`extract`] over one MTFL list (`training.txt` or `testing.txt` under `root`).
+pub fn extract_mtfl(root: &Path, split: crate::dataset::mtfl::Split, model: &mut Model, opts: &ExtractOptions) -> Result<ExtractSummary> {
+    let dataset = crate::dataset::mtfl::load(root, split)?;
+    extract(&dataset, model, opts).with_context(|| format!("extracting MTFL {} with crop {}", split.name(), opts.crop))
+}
+
 /// Runs the job over `dataset` with `model`.
 pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> Result<ExtractSummary> {
     if opts.batch == 0 {

@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod extract;
+pub mod finetune;
 pub mod head;
 pub mod metrics;
 pub mod model;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use retrain::augment::Distortions;
 use retrain::cache::{Cache, Shard};
 use retrain::dataset::{self, mtfl, Dataset};
 use retrain::extract::{self, ExtractOptions};
@@ -52,6 +53,10 @@ enum Command {
     /// OUT/last.h5 (resume with --resume) and OUT/best.h5, then reports the test accuracy of
     /// the best epoch and writes its weights into OUT/model.onnx.
     Train(TrainArgs),
+    /// Fine-tune a pretrained network in two phases (the study's second approach): a new head
+    /// alone on cached bottlenecks (phase 1), then every layer on images (phase 2), through the
+    /// artifacts of scripts/make_finetune.py. Writes OUT/model.onnx and OUT/ATTRIBUTE.head.onnx.
+    Finetune(FinetuneArgs),
 }
 
 #[derive(Subcommand)]
@@ -357,6 +362,141 @@ struct TrainArgs {
     quiet: bool,
 }
 
+/// Random distortions of training images (off by default), as TensorFlow's retrain.py.
+#[derive(Args)]
+struct DistortionArgs {
+    /// Mirror each training image left-right with probability 1/2.
+    #[arg(long)]
+    flip: bool,
+    /// Random crop: keep a window whose side is the image's / (1 + P%), at a random place.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_crop: f32,
+    /// Random zoom: shrink that window further by a factor drawn from [1, 1 + P%].
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_scale: f32,
+    /// Multiply training pixel values by a factor drawn from [1 - P%, 1 + P%].
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_brightness: f32,
+}
+
+impl DistortionArgs {
+    fn distortions(&self) -> Result<Distortions> {
+        let d = Distortions { flip: self.flip, crop_percent: self.random_crop, scale_percent: self.random_scale, brightness_percent: self.random_brightness };
+        d.check()?;
+        Ok(d)
+    }
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// Fine-tuning artifacts (scripts/make_finetune.py: finetune.json, phase1/, phase2/).
+    #[arg(long)]
+    artifacts: PathBuf,
+    /// The pretrained network the artifacts were made from (its bottleneck caches feed phase 1).
+    #[arg(long, default_value = "onnx/inception_v3.onnx")]
+    model: PathBuf,
+    /// MTFL folder (holding training.txt, testing.txt and the images).
+    #[arg(long)]
+    mtfl: PathBuf,
+    /// gender, smile, glasses or pose.
+    #[arg(long)]
+    attribute: String,
+    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    #[arg(long, default_value = "original")]
+    crop: Crop,
+    /// Phase 1 (new layer only, on cached bottlenecks): RMSprop steps and learning rate.
+    #[arg(long, default_value_t = 1000)]
+    phase1_steps: u64,
+    #[arg(long, default_value_t = 0.01)]
+    phase1_lr: f32,
+    /// Phase 2 (every layer, on images): RMSprop steps and learning rate.
+    #[arg(long, default_value_t = 500)]
+    phase2_steps: u64,
+    #[arg(long, default_value_t = 0.001)]
+    phase2_lr: f32,
+    /// Batch of one optimizer step; must be the artifacts' [default: theirs].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Rows per graph call in phase 2 (gradients are summed over the batch) [default: the
+    /// largest the artifacts have that fits the free memory].
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Memory the phase-2 step may use, in GiB [default: free memory of the device].
+    #[arg(long)]
+    memory_budget: Option<f64>,
+    #[command(flatten)]
+    distort: DistortionArgs,
+    /// Validate (and write OUT/phaseN/last.h5) every N steps.
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    /// cpu, cuda or cuda:N. CUDA never falls back to CPU; parameters stay on the GPU.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Intra-op threads for ONNX Runtime [default: every core].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Threads decoding and resizing images [default: every core].
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// Where bottleneck caches are kept (and reused).
+    #[arg(long, default_value = "cache")]
+    cache_dir: PathBuf,
+    /// Output folder: checkpoints, history.csv, result.json, model.onnx, ATTRIBUTE.head.onnx.
+    #[arg(long, default_value = "runs/finetune")]
+    out: PathBuf,
+    /// Seed of the hold-out split, the batches, the dropout masks and the distortions.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from OUT/phase1/last.h5 or OUT/phase2/last.h5.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Only the first N images of each MTFL list.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Images per eval-graph call.
+    #[arg(long, default_value_t = 50)]
+    eval_batch: usize,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn run_finetune(a: FinetuneArgs) -> Result<()> {
+    let opts = retrain::finetune::FinetuneOptions {
+        model: a.model,
+        artifacts: a.artifacts,
+        mtfl: a.mtfl,
+        attribute: a.attribute,
+        crop: a.crop,
+        phase1_steps: a.phase1_steps,
+        phase1_lr: a.phase1_lr,
+        phase2_steps: a.phase2_steps,
+        phase2_lr: a.phase2_lr,
+        batch: a.batch,
+        micro_batch: a.micro_batch,
+        memory_budget: a.memory_budget.map(|g| (g * (1u64 << 30) as f64) as u64),
+        distortions: a.distort.distortions()?,
+        eval_every: a.eval_every,
+        device: a.device,
+        threads: a.threads,
+        decode_threads: a.decode_threads,
+        cache_dir: a.cache_dir,
+        out: a.out,
+        seed: a.seed,
+        resume: a.resume,
+        limit: a.limit,
+        eval_batch: a.eval_batch,
+        strict: a.strict,
+        show_progress: !a.quiet,
+    };
+    let summary = retrain::finetune::finetune(&opts)?;
+    println!("{}", retrain::finetune::report(&summary));
+    Ok(())
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -368,6 +508,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Extract(args) => run_extract(args),
         Command::Train(args) => run_train(args),
+        Command::Finetune(args) => run_finetune(args),
         Command::Cache(CacheCommand::Info { cache }) => run_info(&cache),
         Command::Cache(CacheCommand::Merge { shards, out }) => {
             println!("{}", retrain::cache::merge_command(&shards, &out)?);

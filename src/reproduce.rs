@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cache::{Cache, Shard};
-use crate::dataset::mtfl::{self, Split};
+use crate::dataset::mtfl::Split;
 use crate::eval::{self, Evaluation};
 use crate::extract::{self, ExtractOptions};
 use crate::head::{self, Solver, TrainOptions};
@@ -124,7 +124,6 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
 }
 
 fn extract_split(opts: &ReproduceOptions, model: &mut Model, crop: Crop, split: Split) -> Result<extract::ExtractSummary> {
-    let dataset = mtfl::load(&opts.mtfl, split)?;
     let extract_opts = ExtractOptions {
         crop,
         batch: opts.batch,
@@ -136,7 +135,7 @@ fn extract_split(opts: &ReproduceOptions, model: &mut Model, crop: Crop, split: 
         decode_threads: opts.decode_threads,
         show_progress: opts.show_progress,
     };
-    extract::extract(&dataset, model, &extract_opts).with_context(|| format!("extracting MTFL {} with crop {crop}", split.name()))
+    extract::extract_mtfl(&opts.mtfl, split, model, &extract_opts)
 }
 
 fn study_accuracy(attribute: &str, crop: Crop) -> Option<f64> {

@@ -27,17 +27,23 @@ impl Classes {
     /// MTFL attributes by name; class folders (`class` column) from the cache's class names.
     pub fn of(cache: &Cache, attribute: &str) -> Result<Classes> {
         cache.label_column(attribute)?;
-        if let Some((_, table)) = MTFL_CLASSES.iter().find(|(a, _)| *a == attribute) {
-            return Ok(Classes {
-                attribute: attribute.to_string(),
-                labels: table.iter().map(|(_, n)| n.to_string()).collect(),
-                codes: table.iter().map(|(c, _)| *c).collect(),
-            });
+        if let Some(classes) = Self::mtfl(attribute) {
+            return Ok(classes);
         }
         if cache.class_names.is_empty() {
             bail!("attribute '{attribute}': the cache names no classes for it");
         }
         Ok(Classes { attribute: attribute.to_string(), labels: cache.class_names.clone(), codes: (0..cache.class_names.len() as i32).collect() })
+    }
+
+    /// An MTFL attribute's classes (`None` for other names).
+    pub fn mtfl(attribute: &str) -> Option<Classes> {
+        let (_, table) = MTFL_CLASSES.iter().find(|(a, _)| *a == attribute)?;
+        Some(Classes {
+            attribute: attribute.to_string(),
+            labels: table.iter().map(|(_, n)| n.to_string()).collect(),
+            codes: table.iter().map(|(c, _)| *c).collect(),
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -35,6 +35,8 @@ pub enum Solver {
     Linfa,
     /// The study's mini-batch gradient descent.
     Sgd,
+    /// The new layer of a fine-tuned network (`retrain finetune`), not a solver of train-head.
+    Finetune,
 }
 
 impl Solver {
@@ -43,7 +45,7 @@ impl Solver {
     pub fn default_validation_percent(self) -> f64 {
         match self {
             Solver::Linfa => 0.0,
-            Solver::Sgd => 10.0,
+            Solver::Sgd | Solver::Finetune => 10.0,
         }
     }
 
@@ -51,6 +53,7 @@ impl Solver {
         match self {
             Solver::Linfa => "linfa",
             Solver::Sgd => "sgd",
+            Solver::Finetune => "finetune",
         }
     }
 }
@@ -300,6 +303,7 @@ fn fit(opts: &TrainOptions, train: &Labeled, validation: Option<&Labeled>, class
             let (weights, bias) = linfa::train(train, class_weights.len(), &opts.linfa)?;
             Fit { weights, bias, curve: Vec::new(), params: serde_json::to_value(&opts.linfa)? }
         }
+        Solver::Finetune => bail!("fine-tuned heads come from `retrain finetune`, not from train-head"),
     })
 }
 

@@ -25,6 +25,9 @@ pub struct FileEntry {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageEntry {
     pub input: String,
+    /// The declared shape, batch first (`null` for a free dimension).
+    #[serde(default)]
+    pub shape: Vec<Option<usize>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +68,26 @@ impl StateEntry {
     }
 }
 
+/// Names of the gradient-accumulation graphs' extra inputs and outputs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccumulationNames {
+    /// bool scalar: start the sums (true) or add to them.
+    pub first: String,
+    /// float scalar multiplying this micro-batch's gradient.
+    pub scale: String,
+    /// `acc:<param>`: the running sum going in (and the summed gradient update.onnx takes).
+    pub sum_prefix: String,
+    /// `accumulated:<param>`: the running sum coming out.
+    pub output_prefix: String,
+}
+
+/// What make_artifacts.py estimates the training needs, in bytes.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct MemoryEstimate {
+    pub state_bytes: u64,
+    pub activation_bytes_per_image: u64,
+}
+
 /// manifest.json, as scripts/make_artifacts.py writes it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -82,6 +105,13 @@ pub struct Manifest {
     pub dropout_masks: Vec<DropoutMask>,
     pub optimizer: serde_json::Map<String, serde_json::Value>,
     pub state: Vec<StateEntry>,
+    /// Batch sizes with an `accumulate_bM` graph (largest first); empty without accumulation.
+    #[serde(default)]
+    pub micro_batches: Vec<usize>,
+    #[serde(default)]
+    pub accumulation: Option<AccumulationNames>,
+    #[serde(default)]
+    pub memory: Option<MemoryEstimate>,
     pub checkpoint: String,
 }
 
@@ -164,6 +194,47 @@ impl Artifacts {
         Ok(())
     }
 
+    /// Input and output names of the accumulation graphs (artifacts made with --micro-batches).
+    pub fn accumulation(&self) -> Result<&AccumulationNames> {
+        self.manifest.accumulation.as_ref().filter(|_| !self.manifest.micro_batches.is_empty()).ok_or_else(|| {
+            anyhow!("the artifacts in {} have no gradient-accumulation graphs (make them with --micro-batches)", self.dir.display())
+        })
+    }
+
+    /// `accumulate_bM.onnx` binds the micro-batch, the parameters and the running sums.
+    pub fn check_accumulate(&self, session: &Session, micro: usize) -> Result<()> {
+        let (m, acc) = (&self.manifest, self.accumulation()?);
+        let what = format!("accumulate_b{micro}.onnx");
+        for (name, shape) in [(&m.inputs.labels, vec![micro]), (&m.inputs.weights, vec![micro]), (&acc.first, vec![]), (&acc.scale, vec![])] {
+            expect_shape(session, name, &shape, true).with_context(|| what.clone())?;
+        }
+        for mask in &m.dropout_masks {
+            expect_shape(session, &mask.input, &micro_shape(&mask.shape, micro), true).with_context(|| what.clone())?;
+        }
+        for p in self.params() {
+            expect_shape(session, &p.input, &p.shape, true).with_context(|| what.clone())?;
+            expect_shape(session, &format!("{}{}", acc.sum_prefix, p.input), &p.shape, true).with_context(|| what.clone())?;
+            expect_shape(session, &format!("{}{}", acc.output_prefix, p.input), &p.shape, false).with_context(|| what.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `update.onnx` binds every state tensor, the summed gradients, lr and step.
+    pub fn check_update(&self, session: &Session) -> Result<()> {
+        let (m, acc) = (&self.manifest, self.accumulation()?);
+        for (name, shape) in [(&m.inputs.lr, vec![]), (&m.inputs.step, vec![])] {
+            expect_shape(session, name, &shape, true).context("update.onnx")?;
+        }
+        for s in &m.state {
+            expect_shape(session, &s.input, &s.shape, true).context("update.onnx")?;
+            expect_shape(session, &s.output, &s.shape, false).context("update.onnx")?;
+        }
+        for p in self.params() {
+            expect_shape(session, &format!("{}{}", acc.sum_prefix, p.input), &p.shape, true).context("update.onnx")?;
+        }
+        Ok(())
+    }
+
     /// The eval graph takes the image batch and every parameter, and gives the logits.
     pub fn check_eval(&self, session: &Session) -> Result<()> {
         let m = &self.manifest;
@@ -193,6 +264,11 @@ fn expect_shape(session: &Session, name: &str, want: &[usize], input: bool) -> R
         bail!("tensor '{name}' has shape {got:?}, the manifest says {want:?}");
     }
     Ok(())
+}
+
+/// A per-batch shape (a dropout mask's) at another batch size.
+pub fn micro_shape(shape: &[usize], micro: usize) -> Vec<usize> {
+    std::iter::once(micro).chain(shape.iter().skip(1).copied()).collect()
 }
 
 fn shorten(names: &[&str]) -> String {

@@ -15,7 +15,7 @@ use super::artifacts::Artifacts;
 use super::checkpoint::{Checkpoint, NamedTensor};
 use crate::runtime::{self, Device, SessionConfig};
 
-fn ort_err(e: ort::Error) -> anyhow::Error {
+pub(crate) fn ort_err(e: ort::Error) -> anyhow::Error {
     anyhow!("{e}")
 }
 
@@ -38,9 +38,9 @@ pub struct StepResult {
 pub struct Engine {
     pub artifacts: Artifacts,
     device: Device,
-    step_session: Session,
+    /// The fused train step; absent when the caller steps through gradient accumulation.
+    step: Option<(Session, IoBinding)>,
     eval_session: Session,
-    step_binding: IoBinding,
     eval_binding: IoBinding,
     allocator: Allocator,
     host: MemoryInfo<'static>,
@@ -53,24 +53,40 @@ impl Engine {
     /// Loads both graphs and checks them against the manifest; [`Engine::load`] then puts a
     /// checkpoint's tensors on the device.
     pub fn new(artifacts: Artifacts, config: &SessionConfig) -> Result<Engine> {
-        let step_session = runtime::session(&artifacts.verified_file("train_step")?, config)?;
-        artifacts.check_train_step(&step_session)?;
+        Self::with_step(artifacts, config, true)
+    }
+
+    /// As [`Engine::new`]; without the fused train step when `fused_step` is false (its graph
+    /// is not even loaded: [`super::accumulate::Accumulator`] steps instead).
+    pub fn with_step(artifacts: Artifacts, config: &SessionConfig, fused_step: bool) -> Result<Engine> {
+        let step_session = if fused_step {
+            let session = runtime::session(&artifacts.verified_file("train_step")?, config)?;
+            artifacts.check_train_step(&session)?;
+            Some(session)
+        } else {
+            None
+        };
         let eval_session = runtime::session(&artifacts.verified_file("eval")?, config)?;
         artifacts.check_eval(&eval_session)?;
         let allocator = match config.device {
             Device::Cpu => Allocator::default(),
-            Device::Cuda(id) => Allocator::new(&step_session, MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?)
+            Device::Cuda(id) => Allocator::new(&eval_session, MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?)
                 .map_err(|e| anyhow!("cannot allocate on cuda:{id}: {e}"))?,
         };
         let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?;
-        let step_binding = step_session.create_binding().map_err(ort_err)?;
+        let step = match step_session {
+            Some(session) => {
+                let binding = session.create_binding().map_err(ort_err)?;
+                Some((session, binding))
+            }
+            None => None,
+        };
         let eval_binding = eval_session.create_binding().map_err(ort_err)?;
         Ok(Engine {
             artifacts,
             device: config.device,
-            step_session,
+            step,
             eval_session,
-            step_binding,
             eval_binding,
             allocator,
             host,
@@ -121,37 +137,36 @@ impl Engine {
     /// One optimizer step on one batch of exactly the artifacts' batch size.
     pub fn step(&mut self, batch: &Batch, lr: f32, step: u64) -> Result<StepResult> {
         let m = &self.artifacts.manifest;
-        let n = m.batch;
-        if batch.labels.len() != n || batch.weights.len() != n {
-            bail!("a training batch must hold {n} rows (got {} labels, {} weights)", batch.labels.len(), batch.weights.len());
-        }
-        let image_len = batch.images.len() / n;
-        let b = &mut self.step_binding;
-        let image_shape = image_batch_shape(&self.artifacts, n, image_len)?;
-        b.bind_input(&m.image.input, &Tensor::from_array((image_shape, batch.images.clone())).map_err(ort_err)?).map_err(ort_err)?;
-        b.bind_input(&m.inputs.labels, &Tensor::from_array(([n], batch.labels.clone())).map_err(ort_err)?).map_err(ort_err)?;
-        b.bind_input(&m.inputs.weights, &Tensor::from_array(([n], batch.weights.clone())).map_err(ort_err)?).map_err(ort_err)?;
+        let (session, b) = self.step.as_mut().ok_or_else(|| anyhow!("this engine was made without the fused train step"))?;
+        bind_batch(b, &self.artifacts, batch, m.batch)?;
         b.bind_input(&m.inputs.lr, &scalar(lr)?).map_err(ort_err)?;
         b.bind_input(&m.inputs.step, &scalar(step as f32)?).map_err(ort_err)?;
-        for (mask, values) in m.dropout_masks.iter().zip(batch.masks) {
-            b.bind_input(&mask.input, &Tensor::from_array((mask.shape.clone(), values.clone())).map_err(ort_err)?).map_err(ort_err)?;
-        }
         let (read, write) = (self.current, 1 - self.current);
         for (i, entry) in m.state.iter().enumerate() {
             b.bind_input(&entry.input, &self.buffers[read][i]).map_err(ort_err)?;
             b.bind_output(&entry.output, &mut self.buffers[write][i]).map_err(ort_err)?;
         }
-        b.bind_output_to_device(&m.outputs.loss, &self.host).map_err(ort_err)?;
-        b.bind_output_to_device(&m.outputs.correct, &self.host).map_err(ort_err)?;
-        let outputs = self.step_session.run_binding(&self.step_binding).map_err(|e| anyhow!("train step {step}: {e}"))?;
-        let read_scalar = |name: &str| -> Result<f32> {
-            let (_, v) = outputs[name].try_extract_tensor::<f32>().map_err(|e| anyhow!("output '{name}': {e}"))?;
-            v.first().copied().ok_or_else(|| anyhow!("output '{name}' is empty"))
-        };
-        let result = StepResult { loss: read_scalar(&m.outputs.loss)?, correct: read_scalar(&m.outputs.correct)? };
-        drop(outputs);
+        let result = run_for_scalars(session, b, &self.artifacts, &self.host).with_context(|| format!("train step {step}"))?;
         self.current = write;
         Ok(result)
+    }
+
+    /// The buffer set holding the latest state, and the other one (to write the next into).
+    pub(crate) fn state_sets(&mut self) -> (&[Tensor<f32>], &mut [Tensor<f32>]) {
+        split_pair(&mut self.buffers, self.current)
+    }
+
+    /// After a graph wrote the next state into the other set, it becomes the latest.
+    pub(crate) fn swap_state(&mut self) {
+        self.current = 1 - self.current;
+    }
+
+    pub(crate) fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    pub(crate) fn host(&self) -> &MemoryInfo<'static> {
+        &self.host
     }
 
     /// Logits [n, classes] for `n` images, with the current parameters.
@@ -175,15 +190,64 @@ impl Engine {
     }
 }
 
-fn scalar(v: f32) -> Result<Tensor<f32>> {
+/// Binds a batch of exactly `rows` rows: images, labels, weights and dropout masks.
+pub(crate) fn bind_batch(b: &mut IoBinding, artifacts: &Artifacts, batch: &Batch, rows: usize) -> Result<()> {
+    let m = &artifacts.manifest;
+    if batch.labels.len() != rows || batch.weights.len() != rows {
+        bail!("a training batch must hold {rows} rows (got {} labels, {} weights)", batch.labels.len(), batch.weights.len());
+    }
+    let image_shape = image_batch_shape(artifacts, rows, batch.images.len() / rows)?;
+    b.bind_input(&m.image.input, &Tensor::from_array((image_shape, batch.images.clone())).map_err(ort_err)?).map_err(ort_err)?;
+    b.bind_input(&m.inputs.labels, &Tensor::from_array(([rows], batch.labels.clone())).map_err(ort_err)?).map_err(ort_err)?;
+    b.bind_input(&m.inputs.weights, &Tensor::from_array(([rows], batch.weights.clone())).map_err(ort_err)?).map_err(ort_err)?;
+    for (mask, values) in m.dropout_masks.iter().zip(batch.masks) {
+        let shape = super::artifacts::micro_shape(&mask.shape, rows);
+        b.bind_input(&mask.input, &Tensor::from_array((shape, values.clone())).map_err(ort_err)?).map_err(ort_err)?;
+    }
+    Ok(())
+}
+
+/// Runs a bound graph whose state outputs are already bound; returns its `loss` and `correct`.
+pub(crate) fn run_for_scalars(session: &mut Session, b: &mut IoBinding, artifacts: &Artifacts, host: &MemoryInfo<'static>) -> Result<StepResult> {
+    let m = &artifacts.manifest;
+    b.bind_output_to_device(&m.outputs.loss, host).map_err(ort_err)?;
+    b.bind_output_to_device(&m.outputs.correct, host).map_err(ort_err)?;
+    let outputs = session.run_binding(b).map_err(ort_err)?;
+    let read_scalar = |name: &str| -> Result<f32> {
+        let (_, v) = outputs[name].try_extract_tensor::<f32>().map_err(|e| anyhow!("output '{name}': {e}"))?;
+        v.first().copied().ok_or_else(|| anyhow!("output '{name}' is empty"))
+    };
+    Ok(StepResult { loss: read_scalar(&m.outputs.loss)?, correct: read_scalar(&m.outputs.correct)? })
+}
+
+/// (&sets[read], &mut sets[1 - read]): the latest buffer set and the one to write.
+pub(crate) fn split_pair<T>(sets: &mut [Vec<T>; 2], read: usize) -> (&[T], &mut [T]) {
+    let (a, b) = sets.split_at_mut(1);
+    if read == 0 {
+        (&a[0], &mut b[0])
+    } else {
+        (&b[0], &mut a[0])
+    }
+}
+
+pub(crate) fn scalar(v: f32) -> Result<Tensor<f32>> {
     Tensor::from_array((Vec::<usize>::new(), vec![v])).map_err(ort_err)
 }
 
-/// [n, ...] with the image dimensions of the manifest's input description.
-fn image_batch_shape(artifacts: &Artifacts, n: usize, image_len: usize) -> Result<Vec<usize>> {
-    let spec = crate::model::input_spec(&artifacts.manifest.description).context("artifacts' model description")?;
-    if spec.image_len() != image_len {
-        bail!("an image has {image_len} values, the model's input takes {}", spec.image_len());
+/// [n, ...] with the image dimensions of the manifest's input description, or, for graphs
+/// that take feature rows (a fine-tuning head), of the input's declared shape.
+pub fn image_batch_shape(artifacts: &Artifacts, n: usize, image_len: usize) -> Result<Vec<usize>> {
+    let m = &artifacts.manifest;
+    let (expected, shape) = if m.description.contains_key("layout") {
+        let spec = crate::model::input_spec(&m.description).context("artifacts' model description")?;
+        (spec.image_len(), spec.batch_shape(n).to_vec())
+    } else {
+        let rest: Option<Vec<usize>> = m.image.shape.iter().skip(1).copied().collect();
+        let rest = rest.filter(|r| !r.is_empty()).ok_or_else(|| anyhow!("input '{}' has shape {:?}: not an image and not fixed rows", m.image.input, m.image.shape))?;
+        (rest.iter().product(), std::iter::once(n).chain(rest).collect())
+    };
+    if expected != image_len {
+        bail!("an input row has {image_len} values, '{}' takes {expected}", m.image.input);
     }
-    Ok(spec.batch_shape(n).to_vec())
+    Ok(shape)
 }

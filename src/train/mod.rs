@@ -7,6 +7,7 @@
 //! checkpoints, [`checkpoint`] the HDF5 file, [`export`] writes weights back into the forward
 //! graph.
 
+pub mod accumulate;
 pub mod artifacts;
 pub mod checkpoint;
 pub mod data;

@@ -1,0 +1,94 @@
+//! Phase 1: only the new layer trains, on bottlenecks. Without distortions they come from the
+//! bottleneck cache (`retrain extract`'s file, made or resumed here), so the frozen backbone
+//! costs nothing per step and 1,000 steps take seconds. With distortions every training batch
+//! must go through the backbone (a distorted image has no cached bottleneck), as in
+//! TensorFlow's retrain.py; validation still reads the cache.
+
+use anyhow::{bail, Result};
+use ndarray::Array2;
+
+use super::images::{self, Decoder, LabeledImages};
+use super::steps::{self, Outcome, Schedule};
+use crate::cache::Cache;
+use crate::head::classes::{Classes, Labeled};
+use crate::model::Model;
+use crate::train::checkpoint::Checkpoint;
+use crate::train::data::Examples;
+use crate::train::engine::{Batch, Engine};
+use crate::train::epochs::evaluate;
+use crate::train::rng;
+
+/// Bottleneck rows of one subset.
+pub struct Rows {
+    pub x: Array2<f32>,
+    pub y: Vec<i64>,
+}
+
+impl Rows {
+    pub fn examples(&self) -> Examples {
+        Examples { images: self.x.iter().copied().collect(), labels: self.y.clone(), image_len: self.x.ncols(), skipped: Vec::new() }
+    }
+}
+
+/// The cache's labelled rows split as the images are (train, validation), or all (test).
+pub fn cached_rows(cache: &Cache, classes: &Classes, seed: u64, split: bool) -> Result<(Rows, Rows)> {
+    let labeled = Labeled::from_cache(cache, classes)?;
+    let (train, val): (Vec<usize>, Vec<usize>) = (0..labeled.y.len()).partition(|&i| !split || images::is_train(&labeled.paths[i], seed));
+    let rows = |index: &[usize]| {
+        let part = labeled.select(index);
+        Rows { x: part.x, y: part.y.iter().map(|&c| c as i64).collect() }
+    };
+    Ok((rows(&train), rows(&val)))
+}
+
+/// Where phase 1's training batches come from.
+pub enum Source<'a> {
+    Cached(&'a Rows),
+    /// Distorted images through the backbone.
+    Backbone { model: &'a mut Model, decoder: &'a Decoder, images: &'a LabeledImages },
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Cached(rows) => rows.y.len(),
+            Source::Backbone { images, .. } => images.len(),
+        }
+    }
+
+    /// (features, labels, weights) of the given rows.
+    fn batch(&mut self, rows: &[usize], step: u64) -> Result<(Vec<f32>, Vec<i64>, Vec<f32>)> {
+        match self {
+            Source::Cached(r) => Ok((rows.iter().flat_map(|&i| r.x.row(i).to_vec()).collect(), rows.iter().map(|&i| r.y[i]).collect(), vec![1.0; rows.len()])),
+            Source::Backbone { model, decoder, images } => {
+                let d = decoder.batch(images, rows, step, true)?;
+                Ok((model.run(d.images, rows.len())?, d.labels, d.weights))
+            }
+        }
+    }
+}
+
+pub struct Phase1<'a> {
+    pub schedule: Schedule<'a>,
+    pub lr: f32,
+    pub eval_batch: usize,
+}
+
+pub fn run(p: &Phase1, engine: &mut Engine, mut source: Source, val: &Rows, start: Checkpoint) -> Result<Outcome> {
+    let m = engine.artifacts.manifest.clone();
+    let n = source.len();
+    if n == 0 {
+        bail!("phase 1 has no training rows");
+    }
+    let seed = start.seed;
+    let val = val.examples();
+    let mut step_fn = |engine: &mut Engine, step: u64| {
+        let rows = images::step_rows(n, m.batch, seed, step);
+        let (images, labels, weights) = source.batch(&rows, step)?;
+        let masks: Vec<Vec<f32>> =
+            m.dropout_masks.iter().enumerate().map(|(i, d)| rng::dropout_mask(d.shape.iter().product(), d.ratio, seed, step, i as u64)).collect();
+        engine.step(&Batch { images, labels, weights, masks: &masks }, p.lr, step)
+    };
+    let mut validate = |engine: &mut Engine| evaluate(engine, &val, p.eval_batch);
+    steps::run(&p.schedule, engine, start, &mut step_fn, &mut validate)
+}

@@ -1,0 +1,366 @@
+//! The two phases end to end: checks, caches, phase 1, phase 2, test scores, export.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::images::{self, Decoder, LabeledImages};
+use super::phase1::{self, Phase1, Source};
+use super::phase2::{self, Phase2};
+use super::plan::{self, Plan};
+use super::set::FinetuneSet;
+use super::steps::{self, Outcome, Point, Schedule};
+use crate::augment::Distortions;
+use crate::cache::Cache;
+use crate::dataset::mtfl::Split;
+use crate::head::classes::Classes;
+use crate::metrics::{self, Metrics};
+use crate::model::Model;
+use crate::preprocess::{Crop, Preprocess};
+use crate::runtime::{self, Device, SessionConfig};
+use crate::train::accumulate::Accumulator;
+use crate::train::checkpoint::Checkpoint;
+use crate::train::engine::Engine;
+
+/// Everything `retrain finetune` takes.
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    /// The pretrained network the artifacts were made from (for the bottleneck caches).
+    pub model: PathBuf,
+    pub artifacts: PathBuf,
+    pub mtfl: PathBuf,
+    pub attribute: String,
+    pub crop: Crop,
+    pub phase1_steps: u64,
+    pub phase1_lr: f32,
+    pub phase2_steps: u64,
+    pub phase2_lr: f32,
+    /// Must equal the artifacts' batch when given.
+    pub batch: Option<usize>,
+    pub micro_batch: Option<usize>,
+    pub memory_budget: Option<u64>,
+    pub distortions: Distortions,
+    pub eval_every: u64,
+    pub device: Device,
+    pub threads: Option<usize>,
+    pub decode_threads: Option<usize>,
+    pub cache_dir: PathBuf,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub resume: Option<PathBuf>,
+    pub limit: Option<usize>,
+    pub eval_batch: usize,
+    pub strict: bool,
+    pub show_progress: bool,
+}
+
+/// What decides the result; a resumed run must match the one that wrote the checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub attribute: String,
+    pub crop: String,
+    pub seed: u64,
+    pub distortions: String,
+    pub phase1_steps: u64,
+    pub phase1_lr: f32,
+    pub phase2_steps: u64,
+    pub phase2_lr: f32,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    pub steps: u64,
+    pub steps_run_now: u64,
+    pub lr: f32,
+    pub seconds: f64,
+    pub seconds_per_step: f64,
+    pub final_val_accuracy: f64,
+    pub test_accuracy: Option<f64>,
+}
+
+/// Written to `OUT/result.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneSummary {
+    pub settings: Settings,
+    pub artifacts_phase1: String,
+    pub artifacts_phase2: String,
+    pub optimizer: serde_json::Value,
+    pub batch: usize,
+    pub plan: Plan,
+    pub phase1: PhaseSummary,
+    pub phase2: PhaseSummary,
+    pub test: Metrics,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub skipped: Vec<String>,
+    pub device: String,
+    pub model: PathBuf,
+    pub head: PathBuf,
+}
+
+/// What every stage reads.
+pub(super) struct Job {
+    pub set: FinetuneSet,
+    pub classes: Classes,
+    pub config: SessionConfig,
+    pub settings: Settings,
+    pub history: PathBuf,
+}
+
+pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
+    let set = FinetuneSet::open(&opts.artifacts)?;
+    if let Some(b) = opts.batch.filter(|&b| b != set.batch) {
+        bail!("--batch {b}: the artifacts in {} were made for batch {} (scripts/make_finetune.py --batch {b} makes others)", set.dir.display(), set.batch);
+    }
+    let classes = Classes::mtfl(&opts.attribute).ok_or_else(|| anyhow!("unknown MTFL attribute '{}'", opts.attribute))?;
+    if classes.len() != set.classes {
+        bail!("attribute '{}' has {} classes, the artifacts' new head has {}", opts.attribute, classes.len(), set.classes);
+    }
+    fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let settings = settings_of(opts);
+    check_settings(&opts.out, &settings, opts.resume.is_some())?;
+    let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
+    let ctx = Job { set, classes, config, settings, history: opts.out.join("history.csv") };
+    let resume = opts.resume.as_ref().map(|p| Checkpoint::read(p).map(|c| (p.clone(), c))).transpose()?;
+    let (resume1, resume2) = match resume {
+        Some((p, c)) if c.artifact_sha256 == ctx.set.phase2.sha256 => {
+            c.check_fits(&ctx.set.phase2, &p)?;
+            (None, Some(c))
+        }
+        Some((p, c)) => {
+            c.check_fits(&ctx.set.phase1, &p)?;
+            (Some(c), None)
+        }
+        None => (None, None),
+    };
+    let mut model = Model::load(&opts.model, &ctx.config, Some(&ctx.set.bottleneck))?;
+    ctx.set.check_source(&model.sha256, &opts.model)?;
+    let pre = Preprocess { crop: opts.crop, input: model.input.clone() };
+    let [train, val, test] = images::mtfl_subsets(&opts.mtfl, &ctx.classes, opts.seed, opts.limit)?;
+    let decoder = Decoder::new(pre, opts.distortions, opts.seed, opts.strict, opts.decode_threads)?;
+    eprintln!("{}", runtime::describe_provider(&ctx.config));
+    eprintln!(
+        "fine-tuning {} on {} train / {} validation images ({} test), batch {}, seed {}, distortions {}",
+        opts.attribute, train.len(), val.len(), test.len(), ctx.set.batch, opts.seed, opts.distortions.describe()
+    );
+    let (phase1_summary, start2) = match resume2 {
+        Some(c) => (read_phase1_summary(&opts.out)?, c),
+        None => {
+            let (summary, outcome) = run_phase1(opts, &ctx, &mut model, &decoder, &train, resume1)?;
+            (summary, phase2_start(&ctx, &outcome.last, opts.seed)?)
+        }
+    };
+    drop(model);
+    run_phase2(opts, &ctx, &decoder, [&train, &val, &test], start2, phase1_summary)
+}
+
+fn settings_of(opts: &FinetuneOptions) -> Settings {
+    Settings {
+        attribute: opts.attribute.clone(),
+        crop: opts.crop.to_string(),
+        seed: opts.seed,
+        distortions: opts.distortions.describe(),
+        phase1_steps: opts.phase1_steps,
+        phase1_lr: opts.phase1_lr,
+        phase2_steps: opts.phase2_steps,
+        phase2_lr: opts.phase2_lr,
+        limit: opts.limit,
+    }
+}
+
+/// A resumed run continues the settings of the run that wrote OUT; a fresh one records its own.
+fn check_settings(out: &Path, settings: &Settings, resuming: bool) -> Result<()> {
+    let path = out.join("settings.json");
+    if resuming {
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot resume: {} is missing", path.display()))?;
+        let earlier: Settings = serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
+        if &earlier != settings {
+            bail!("cannot resume: {} was written with other settings\n  then: {earlier:?}\n  now:  {settings:?}", path.display());
+        }
+        return Ok(());
+    }
+    crate::write_file(&path, serde_json::to_string_pretty(settings)? + "\n")
+}
+
+fn schedule<'a>(opts: &FinetuneOptions, ctx: &'a Job, phase: u8, steps: u64) -> Schedule<'a> {
+    Schedule {
+        phase,
+        steps,
+        eval_every: opts.eval_every.max(1),
+        batch: ctx.set.batch,
+        out_dir: opts.out.join(format!("phase{phase}")),
+        history: &ctx.history,
+        show_progress: opts.show_progress,
+    }
+}
+
+fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &Decoder, train: &LabeledImages, start: Option<Checkpoint>) -> Result<(PhaseSummary, Outcome)> {
+    let train_cache = Cache::read(&mtfl_cache(opts, model, Split::Training)?)?;
+    let test_cache = Cache::read(&mtfl_cache(opts, model, Split::Testing)?)?;
+    let (train_rows, val_rows) = phase1::cached_rows(&train_cache, &ctx.classes, opts.seed, true)?;
+    let (test_rows, _) = phase1::cached_rows(&test_cache, &ctx.classes, opts.seed, false)?;
+    let artifacts = &ctx.set.phase1;
+    let mut engine = Engine::new(artifacts.clone(), &ctx.config)?;
+    let start = match start {
+        Some(c) => c,
+        None => initial(artifacts.dir.join(&artifacts.manifest.checkpoint), artifacts, opts.seed)?,
+    };
+    steps::prepare_history(&ctx.history, 1, start.step)?;
+    engine.load(&start)?;
+    let p = Phase1 { schedule: schedule(opts, ctx, 1, opts.phase1_steps), lr: opts.phase1_lr, eval_batch: opts.eval_batch };
+    let source = if opts.distortions.is_off() { Source::Cached(&train_rows) } else { Source::Backbone { model, decoder, images: train } };
+    let outcome = phase1::run(&p, &mut engine, source, &val_rows, start)?;
+    let (_, test_accuracy) = crate::train::epochs::evaluate(&mut engine, &test_rows.examples(), opts.eval_batch)?;
+    let summary = phase_summary(&outcome, opts.phase1_steps, opts.phase1_lr, Some(test_accuracy));
+    crate::write_file(&opts.out.join("phase1/summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    println!("phase 1: {} steps in {:.1} s; validation accuracy {:.4}, test accuracy (new head alone) {test_accuracy:.4}", summary.steps_run_now, summary.seconds, summary.final_val_accuracy);
+    Ok((summary, outcome))
+}
+
+fn read_phase1_summary(out: &Path) -> Result<PhaseSummary> {
+    let path = out.join("phase1/summary.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot resume phase 2: {} is missing", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+}
+
+/// The bottleneck cache of one MTFL list for the source model: made, resumed or reused.
+fn mtfl_cache(opts: &FinetuneOptions, model: &mut Model, split: Split) -> Result<PathBuf> {
+    let eo = crate::extract::ExtractOptions {
+        crop: opts.crop,
+        batch: 16,
+        out: None,
+        cache_dir: opts.cache_dir.clone(),
+        limit: opts.limit,
+        shard: crate::cache::Shard::WHOLE,
+        strict: opts.strict,
+        decode_threads: opts.decode_threads,
+        show_progress: opts.show_progress,
+    };
+    Ok(crate::extract::extract_mtfl(&opts.mtfl, split, model, &eo)?.out)
+}
+
+fn initial(path: PathBuf, artifacts: &crate::train::artifacts::Artifacts, seed: u64) -> Result<Checkpoint> {
+    let mut c = Checkpoint::read(&path)?;
+    c.check_fits(artifacts, &path)?;
+    c.seed = seed;
+    Ok(c)
+}
+
+/// Phase 2 starts from the pretrained weights (the artifacts' init.h5) with phase 1's head.
+fn phase2_start(ctx: &Job, head: &Checkpoint, seed: u64) -> Result<Checkpoint> {
+    let a = &ctx.set.phase2;
+    let mut start = initial(a.dir.join(&a.manifest.checkpoint), a, seed)?;
+    for name in &ctx.set.head_params {
+        let trained = head.tensor(name).ok_or_else(|| anyhow!("phase 1 checkpoint has no '{name}'"))?.clone();
+        let slot = start.tensors.iter_mut().find(|t| &t.name == name).ok_or_else(|| anyhow!("phase 2 state has no '{name}'"))?;
+        *slot = trained;
+    }
+    Ok(start)
+}
+
+fn run_phase2(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&LabeledImages; 3], start: Checkpoint, phase1: PhaseSummary) -> Result<FinetuneSummary> {
+    let [train, val, test] = sets;
+    let a = &ctx.set.phase2;
+    let budget = opts.memory_budget.or_else(|| plan::free_memory(opts.device));
+    let plan = plan::choose(a.manifest.batch, &a.manifest.micro_batches, a.manifest.memory.as_ref(), budget, opts.micro_batch)?;
+    eprintln!("phase 2: {}", plan.describe(a.manifest.batch));
+    let mut engine = Engine::with_step(a.clone(), &ctx.config, false)?;
+    let mut acc = Accumulator::new(&engine, plan.micro, &ctx.config)?;
+    steps::prepare_history(&ctx.history, 2, start.step)?;
+    engine.load(&start)?;
+    let val_examples = decode_all(decoder, val, opts.eval_batch)?;
+    let p = Phase2 { schedule: schedule(opts, ctx, 2, opts.phase2_steps), lr: opts.phase2_lr, eval_batch: opts.eval_batch };
+    let outcome = phase2::run(&p, &mut engine, &mut acc, decoder, train, &val_examples, start)?;
+    drop(val_examples);
+    let test_metrics = score(&mut engine, decoder, test, &ctx.classes, opts.eval_batch)?;
+    let (model, head) = super::export::write(ctx, &opts.out, &outcome, decoder, &ctx.classes, train.len(), val.len())?;
+    let summary = FinetuneSummary {
+        settings: ctx.settings.clone(),
+        artifacts_phase1: ctx.set.phase1.sha256.clone(),
+        artifacts_phase2: a.sha256.clone(),
+        optimizer: serde_json::Value::Object(a.manifest.optimizer.clone()),
+        batch: a.manifest.batch,
+        plan,
+        phase1,
+        phase2: phase_summary(&outcome, opts.phase2_steps, opts.phase2_lr, Some(test_metrics.accuracy)),
+        test: test_metrics,
+        train_images: train.len(),
+        val_images: val.len(),
+        skipped: decoder.failures(),
+        device: opts.device.to_string(),
+        model,
+        head,
+    };
+    crate::write_file(&opts.out.join("result.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    Ok(summary)
+}
+
+fn phase_summary(o: &Outcome, steps: u64, lr: f32, test_accuracy: Option<f64>) -> PhaseSummary {
+    PhaseSummary {
+        steps,
+        steps_run_now: o.steps_run,
+        lr,
+        seconds: o.seconds,
+        seconds_per_step: o.seconds / o.steps_run.max(1) as f64,
+        final_val_accuracy: o.points.last().map_or(o.last.best_val_accuracy, |p: &Point| p.val_accuracy),
+        test_accuracy,
+    }
+}
+
+/// Every image of `set`, undistorted, as one block of examples (the validation subset).
+fn decode_all(decoder: &Decoder, set: &LabeledImages, chunk: usize) -> Result<crate::train::data::Examples> {
+    let index: Vec<usize> = (0..set.len()).collect();
+    let mut ex = crate::train::data::Examples { images: Vec::new(), labels: Vec::new(), image_len: decoder.pre.input.image_len(), skipped: Vec::new() };
+    for part in index.chunks(chunk.max(1)) {
+        let d = decoder.batch(set, part, 0, false)?;
+        for (k, w) in d.weights.iter().enumerate() {
+            if *w > 0.0 {
+                ex.images.extend_from_slice(&d.images[k * ex.image_len..(k + 1) * ex.image_len]);
+                ex.labels.push(d.labels[k]);
+            }
+        }
+    }
+    Ok(ex)
+}
+
+/// Test metrics of the current parameters, decoding the test images chunk by chunk.
+fn score(engine: &mut Engine, decoder: &Decoder, test: &LabeledImages, classes: &Classes, chunk: usize) -> Result<Metrics> {
+    let index: Vec<usize> = (0..test.len()).collect();
+    let (mut truth, mut predicted) = (Vec::new(), Vec::new());
+    let k = classes.len();
+    for part in index.chunks(chunk.max(1)) {
+        let d = decoder.batch(test, part, 0, false)?;
+        let logits = engine.logits(d.images, part.len())?;
+        for ((row, &label), &w) in logits.chunks(k).zip(&d.labels).zip(&d.weights) {
+            if w > 0.0 {
+                truth.push(label as usize);
+                predicted.push(row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b }));
+            }
+        }
+    }
+    Ok(metrics::score(&truth, &predicted, &classes.labels))
+}
+
+/// The closing lines of `retrain finetune`.
+pub fn report(s: &FinetuneSummary) -> String {
+    let test1 = s.phase1.test_accuracy.map_or("-".into(), |a| format!("{:.4}", a));
+    format!(
+        "phase 1 (new head, {} steps, {:.1} s): test accuracy {test1}\n\
+         phase 2 (all layers, {} steps, {:.1} s, {:.2} s/step, {}): test accuracy {:.4} on {} MTFL test images\n\
+         model {}, head {} (seed {})",
+        s.phase1.steps,
+        s.phase1.seconds,
+        s.phase2.steps,
+        s.phase2.seconds,
+        s.phase2.seconds_per_step,
+        s.plan.describe(s.batch),
+        s.test.accuracy,
+        s.test.rows,
+        s.model.display(),
+        s.head.display(),
+        s.settings.seed
+    )
+}

@@ -1,0 +1,114 @@
+//! Gradient accumulation: one optimizer step over a batch that runs as several micro-batches.
+//!
+//! `accumulate_bM.onnx` adds each micro-batch's gradient (times its share of the batch's
+//! weight) to running sums kept on the device, in two buffer sets that swap like the
+//! [`Engine`]'s state; `update.onnx` then applies the optimizer to the summed gradient and
+//! writes the next state into the engine's other set. The result equals the fused train step
+//! on the whole batch (tests/train.rs checks it to float rounding).
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::session::{IoBinding, Session};
+use ort::value::Tensor;
+
+use super::engine::{bind_batch, ort_err, run_for_scalars, scalar, split_pair, Batch, Engine, StepResult};
+use crate::runtime::{self, SessionConfig};
+
+pub struct Accumulator {
+    pub micro: usize,
+    accumulate: Session,
+    accumulate_binding: IoBinding,
+    update: Session,
+    update_binding: IoBinding,
+    /// Running gradient sums, one tensor per parameter, in manifest order; two sets that swap.
+    sums: [Vec<Tensor<f32>>; 2],
+    current: usize,
+}
+
+impl Accumulator {
+    /// Loads `accumulate_b{micro}.onnx` and `update.onnx` of the engine's artifacts.
+    pub fn new(engine: &Engine, micro: usize, config: &SessionConfig) -> Result<Accumulator> {
+        let a = &engine.artifacts;
+        if !a.manifest.micro_batches.contains(&micro) {
+            bail!("the artifacts in {} have no micro-batch {micro} graph (they have {:?})", a.dir.display(), a.manifest.micro_batches);
+        }
+        let accumulate = runtime::session(&a.verified_file(&format!("accumulate_b{micro}"))?, config)?;
+        a.check_accumulate(&accumulate, micro)?;
+        let update = runtime::session(&a.verified_file("update")?, config)?;
+        a.check_update(&update)?;
+        let mut sums = [Vec::new(), Vec::new()];
+        for p in a.params() {
+            for set in sums.iter_mut() {
+                set.push(Tensor::<f32>::new(engine.allocator(), p.shape.clone()).map_err(ort_err)?);
+            }
+        }
+        Ok(Accumulator {
+            micro,
+            accumulate_binding: accumulate.create_binding().map_err(ort_err)?,
+            accumulate,
+            update_binding: update.create_binding().map_err(ort_err)?,
+            update,
+            sums,
+            current: 0,
+        })
+    }
+
+    /// One optimizer step over `micro_batches` (each of exactly `self.micro` rows). The loss
+    /// returned is the batch's weighted mean; `correct` the weighted count.
+    pub fn step(&mut self, engine: &mut Engine, micro_batches: &[Batch], lr: f32, step: u64) -> Result<StepResult> {
+        let total: f32 = micro_batches.iter().map(|b| b.weights.iter().sum::<f32>()).sum();
+        if total <= 0.0 {
+            bail!("step {step}: the batch has no row of positive weight");
+        }
+        let mut result = StepResult { loss: 0.0, correct: 0.0 };
+        for (k, batch) in micro_batches.iter().enumerate() {
+            let share = batch.weights.iter().sum::<f32>() / total;
+            let r = self.add(engine, batch, k == 0, share).with_context(|| format!("step {step}, micro-batch {}", k + 1))?;
+            result.loss += share * r.loss;
+            result.correct += r.correct;
+        }
+        self.apply(engine, lr, step).with_context(|| format!("step {step}: update"))?;
+        Ok(result)
+    }
+
+    fn add(&mut self, engine: &mut Engine, batch: &Batch, first: bool, share: f32) -> Result<StepResult> {
+        let names = engine.artifacts.accumulation()?.clone();
+        let b = &mut self.accumulate_binding;
+        bind_batch(b, &engine.artifacts, batch, self.micro)?;
+        b.bind_input(&names.first, &Tensor::from_array((Vec::<usize>::new(), vec![first])).map_err(ort_err)?).map_err(ort_err)?;
+        b.bind_input(&names.scale, &scalar(share)?).map_err(ort_err)?;
+        let params: Vec<String> = engine.artifacts.params().map(|p| p.input.clone()).collect();
+        let (read, write) = (self.current, 1 - self.current);
+        let (sums_read, sums_write) = split_pair(&mut self.sums, read);
+        let (state, _) = engine.state_sets();
+        for (i, name) in params.iter().enumerate() {
+            b.bind_input(name, &state[i]).map_err(ort_err)?;
+            b.bind_input(format!("{}{name}", names.sum_prefix), &sums_read[i]).map_err(ort_err)?;
+            b.bind_output(format!("{}{name}", names.output_prefix), &mut sums_write[i]).map_err(ort_err)?;
+        }
+        let host = engine.host().clone();
+        let r = run_for_scalars(&mut self.accumulate, b, &engine.artifacts, &host)?;
+        self.current = write;
+        Ok(r)
+    }
+
+    fn apply(&mut self, engine: &mut Engine, lr: f32, step: u64) -> Result<()> {
+        let m = engine.artifacts.manifest.clone();
+        let prefix = engine.artifacts.accumulation()?.sum_prefix.clone();
+        let b = &mut self.update_binding;
+        b.bind_input(&m.inputs.lr, &scalar(lr)?).map_err(ort_err)?;
+        b.bind_input(&m.inputs.step, &scalar(step as f32)?).map_err(ort_err)?;
+        let sums = &self.sums[self.current];
+        let (read, write) = engine.state_sets();
+        for (i, entry) in m.state.iter().enumerate() {
+            b.bind_input(&entry.input, &read[i]).map_err(ort_err)?;
+            b.bind_output(&entry.output, &mut write[i]).map_err(ort_err)?;
+        }
+        for (i, p) in m.state.iter().filter(|s| s.is_param()).enumerate() {
+            b.bind_input(format!("{prefix}{}", p.input), &sums[i]).map_err(ort_err)?;
+        }
+        let outputs = self.update.run_binding(b).map_err(|e| anyhow!("{e}"))?;
+        drop(outputs);
+        engine.swap_state();
+        Ok(())
+    }
+}
