@@ -1,9 +1,10 @@
 //! retrain: transfer learning for face attributes on ONNX Runtime.
 //!
-//! Data flows one way: [`dataset`] -> [`preprocess`] -> [`runtime`]/[`model`] -> [`cache`]
+//! Data flows one way: [`dataset`] -> [`preprocess`] (-> [`augment`] when training) -> [`runtime`]/[`model`] -> [`cache`]
 //! -> [`head`] / training ([`train`]) -> [`metrics`] -> [`export`]. [`extract`] is the job that
 //! joins the first four; [`eval`], [`predict`] and [`reproduce`] are the jobs after it.
 
+pub mod augment;
 pub mod cache;
 pub mod dataset;
 pub mod eval;
