@@ -271,7 +271,7 @@ struct ExtractArgs {
     model: PathBuf,
     #[command(flatten)]
     images: Images,
-    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    /// original (whole image), nose (150x150 around the nose landmark; nose:SIZE for another size) or face (a square 3.2 eye-to-mouth distances wide on the landmarks; face:SCALE).
     #[arg(long, default_value = "original")]
     crop: Crop,
     /// Only the first N images of the list.
@@ -321,7 +321,7 @@ struct TrainArgs {
     /// gender, smile, glasses or pose.
     #[arg(long)]
     attribute: String,
-    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    /// original (whole image), nose (150x150 around the nose landmark; nose:SIZE for another size) or face (a square 3.2 eye-to-mouth distances wide on the landmarks; face:SCALE).
     #[arg(long, default_value = "original")]
     crop: Crop,
     /// Train until this many epochs are complete.
