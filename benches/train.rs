@@ -5,12 +5,15 @@
 //! For TCDCN and Cascade-CNN (onnx/*.onnx) it makes Adam training artifacts if missing
 //! (target/bench-artifacts/), then on one random batch measures the eval graph (forward only)
 //! and the train step (forward + loss + backward + Adam update), and prints images/s of both,
-//! their ratio, and the backward pass's cost in forwards: (step - forward) / forward.
+//! their ratio, and the backward pass's cost in forwards: (step - forward) / forward; and the
+//! images/s of the training distortions (all four on, rayon over the batch, as `retrain train`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use rayon::prelude::*;
+use retrain::augment::Distortions;
 use retrain::runtime::{Device, SessionConfig};
 use retrain::train::artifacts::Artifacts;
 use retrain::train::checkpoint::Checkpoint;
@@ -76,7 +79,8 @@ fn bench(net: &str, a: &Args) {
     let config = SessionConfig { intra_threads: a.threads, ..SessionConfig::new(a.device) };
     let mut engine = Engine::new(artifacts, &config).expect("sessions");
     engine.load(&init).expect("upload");
-    let image_len = retrain::model::input_spec(&m.description).unwrap().image_len();
+    let spec = retrain::model::input_spec(&m.description).unwrap();
+    let image_len = spec.image_len();
     let mut r = SplitMix64::stream(1, 0, 0);
     let images: Vec<f32> = (0..a.batch * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();
     let masks: Vec<Vec<f32>> = m.dropout_masks.iter().map(|d| rng::dropout_mask(d.shape.iter().product(), d.ratio, 1, 1, 0)).collect();
@@ -89,7 +93,14 @@ fn bench(net: &str, a: &Args) {
         step += 1;
         engine.step(&batch, 1e-4, step).expect("train step");
     });
+    let all = Distortions { flip: true, crop_percent: 10.0, scale_percent: 10.0, brightness_percent: 10.0 };
+    let mut distorted = images.clone();
+    let distort = seconds_per_call(a.repeats, || {
+        distorted.copy_from_slice(&images);
+        distorted.par_chunks_mut(image_len).enumerate().for_each(|(i, img)| all.apply(img, &spec, i as u64));
+    });
     let n = a.batch as f64;
+    println!("{net:12} batch {}: distortions ({}) {:8.1} images/s", a.batch, all.describe(), n / distort);
     println!(
         "{net:12} batch {}: forward {:8.1} images/s | train step {:7.1} images/s | step/forward {:.2} | backward+update = {:.2} forwards",
         a.batch,

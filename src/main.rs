@@ -17,6 +17,7 @@ use retrain::preprocess::Crop;
 use retrain::reproduce::{self, ReproduceOptions};
 use retrain::runtime::{self, Device, SessionConfig};
 use retrain::train;
+use retrain::train::schedule::Schedule;
 
 /// Transfer learning for face attributes on ONNX Runtime: bottleneck extraction, heads, fine-tuning.
 #[derive(Parser)]
@@ -274,7 +275,7 @@ struct ExtractArgs {
     model: PathBuf,
     #[command(flatten)]
     images: Images,
-    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    /// original (whole image), nose (150x150 around the nose landmark; nose:SIZE for another size) or face (a square 3.2 eye-to-mouth distances wide on the landmarks; face:SCALE).
     #[arg(long, default_value = "original")]
     crop: Crop,
     /// Only the first N images of the list.
@@ -324,7 +325,7 @@ struct TrainArgs {
     /// gender, smile, glasses or pose.
     #[arg(long)]
     attribute: String,
-    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    /// original (whole image), nose (150x150 around the nose landmark; nose:SIZE for another size) or face (a square 3.2 eye-to-mouth distances wide on the landmarks; face:SCALE).
     #[arg(long, default_value = "original")]
     crop: Crop,
     /// Train until this many epochs are complete.
@@ -333,6 +334,27 @@ struct TrainArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
+    /// Multiply the learning rate by F every --lr-decay-every epochs.
+    #[arg(long, default_value_t = 1.0)]
+    lr_decay: f32,
+    /// Epochs between learning-rate decays (0 = never).
+    #[arg(long, default_value_t = 0)]
+    lr_decay_every: u64,
+    /// Stop when validation loss has not improved for N epochs (best.h5 stays the best-accuracy epoch).
+    #[arg(long)]
+    patience: Option<u64>,
+    /// Mirror each training image left-right with probability 1/2.
+    #[arg(long)]
+    flip: bool,
+    /// Random crop: keep a window whose side is the image's / (1 + P%), at a random place.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_crop: f32,
+    /// Random zoom: shrink that window further by a factor drawn from [1, 1 + P%].
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_scale: f32,
+    /// Multiply training pixel values by a factor drawn from [1 - P%, 1 + P%].
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_brightness: f32,
     /// Batch size; must be the one the artifacts were made for [default: theirs].
     #[arg(long)]
     batch: Option<usize>,
@@ -560,6 +582,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
         crop: a.crop,
         epochs: a.epochs,
         lr: a.lr,
+        schedule: Schedule { patience: a.patience, lr_decay: a.lr_decay, lr_decay_every: a.lr_decay_every },
+        distortions: Distortions { flip: a.flip, crop_percent: a.random_crop, scale_percent: a.random_scale, brightness_percent: a.random_brightness },
         batch: a.batch,
         device: a.device,
         threads: a.threads,

@@ -1,7 +1,10 @@
 //! From an image file to the tensor a model expects.
 //!
 //! Two crops as in the study: the whole image ("original") and a square centred on the nose
-//! landmark ("nose", 150x150 px by default). Then a resize to the model's input size and the
+//! landmark ("nose", 150x150 px by default); and a third that normalises the face's scale
+//! ("face": a square sized from the eye-to-mouth distance, centred on the landmarks), so that
+//! faces small within large photos (MTFL's LFW/net training images) are framed like the tight
+//! AFLW test crops. Then a resize to the model's input size and the
 //! model's own scaling and layout, all taken from [`InputSpec`] (ONNX metadata or a sidecar).
 
 use std::fmt;
@@ -64,9 +67,15 @@ pub enum Crop {
     Original,
     /// A `size` x `size` square centred on the nose landmark, then resized.
     Nose { size: u32 },
+    /// A square of side `scale_percent` / 100 x the eye-to-mouth distance, centred on the mean
+    /// of the five landmarks, then resized.
+    Face { scale_percent: u32 },
 }
 
 pub const DEFAULT_NOSE_CROP: u32 = 150;
+/// MTFL's AFLW test images are 3.15 eye-to-mouth distances wide (median; LFW training images
+/// 5.6, net ones 4.2), so this frames every face about as the test faces are framed.
+pub const DEFAULT_FACE_SCALE_PERCENT: u32 = 320;
 
 impl std::str::FromStr for Crop {
     type Err = anyhow::Error;
@@ -74,10 +83,20 @@ impl std::str::FromStr for Crop {
         match s {
             "original" => Ok(Crop::Original),
             "nose" => Ok(Crop::Nose { size: DEFAULT_NOSE_CROP }),
-            _ => match s.strip_prefix("nose:").map(str::parse::<u32>) {
-                Some(Ok(size)) if size > 0 => Ok(Crop::Nose { size }),
-                _ => bail!("unknown crop '{s}': expected original, nose or nose:SIZE"),
-            },
+            "face" => Ok(Crop::Face { scale_percent: DEFAULT_FACE_SCALE_PERCENT }),
+            _ => {
+                if let Some(Ok(size)) = s.strip_prefix("nose:").map(str::parse::<u32>) {
+                    if size > 0 {
+                        return Ok(Crop::Nose { size });
+                    }
+                }
+                if let Some(Ok(scale)) = s.strip_prefix("face:").map(str::parse::<f32>) {
+                    if scale.is_finite() && scale > 0.0 && scale < 100.0 {
+                        return Ok(Crop::Face { scale_percent: (scale * 100.0).round() as u32 });
+                    }
+                }
+                bail!("unknown crop '{s}': expected original, nose, nose:SIZE, face or face:SCALE (eye-to-mouth distances)")
+            }
         }
     }
 }
@@ -87,6 +106,7 @@ impl fmt::Display for Crop {
         match self {
             Crop::Original => write!(f, "original"),
             Crop::Nose { size } => write!(f, "nose:{size}"),
+            Crop::Face { scale_percent } => write!(f, "face:{}", *scale_percent as f32 / 100.0),
         }
     }
 }
@@ -168,24 +188,50 @@ pub fn crop_window(crop: Crop, w: u32, h: u32, nose: Option<(f32, f32)>) -> Resu
     let size = match crop {
         Crop::Original => return Ok((0, 0, w, h)),
         Crop::Nose { size } => size,
+        Crop::Face { .. } => bail!("crop {crop} is placed from all five landmarks: use face_window"),
     };
     let Some((nx, ny)) = nose else { bail!("crop {crop} needs landmarks, and this sample has none") };
     if !(0.0..=w as f32).contains(&nx) || !(0.0..=h as f32).contains(&ny) {
         bail!("nose landmark ({nx}, {ny}) lies outside the {w}x{h} image");
     }
+    Ok(square_inside(size, (nx, ny), w, h))
+}
+
+/// The face window (x, y, width, height) on an image of `w` x `h` with MTFL `landmarks`
+/// (x1..x5, y1..y5: eyes, nose, mouth corners), for `Crop::Face { scale_percent }`.
+pub fn face_window(scale_percent: u32, w: u32, h: u32, landmarks: Option<[f32; 10]>) -> Result<(u32, u32, u32, u32)> {
+    let Some(l) = landmarks else { bail!("crop face needs landmarks, and this sample has none") };
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    let (cx, cy) = (mean(&l[..5]), mean(&l[5..]));
+    if !(0.0..=w as f32).contains(&cx) || !(0.0..=h as f32).contains(&cy) {
+        bail!("landmark centre ({cx}, {cy}) lies outside the {w}x{h} image");
+    }
+    let eyes = ((l[0] + l[1]) / 2.0, (l[5] + l[6]) / 2.0);
+    let mouth = ((l[3] + l[4]) / 2.0, (l[8] + l[9]) / 2.0);
+    let distance = (mouth.0 - eyes.0).hypot(mouth.1 - eyes.1);
+    let size = (distance * scale_percent as f32 / 100.0).round().max(1.0) as u32;
+    Ok(square_inside(size, (cx, cy), w, h))
+}
+
+/// A `size` square centred on `centre`, shifted inside the image and shrunk to it per axis.
+fn square_inside(size: u32, (cx, cy): (f32, f32), w: u32, h: u32) -> (u32, u32, u32, u32) {
     let axis = |centre: f32, extent: u32| -> (u32, u32) {
         let len = size.min(extent);
         let start = (centre - len as f32 / 2.0).round().clamp(0.0, (extent - len) as f32) as u32;
         (start, len)
     };
-    let (x, cw) = axis(nx, w);
-    let (y, ch) = axis(ny, h);
-    Ok((x, y, cw, ch))
+    let (x, cw) = axis(cx, w);
+    let (y, ch) = axis(cy, h);
+    (x, y, cw, ch)
 }
 
 fn crop(rgb: RgbImage, crop: Crop, sample: &Sample) -> Result<RgbImage> {
     let (w, h) = rgb.dimensions();
-    let (x, y, cw, ch) = crop_window(crop, w, h, sample.nose()).with_context(|| format!("image {}", sample.path.display()))?;
+    let window = match crop {
+        Crop::Face { scale_percent } => face_window(scale_percent, w, h, sample.landmarks),
+        _ => crop_window(crop, w, h, sample.nose()),
+    };
+    let (x, y, cw, ch) = window.with_context(|| format!("image {}", sample.path.display()))?;
     if (x, y, cw, ch) == (0, 0, w, h) {
         return Ok(rgb);
     }

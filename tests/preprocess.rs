@@ -7,7 +7,7 @@ use std::process::Command;
 use image::{Rgb, RgbImage};
 use retrain::dataset::split::{assign, Subset};
 use retrain::dataset::Sample;
-use retrain::preprocess::{crop_window, decode_rgb, write_tensor, Crop, InputSpec, Layout, Preprocess};
+use retrain::preprocess::{crop_window, decode_rgb, face_window, write_tensor, Crop, InputSpec, Layout, Preprocess};
 
 const NOSE: Crop = Crop::Nose { size: 150 };
 
@@ -40,6 +40,19 @@ fn nose_crop_needs_a_nose_inside_the_image() {
     assert!(e.contains("outside") && e.contains("100x100"), "{e}");
     let e = crop_window(NOSE, 100, 100, None).unwrap_err().to_string();
     assert!(e.contains("needs landmarks"), "{e}");
+}
+
+#[test]
+fn face_crop_is_sized_from_the_eye_to_mouth_distance() {
+    // eyes at y 100, mouth corners at y 140: distance 40; centre of the five points (125, 120)
+    let l = Some([105.0, 145.0, 125.0, 110.0, 140.0, 100.0, 100.0, 120.0, 140.0, 140.0]);
+    assert_eq!(face_window(320, 250, 250, l).unwrap(), (61, 56, 128, 128));
+    // larger than the image: shrunk to it, never padded
+    assert_eq!(face_window(800, 250, 250, l).unwrap(), (0, 0, 250, 250));
+    assert!(face_window(320, 250, 250, None).unwrap_err().to_string().contains("needs landmarks"));
+    assert_eq!("face".parse::<Crop>().unwrap(), Crop::Face { scale_percent: 320 });
+    assert_eq!("face:2.5".parse::<Crop>().unwrap().to_string(), "face:2.5");
+    assert!("face:-1".parse::<Crop>().is_err());
 }
 
 fn spec(layout: Layout, w: u32, h: u32) -> InputSpec {

@@ -58,32 +58,104 @@ fn gradient_checks_pass_for_every_differentiated_op() {
     }
 }
 
-#[test]
-fn resumed_training_equals_continuous_training() {
+/// Trains 2 epochs straight and 1 + 1 with --resume, with `extra` flags; both must agree bit
+/// for bit.
+fn assert_resume_equals_continuous(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 20);
     let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
-    let o = retrain(&train_args(s(&art), s(&mtfl), s(&straight), "2"));
-    assert!(o.status.success(), "{}", stderr(&o));
+    let run = |out: &Path, epochs: &str, resume: Option<&Path>| {
+        let mut args = train_args(s(&art), s(&mtfl), s(out), epochs);
+        args.extend(extra);
+        if let Some(r) = resume {
+            args.extend(["--resume", s(r)]);
+        }
+        let o = retrain(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let o = run(&straight, "2", None);
     assert!(stdout(&o).contains("epoch 2/2: train loss"), "{}", stdout(&o));
-    let o = retrain(&train_args(s(&art), s(&mtfl), s(&resumed), "1"));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let last = resumed.join("last.h5");
-    let mut args = train_args(s(&art), s(&mtfl), s(&resumed), "2");
-    args.extend(["--resume", s(&last)]);
-    let o = retrain(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
+    run(&resumed, "1", None);
+    let o = run(&resumed, "2", Some(&resumed.join("last.h5")));
     assert!(!stdout(&o).contains("epoch 1/2"), "resume repeated epoch 1: {}", stdout(&o));
 
     let a = Checkpoint::read(&straight.join("last.h5")).unwrap();
     let b = Checkpoint::read(&resumed.join("last.h5")).unwrap();
     assert_eq!((a.step, a.epoch, a.seed), (b.step, b.epoch, b.seed));
     assert_eq!(a.epoch, 2);
+    assert_eq!((a.best_val_loss, a.best_val_loss_epoch), (b.best_val_loss, b.best_val_loss_epoch));
     assert_eq!(a.tensors, b.tensors, "resumed parameters and optimizer state differ from continuous training");
     let history = |d: &Path| std::fs::read_to_string(d.join("history.csv")).unwrap().lines().count();
     assert_eq!(history(&straight), 3);
     assert_eq!(history(&resumed), 3);
+}
+
+#[test]
+fn resumed_training_equals_continuous_training() {
+    assert_resume_equals_continuous(&[]);
+}
+
+#[test]
+fn resumed_training_with_distortions_and_decay_equals_continuous_training() {
+    let distort = ["--flip", "--random-crop", "10", "--random-scale", "10", "--random-brightness", "10"];
+    assert_resume_equals_continuous(&[&distort[..], &["--lr-decay", "0.5", "--lr-decay-every", "1"]].concat());
+}
+
+#[test]
+fn distortions_change_training_and_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 12);
+    let (plain, flipped) = (tmp.path().join("plain"), tmp.path().join("flipped"));
+    assert!(retrain(&train_args(s(&art), s(&mtfl), s(&plain), "1")).status.success());
+    let mut args = train_args(s(&art), s(&mtfl), s(&flipped), "1");
+    args.extend(["--flip", "--random-crop", "20"]);
+    assert!(retrain(&args).status.success());
+    let (a, b) = (Checkpoint::read(&plain.join("last.h5")).unwrap(), Checkpoint::read(&flipped.join("last.h5")).unwrap());
+    assert_ne!(a.tensors, b.tensors, "distortions did not change the training images");
+    assert_eq!((a.distortions.as_str(), b.distortions.as_str()), ("none", "flip,crop=20"));
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(flipped.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["distortions"]["flip"], true);
+    assert_eq!(result["distortions"]["crop_percent"], 20.0);
+
+    // resuming with other distortions is refused before training
+    let last = flipped.join("last.h5");
+    let mut args = train_args(s(&art), s(&mtfl), s(&flipped), "2");
+    args.extend(["--resume", s(&last)]);
+    let o = retrain(&args);
+    assert!(!o.status.success(), "resumed with other distortions");
+    assert!(stderr(&o).contains("trained with distortions 'flip,crop=20'"), "{}", stderr(&o));
+}
+
+#[test]
+fn patience_stops_when_validation_loss_stalls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 20);
+    let out = tmp.path().join("run");
+    let mut args = train_args(s(&art), s(&mtfl), s(&out), "30");
+    args.extend(["--patience", "2", "--lr", "0.01"]);
+    let o = retrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("early stop"), "{}", stdout(&o));
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let (done, best_loss_epoch) = (result["epochs_completed"].as_u64().unwrap(), result["best_val_loss_epoch"].as_u64().unwrap());
+    assert_eq!(result["stopped_early"], true);
+    assert_eq!(done, best_loss_epoch + 2, "stopped {done} epochs in, best loss at {best_loss_epoch}");
+    // the history agrees: the best validation loss is at best_val_loss_epoch, none lower after it
+    let history = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    let losses: Vec<f64> = history.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().parse().unwrap()).collect();
+    assert_eq!(losses.len() as u64, done);
+    let min = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(losses[best_loss_epoch as usize - 1], min);
+    // a resume of a stopped run trains nothing more
+    let last = out.join("last.h5");
+    args.extend(["--resume", s(&last)]);
+    let o = retrain(&args);
+    assert!(o.status.success() && stdout(&o).contains("early stop"), "{}", stdout(&o));
+    assert_eq!(Checkpoint::read(&last).unwrap().epoch, done);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! - root attributes: `format` = "retrain-train-checkpoint", `format_version`, `artifact_sha256`
 //!   (sha256 of the artifacts' manifest.json), `optimizer`, `step` (optimizer steps taken),
 //!   `epoch` (epochs completed), `seed`, `best_val_accuracy` (-1 before any validation),
-//!   `created`, `tool_version`
+//!   `created`, `tool_version`; since distortions and early stopping: `best_val_loss`,
+//!   `best_val_loss_epoch`, `distortions`, `schedule` (absent in older files: no distortions,
+//!   no best loss yet)
 //! - `/tensors/NNNNN`: one float32 dataset per parameter or optimizer slot, in manifest order,
 //!   its attribute `name` = the train-step input it feeds (`conv1/kernel`, `opt:m:conv1/kernel`)
 //!
@@ -37,6 +39,14 @@ pub struct Checkpoint {
     pub epoch: u64,
     pub seed: u64,
     pub best_val_accuracy: f64,
+    /// Lowest validation loss so far (infinite before any validation) and its epoch, for
+    /// early stopping.
+    pub best_val_loss: f64,
+    pub best_val_loss_epoch: u64,
+    /// The training images' distortions ([`crate::augment::Distortions::describe`]).
+    pub distortions: String,
+    /// The learning-rate schedule and patience ([`super::schedule::Schedule::describe`]).
+    pub schedule: String,
     pub tensors: Vec<NamedTensor>,
 }
 
@@ -67,6 +77,10 @@ impl Checkpoint {
             epoch: read_i64_attr(file, "epoch")? as u64,
             seed: read_i64_attr(file, "seed")? as u64,
             best_val_accuracy: file.attr("best_val_accuracy")?.read_scalar()?,
+            best_val_loss: file.attr("best_val_loss").and_then(|a| a.read_scalar()).unwrap_or(f64::INFINITY),
+            best_val_loss_epoch: read_i64_attr(file, "best_val_loss_epoch").map_or(0, |e| e as u64),
+            distortions: read_str_attr(file, "distortions").unwrap_or_else(|_| "none".to_string()),
+            schedule: read_str_attr(file, "schedule").unwrap_or_default(),
             tensors,
         })
     }
@@ -85,10 +99,20 @@ impl Checkpoint {
         write_str_attr(&file, "optimizer", &self.optimizer)?;
         write_str_attr(&file, "created", &chrono::Utc::now().to_rfc3339())?;
         write_str_attr(&file, "tool_version", &format!("retrain {}", crate::version()))?;
-        for (key, value) in [("format_version", FORMAT_VERSION), ("step", self.step as i64), ("epoch", self.epoch as i64), ("seed", self.seed as i64)] {
+        write_str_attr(&file, "distortions", &self.distortions)?;
+        write_str_attr(&file, "schedule", &self.schedule)?;
+        let integers = [
+            ("format_version", FORMAT_VERSION),
+            ("step", self.step as i64),
+            ("epoch", self.epoch as i64),
+            ("seed", self.seed as i64),
+            ("best_val_loss_epoch", self.best_val_loss_epoch as i64),
+        ];
+        for (key, value) in integers {
             file.new_attr::<i64>().create(key)?.write_scalar(&value)?;
         }
         file.new_attr::<f64>().create("best_val_accuracy")?.write_scalar(&self.best_val_accuracy)?;
+        file.new_attr::<f64>().create("best_val_loss")?.write_scalar(&self.best_val_loss)?;
         let group = file.create_group("tensors")?;
         for (i, t) in self.tensors.iter().enumerate() {
             let ds = group.new_dataset::<f32>().shape(t.shape.clone()).create(format!("{i:05}").as_str())?;
@@ -119,6 +143,23 @@ impl Checkpoint {
                 }
                 Some(_) => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses to resume with other distortions (the run would be neither the one started nor
+    /// a fresh one); reports a changed schedule, which is a legitimate choice when resuming.
+    pub fn check_resume(&self, distortions: &str, schedule: &str, path: &Path) -> Result<()> {
+        if self.distortions != distortions {
+            bail!(
+                "checkpoint {} was trained with distortions '{}', this run asks for '{distortions}'; \
+                 resume with the same --flip/--random-* flags or start a new run",
+                path.display(),
+                self.distortions
+            );
+        }
+        if !self.schedule.is_empty() && self.schedule != schedule {
+            eprintln!("note: checkpoint {} was trained with schedule '{}', continuing with '{schedule}'", path.display(), self.schedule);
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! The training loop: seeded shuffling, fixed-size batches, validation after every epoch,
-//! `last.h5` (to resume) and `best.h5` (best validation accuracy) checkpoints, a history CSV,
+//! The training loop: seeded shuffling, fixed-size (optionally distorted) batches, validation
+//! after every epoch, `last.h5` (to resume) and `best.h5` (best validation accuracy)
+//! checkpoints, a history CSV, a learning-rate schedule and early stopping on validation loss,
 //! and at the end the test accuracy and the exported model of the best epoch.
 
 use std::fs;
@@ -11,13 +12,16 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::artifacts::Artifacts;
+use super::batches::{self, Distort};
 use super::checkpoint::Checkpoint;
 use super::data::{self, Examples};
-use super::engine::{Batch, Engine};
+use super::engine::Engine;
 use super::export;
 use super::rng;
+use super::schedule::Schedule;
+use crate::augment::Distortions;
 use crate::dataset::mtfl::{self, Split};
-use crate::preprocess::{Crop, Preprocess};
+use crate::preprocess::{Crop, InputSpec, Preprocess};
 use crate::progress;
 use crate::runtime::{self, Device, SessionConfig};
 
@@ -31,6 +35,10 @@ pub struct TrainOptions {
     /// Train until this many epochs are complete (a resumed run counts the earlier ones).
     pub epochs: u64,
     pub lr: f32,
+    /// Learning-rate decay and early stopping.
+    pub schedule: Schedule,
+    /// Random distortions of training images (never of validation or test images).
+    pub distortions: Distortions,
     /// Must equal the artifacts' batch when given (the train graph has a fixed batch).
     pub batch: Option<usize>,
     pub device: Device,
@@ -48,13 +56,20 @@ pub struct TrainOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
     pub attribute: String,
+    pub crop: String,
     pub seed: u64,
     pub artifact_sha256: String,
     pub optimizer: String,
     pub lr: f32,
+    pub schedule: Schedule,
+    pub distortions: Distortions,
     pub batch: usize,
     pub epochs_completed: u64,
     pub epochs_run_now: u64,
+    /// Set when early stopping ended the run before `--epochs`.
+    pub stopped_early: bool,
+    pub best_val_loss: f64,
+    pub best_val_loss_epoch: u64,
     pub best_epoch: u64,
     pub best_val_accuracy: f64,
     pub test_accuracy: f64,
@@ -82,6 +97,8 @@ pub struct EpochStats {
 const HISTORY_HEADER: &str = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds";
 
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+    opts.distortions.check()?;
+    opts.schedule.check()?;
     let artifacts = Artifacts::open(&opts.artifacts)?;
     let m = &artifacts.manifest;
     if let Some(b) = opts.batch.filter(|&b| b != m.batch) {
@@ -93,11 +110,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let start_path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&m.checkpoint));
     let mut start = Checkpoint::read(&start_path)?;
     start.check_fits(&artifacts, &start_path)?;
+    let (distortions, schedule) = (opts.distortions.describe(), opts.schedule.describe());
     if opts.resume.is_none() {
         start.seed = opts.seed;
-    } else if start.seed != opts.seed {
-        eprintln!("resuming with the checkpoint's seed {} (not {})", start.seed, opts.seed);
+    } else {
+        start.check_resume(&distortions, &schedule, &start_path)?;
+        if start.seed != opts.seed {
+            eprintln!("resuming with the checkpoint's seed {} (not {})", start.seed, opts.seed);
+        }
     }
+    (start.distortions, start.schedule) = (distortions, schedule);
     let class_names = data::class_names(&opts.attribute)?;
     if class_names.len() != m.classes {
         bail!("attribute '{}' has {} classes, the artifacts' class layer has {}", opts.attribute, class_names.len(), m.classes);
@@ -108,14 +130,25 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     engine.load(&start)?;
     eprintln!("{}", runtime::describe_provider(&config));
     eprintln!(
-        "training {} on {} train / {} validation images ({} test), batch {}, {} lr {}, seed {}, from epoch {}",
-        opts.attribute, sets.train.len(), sets.val.len(), sets.test.len(), m.batch, artifacts.optimizer_name(), opts.lr, start.seed, start.epoch
+        "training {} on {} train / {} validation images ({} test), batch {}, {} lr {} ({}), distortions {}, seed {}, from epoch {}",
+        opts.attribute,
+        sets.train.len(),
+        sets.val.len(),
+        sets.test.len(),
+        m.batch,
+        artifacts.optimizer_name(),
+        opts.lr,
+        start.schedule,
+        start.distortions,
+        start.seed,
+        start.epoch
     );
     let run = run_epochs(opts, &mut engine, &sets, start)?;
     finish(opts, &mut engine, &sets, &class_names, run)
 }
 
 struct Sets {
+    spec: InputSpec,
     train: Examples,
     val: Examples,
     test: Examples,
@@ -123,7 +156,7 @@ struct Sets {
 
 fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, seed: u64) -> Result<Sets> {
     let input = crate::model::input_spec(&artifacts.manifest.description).context("artifacts' model description")?;
-    let pre = Preprocess { crop: opts.crop, input };
+    let pre = Preprocess { crop: opts.crop, input: input.clone() };
     let training = mtfl::load(&opts.mtfl, Split::Training)?;
     let testing = mtfl::load(&opts.mtfl, Split::Testing)?;
     let column = data::label_column(&training, &opts.attribute)?;
@@ -131,6 +164,7 @@ fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, seed: u64) -> Result<Se
     let (train, val) = data::hold_out(&training.samples[..limit(training.samples.len())], seed);
     let test: Vec<_> = testing.samples[..limit(testing.samples.len())].iter().collect();
     let sets = Sets {
+        spec: input,
         train: data::load(&train, column, &pre, "training", opts.show_progress)?,
         val: data::load(&val, column, &pre, "validation", opts.show_progress)?,
         test: data::load(&test, column, &pre, "test", opts.show_progress)?,
@@ -144,6 +178,7 @@ fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, seed: u64) -> Result<Se
 struct Run {
     last: Checkpoint,
     epochs_run_now: u64,
+    stopped_early: bool,
     train_seconds: f64,
 }
 
@@ -154,14 +189,23 @@ fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Chec
     let order: Vec<usize> = (0..sets.train.len()).collect();
     let started = Instant::now();
     let first = state.epoch;
+    let mut stopped_early = false;
     for epoch in first..opts.epochs {
+        if opts.schedule.patience_exhausted(state.best_val_loss_epoch, state.epoch) {
+            println!("early stop: validation loss has not improved since epoch {} ({:.4})", state.best_val_loss_epoch, state.best_val_loss);
+            stopped_early = true;
+            break;
+        }
         let t0 = Instant::now();
-        let (train_loss, train_accuracy) = train_epoch(opts, engine, &sets.train, &order, &mut state, epoch)?;
+        let (train_loss, train_accuracy) = train_epoch(opts, engine, sets, &order, &mut state, epoch)?;
         let (val_loss, val_accuracy) = evaluate(engine, &sets.val, opts.eval_batch)?;
         let stats = EpochStats { epoch: epoch + 1, train_loss, train_accuracy, val_loss, val_accuracy, seconds: t0.elapsed().as_secs_f64() };
         println!("{}", epoch_line(&stats, opts.epochs));
         state.epoch = epoch + 1;
         state.tensors = engine.snapshot()?;
+        if val_loss < state.best_val_loss {
+            (state.best_val_loss, state.best_val_loss_epoch) = (val_loss, epoch + 1);
+        }
         let improved = val_accuracy > state.best_val_accuracy;
         if improved {
             state.best_val_accuracy = val_accuracy;
@@ -170,12 +214,15 @@ fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Chec
         state.write(&opts.out.join("last.h5"))?;
         append_history(&history, &stats)?;
     }
-    Ok(Run { last: state, epochs_run_now: opts.epochs.saturating_sub(first), train_seconds: started.elapsed().as_secs_f64() })
+    let epochs_run_now = state.epoch - first;
+    Ok(Run { last: state, epochs_run_now, stopped_early, train_seconds: started.elapsed().as_secs_f64() })
 }
 
-fn train_epoch(opts: &TrainOptions, engine: &mut Engine, train: &Examples, order: &[usize], state: &mut Checkpoint, epoch: u64) -> Result<(f64, f64)> {
+fn train_epoch(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, order: &[usize], state: &mut Checkpoint, epoch: u64) -> Result<(f64, f64)> {
     let m = engine.artifacts.manifest.clone();
     let shuffled = rng::shuffled(order, state.seed, epoch);
+    let lr = opts.schedule.lr(opts.lr, epoch);
+    let distort = Distort { distortions: opts.distortions, spec: &sets.spec, seed: state.seed, epoch };
     let bar = progress::bar(shuffled.len() as u64, "images", opts.show_progress);
     bar.set_message(format!("epoch {}/{}", epoch + 1, opts.epochs));
     let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
@@ -187,8 +234,8 @@ fn train_epoch(opts: &TrainOptions, engine: &mut Engine, train: &Examples, order
             .enumerate()
             .map(|(i, d)| rng::dropout_mask(d.shape.iter().product(), d.ratio, state.seed, state.step, i as u64))
             .collect();
-        let batch = make_batch(train, chunk, m.batch, &masks);
-        let r = engine.step(&batch, opts.lr, state.step)?;
+        let batch = batches::make_batch(&sets.train, chunk, m.batch, &masks, &distort);
+        let r = engine.step(&batch, lr, state.step)?;
         if !r.loss.is_finite() {
             bail!("loss became {} at step {} (epoch {}): lower --lr", r.loss, state.step, epoch + 1);
         }
@@ -199,18 +246,6 @@ fn train_epoch(opts: &TrainOptions, engine: &mut Engine, train: &Examples, order
     }
     bar.finish_and_clear();
     Ok((loss_sum / seen.max(1) as f64, correct / seen.max(1) as f64))
-}
-
-/// `chunk`'s images, padded to `size` rows by repeating them with weight 0.
-fn make_batch<'a>(ex: &Examples, chunk: &[usize], size: usize, masks: &'a [Vec<f32>]) -> Batch<'a> {
-    let mut batch = Batch { images: Vec::with_capacity(size * ex.image_len), labels: Vec::with_capacity(size), weights: Vec::with_capacity(size), masks };
-    for k in 0..size {
-        let i = chunk[k % chunk.len()];
-        batch.images.extend_from_slice(ex.image(i));
-        batch.labels.push(ex.labels[i]);
-        batch.weights.push(if k < chunk.len() { 1.0 } else { 0.0 });
-    }
-    batch
 }
 
 /// Mean cross-entropy and accuracy over `ex` with the current parameters.
@@ -269,20 +304,35 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
     let model = opts.out.join("model.onnx");
     let params: Vec<_> = best.tensors.iter().filter(|t| a.params().any(|p| p.input == t.name)).cloned().collect();
     let source = format!(
-        "trained by retrain train: MTFL {} ({} crop), epoch {} of {}, {} lr {}, seed {}, artifacts {}",
-        opts.attribute, opts.crop, best.epoch, run.last.epoch, a.optimizer_name(), opts.lr, best.seed, &a.sha256[..12]
+        "trained by retrain train: MTFL {} ({} crop), epoch {} of {}, {} lr {} ({}), distortions {}, seed {}, artifacts {}",
+        opts.attribute,
+        opts.crop,
+        best.epoch,
+        run.last.epoch,
+        a.optimizer_name(),
+        opts.lr,
+        run.last.schedule,
+        run.last.distortions,
+        best.seed,
+        &a.sha256[..12]
     );
     let metadata = vec![("retrain.labels".to_string(), class_names.join(",")), ("retrain.source".to_string(), source)];
     export::export(&a.verified_file("forward")?, &params, &metadata, &model)?;
     let summary = TrainSummary {
         attribute: opts.attribute.clone(),
+        crop: opts.crop.to_string(),
         seed: best.seed,
         artifact_sha256: a.sha256.clone(),
         optimizer: a.optimizer_name().to_string(),
         lr: opts.lr,
+        schedule: opts.schedule,
+        distortions: opts.distortions,
         batch: a.manifest.batch,
         epochs_completed: run.last.epoch,
         epochs_run_now: run.epochs_run_now,
+        stopped_early: run.stopped_early,
+        best_val_loss: run.last.best_val_loss,
+        best_val_loss_epoch: run.last.best_val_loss_epoch,
         best_epoch: best.epoch,
         best_val_accuracy: best.best_val_accuracy,
         test_accuracy,
@@ -303,8 +353,17 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
 pub fn report(s: &TrainSummary) -> String {
     format!(
         "best epoch {} (validation accuracy {:.4}); test accuracy {:.4} (loss {:.4}) on {} MTFL test images\n\
-         {} epochs in {:.1} s ({:.1} s/epoch) on {}; model {}",
-        s.best_epoch, s.best_val_accuracy, s.test_accuracy, s.test_loss, s.test_images, s.epochs_run_now, s.train_seconds, s.seconds_per_epoch, s.device,
+         {} epochs{} in {:.1} s ({:.1} s/epoch) on {}; model {}",
+        s.best_epoch,
+        s.best_val_accuracy,
+        s.test_accuracy,
+        s.test_loss,
+        s.test_images,
+        s.epochs_run_now,
+        if s.stopped_early { " (stopped early)" } else { "" },
+        s.train_seconds,
+        s.seconds_per_epoch,
+        s.device,
         s.model.display()
     )
 }

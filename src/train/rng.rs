@@ -1,7 +1,7 @@
-//! A small seeded generator (SplitMix64) for shuffling and dropout masks.
+//! A small seeded generator (SplitMix64) for shuffling, dropout masks and image distortions.
 //!
 //! Every random draw derives from (seed, purpose, counter) alone, so epoch e's order and step
-//! s's masks are the same whether training ran straight through or resumed from a checkpoint.
+//! s's masks (and image i's distortion in epoch e) are the same whether training ran straight through or resumed from a checkpoint.
 
 /// [`crate::rng::splitmix64`] with streams keyed by purpose.
 pub struct SplitMix64(u64);
@@ -31,6 +31,13 @@ impl SplitMix64 {
 
 pub const TAG_SHUFFLE: u64 = 1;
 pub const TAG_DROPOUT: u64 = 2;
+pub const TAG_DISTORT: u64 = 3;
+
+/// Seed of the random distortion of training image `index` in `epoch`
+/// ([`crate::augment::Distortions::apply`]).
+pub fn distortion_seed(seed: u64, epoch: u64, index: usize) -> u64 {
+    SplitMix64::stream(seed, TAG_DISTORT, epoch).next_u64() ^ (index as u64).wrapping_mul(0xd1b5_4a32_d192_ed03)
+}
 
 /// The order of `items` in epoch `epoch` (Fisher-Yates).
 pub fn shuffled(items: &[usize], seed: u64, epoch: u64) -> Vec<usize> {
