@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{python, repo, retrain, stderr, stdout};
+use common::{python, repo, retrain, stderr, stdout, tiny_mtfl};
 use retrain::train::checkpoint::Checkpoint;
 
 /// `scripts/make_artifacts.py onnx/tcdcn.onnx` into `out` with a small batch.
@@ -20,23 +20,6 @@ fn make_artifacts(out: &Path, batch: usize, optimizer: &str) -> PathBuf {
         .expect("run make_artifacts.py");
     assert!(status.status.success(), "make_artifacts.py failed: {}", String::from_utf8_lossy(&status.stderr));
     out.to_path_buf()
-}
-
-/// An MTFL-format folder: training.txt / testing.txt with `n` 80x80 JPEGs each.
-fn tiny_mtfl(root: &Path, n: u32) -> PathBuf {
-    for (split, offset) in [("training", 0), ("testing", 1000)] {
-        let dir = root.join(split);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut lines = String::new();
-        for i in 0..n {
-            let key = format!("{split}/img{i:03}.jpg");
-            common::picture(i + offset, 80, 80).save(root.join(&key)).unwrap();
-            let smile = 1 + i % 2;
-            lines.push_str(&format!(" {key} 30 50 40 32 48 35 35 45 60 60 {} {smile} 2 3\r\n", 1 + (i / 2) % 2));
-        }
-        std::fs::write(root.join(format!("{split}.txt")), lines).unwrap();
-    }
-    root.to_path_buf()
 }
 
 fn train_args<'a>(artifacts: &'a str, mtfl: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {

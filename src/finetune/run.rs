@@ -121,7 +121,9 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     }
     fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
     let settings = settings_of(opts);
-    check_settings(&opts.out, &settings, opts.resume.is_some())?;
+    let a = &set.phase2.manifest;
+    let budget = opts.memory_budget.or_else(|| plan::free_memory(opts.device));
+    let plan = plan::choose(a.batch, &a.micro_batches, a.memory.as_ref(), budget, opts.micro_batch)?;
     let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
     let ctx = Job { set, classes, config, settings, history: opts.out.join("history.csv") };
     let resume = opts.resume.as_ref().map(|p| Checkpoint::read(p).map(|c| (p.clone(), c))).transpose()?;
@@ -136,6 +138,7 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
         }
         None => (None, None),
     };
+    check_settings(&opts.out, &ctx.settings, opts.resume.is_some())?;
     let mut model = Model::load(&opts.model, &ctx.config, Some(&ctx.set.bottleneck))?;
     ctx.set.check_source(&model.sha256, &opts.model)?;
     let pre = Preprocess { crop: opts.crop, input: model.input.clone() };
@@ -154,7 +157,7 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
         }
     };
     drop(model);
-    run_phase2(opts, &ctx, &decoder, [&train, &val, &test], start2, phase1_summary)
+    run_phase2(opts, &ctx, &decoder, [&train, &val, &test], start2, phase1_summary, plan)
 }
 
 fn settings_of(opts: &FinetuneOptions) -> Settings {
@@ -171,16 +174,17 @@ fn settings_of(opts: &FinetuneOptions) -> Settings {
     }
 }
 
-/// A resumed run continues the settings of the run that wrote OUT; a fresh one records its own.
+/// A resumed run continues the settings of the run that wrote OUT (step counts may grow, as
+/// `retrain train --epochs` may); every run records its own.
 fn check_settings(out: &Path, settings: &Settings, resuming: bool) -> Result<()> {
     let path = out.join("settings.json");
     if resuming {
         let text = fs::read_to_string(&path).with_context(|| format!("cannot resume: {} is missing", path.display()))?;
         let earlier: Settings = serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
-        if &earlier != settings {
+        let steps_aside = |s: &Settings| Settings { phase1_steps: 0, phase2_steps: 0, ..s.clone() };
+        if steps_aside(&earlier) != steps_aside(settings) {
             bail!("cannot resume: {} was written with other settings\n  then: {earlier:?}\n  now:  {settings:?}", path.display());
         }
-        return Ok(());
     }
     crate::write_file(&path, serde_json::to_string_pretty(settings)? + "\n")
 }
@@ -261,11 +265,10 @@ fn phase2_start(ctx: &Job, head: &Checkpoint, seed: u64) -> Result<Checkpoint> {
     Ok(start)
 }
 
-fn run_phase2(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&LabeledImages; 3], start: Checkpoint, phase1: PhaseSummary) -> Result<FinetuneSummary> {
+#[allow(clippy::too_many_arguments)]
+fn run_phase2(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&LabeledImages; 3], start: Checkpoint, phase1: PhaseSummary, plan: Plan) -> Result<FinetuneSummary> {
     let [train, val, test] = sets;
     let a = &ctx.set.phase2;
-    let budget = opts.memory_budget.or_else(|| plan::free_memory(opts.device));
-    let plan = plan::choose(a.manifest.batch, &a.manifest.micro_batches, a.manifest.memory.as_ref(), budget, opts.micro_batch)?;
     eprintln!("phase 2: {}", plan.describe(a.manifest.batch));
     let mut engine = Engine::with_step(a.clone(), &ctx.config, false)?;
     let mut acc = Accumulator::new(&engine, plan.micro, &ctx.config)?;

@@ -112,3 +112,20 @@ pub fn same_rows(a: &Path, b: &Path) {
     let bits = |c: &Cache| c.features.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
     assert!(bits(&a) == bits(&b), "feature values differ");
 }
+
+/// An MTFL-format folder: training.txt / testing.txt with `n` 80x80 JPEGs each.
+pub fn tiny_mtfl(root: &Path, n: u32) -> PathBuf {
+    for (split, offset) in [("training", 0), ("testing", 1000)] {
+        let dir = root.join(split);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut lines = String::new();
+        for i in 0..n {
+            let key = format!("{split}/img{i:03}.jpg");
+            picture(i + offset, 80, 80).save(root.join(&key)).unwrap();
+            let smile = 1 + i % 2;
+            lines.push_str(&format!(" {key} 30 50 40 32 48 35 35 45 60 60 {} {smile} 2 3\r\n", 1 + (i / 2) % 2));
+        }
+        std::fs::write(root.join(format!("{split}.txt")), lines).unwrap();
+    }
+    root.to_path_buf()
+}

@@ -1,0 +1,184 @@
+//! Fine-tuning (`retrain finetune`, scripts/make_finetune.py): the InceptionV3 gradient check,
+//! gradient accumulation = the fused step, both phases end to end with the exported model and
+//! head read back by `extract` and `eval`, resume = continuous, and refusals before training.
+//! The end-to-end runs use TCDCN as the "pretrained" network (it has a `bottleneck` output too)
+//! so they take seconds; the InceptionV3 runs on MTFL are in docs/finetune.md.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{python, repo, retrain, stderr, stdout, tiny_mtfl};
+use retrain::runtime::{Device, SessionConfig};
+use retrain::train::accumulate::Accumulator;
+use retrain::train::artifacts::Artifacts;
+use retrain::train::checkpoint::Checkpoint;
+use retrain::train::engine::{Batch, Engine};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run_script(args: &[&str]) {
+    let o = Command::new(python()).args(args).current_dir(repo()).output().expect("run python");
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Fine-tuning artifacts of TCDCN with a new 2-way head, batch 8, micro-batches 8, 4, 2.
+fn tcdcn_finetune(out: &Path) -> PathBuf {
+    run_script(&["scripts/make_finetune.py", "onnx/tcdcn.onnx", "--classes", "2", "--batch", "8", "--micro-batches", "8,4,2", "--out", s(out)]);
+    out.to_path_buf()
+}
+
+fn finetune_args<'a>(art: &'a str, mtfl: &'a str, cache: &'a str, out: &'a str, phase2_steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "finetune", "--artifacts", art, "--model", "onnx/tcdcn.onnx", "--mtfl", mtfl, "--attribute", "smile", "--phase1-steps", "6", "--phase2-steps",
+        phase2_steps, "--eval-every", "2", "--micro-batch", "4", "--flip", "--random-crop", "10", "--random-brightness", "10", "--threads", "1",
+        "--cache-dir", cache, "--out", out, "--quiet",
+    ]
+}
+
+#[test]
+fn inception_gradient_check_passes_for_every_block_type() {
+    if !repo().join("onnx/inception_v3.onnx").exists() {
+        eprintln!("SKIP inception_gradient_check_passes_for_every_block_type: onnx/inception_v3.onnx is not here (scripts/setup.sh --model makes it)");
+        return;
+    }
+    let o = Command::new(python()).arg("scripts/gradcheck_inception.py").current_dir(repo()).output().expect("run gradcheck_inception.py");
+    let text = String::from_utf8_lossy(&o.stdout);
+    println!("{text}");
+    assert!(o.status.success(), "InceptionV3 gradient check failed:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    for block in ["stem", "35x35 module", "grid reduction 35->17", "17x17 module", "grid reduction 17->8", "8x8 module", "new Logits layer"] {
+        assert!(text.contains(block), "no result for {block}");
+    }
+}
+
+/// A batch of 8 random 60x60 images with fixed dropout masks, as `rows`-row pieces.
+fn pieces(a: &Artifacts, rows: usize) -> Vec<(Vec<f32>, Vec<i64>, Vec<f32>, Vec<Vec<f32>>)> {
+    let image_len = 60 * 60 * 3;
+    let images: Vec<f32> = (0..8 * image_len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let labels: Vec<i64> = (0..8).map(|i| i % 2).collect();
+    let weights = vec![1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.0, 1.0];
+    let mask_len: usize = a.manifest.dropout_masks[0].shape[1..].iter().product();
+    let mask: Vec<f32> = (0..8 * mask_len).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 / 0.6 }).collect();
+    (0..8 / rows)
+        .map(|k| {
+            let r = k * rows..(k + 1) * rows;
+            (images[r.start * image_len..r.end * image_len].to_vec(), labels[r.clone()].to_vec(), weights[r.clone()].to_vec(), vec![mask[r.start * mask_len..r.end * mask_len].to_vec()])
+        })
+        .collect()
+}
+
+#[test]
+fn accumulated_micro_batches_equal_the_fused_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let a = Artifacts::open(&art.join("phase2")).unwrap();
+    let init = Checkpoint::read(&art.join("phase2/init.h5")).unwrap();
+    let config = SessionConfig { intra_threads: Some(1), ..SessionConfig::new(Device::Cpu) };
+    let mut fused = Engine::new(a.clone(), &config).unwrap();
+    fused.load(&init).unwrap();
+    let (images, labels, weights, masks) = pieces(&a, 8).remove(0);
+    fused.step(&Batch { images, labels, weights, masks: &masks }, 0.01, 1).unwrap();
+    let want = fused.snapshot().unwrap();
+    for micro in [8, 4, 2] {
+        let mut engine = Engine::with_step(a.clone(), &config, false).unwrap();
+        engine.load(&init).unwrap();
+        let mut acc = Accumulator::new(&engine, micro, &config).unwrap();
+        let parts = pieces(&a, micro);
+        let batches: Vec<Batch> = parts.iter().map(|(i, l, w, m)| Batch { images: i.clone(), labels: l.clone(), weights: w.clone(), masks: m }).collect();
+        acc.step(&mut engine, &batches, 0.01, 1).unwrap();
+        for (got, want) in engine.snapshot().unwrap().iter().zip(&want) {
+            assert_eq!(got.name, want.name);
+            let scale = want.data.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let diff = got.data.iter().zip(&want.data).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-5 * scale, "micro-batch {micro}: '{}' differs by {diff} (scale {scale})", got.name);
+        }
+    }
+}
+
+#[test]
+fn both_phases_export_a_model_and_head_that_extract_and_eval_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("run"));
+    let o = retrain(&finetune_args(s(&art), s(&mtfl), s(&cache), s(&out), "4"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for line in ["phase 1 step 6/6", "phase 2 step 4/4", "test accuracy"] {
+        assert!(text.contains(line), "no '{line}' in:\n{text}");
+    }
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["plan"]["micro"], 4);
+    assert_eq!(result["settings"]["distortions"], "flip,crop=10,brightness=10");
+    let history = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    assert_eq!(history.lines().count(), 1 + 3 + 2, "{history}");
+
+    let features = tmp.path().join("features.h5");
+    let o = retrain(&["extract", "--model", s(&out.join("model.onnx")), "--mtfl", s(&mtfl), "--split", "testing", "--out", s(&features), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json = tmp.path().join("eval.json");
+    let o = retrain(&["eval", "--head", s(&out.join("smile.head.onnx")), "--cache", s(&features), "--json", s(&json)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(eval["metrics"]["confusion"], result["test"]["confusion"], "eval of the exported head disagrees with finetune's own test scores");
+}
+
+#[test]
+fn resumed_fine_tuning_equals_continuous_fine_tuning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    let cache = tmp.path().join("cache");
+    let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    let run = |out: &Path, steps: &str, resume: Option<PathBuf>| {
+        let mut args = finetune_args(s(&art), s(&mtfl), s(&cache), s(out), steps);
+        let resume = resume.map(|p| p.to_str().unwrap().to_string());
+        if let Some(r) = &resume {
+            args.extend(["--resume", r.as_str()]);
+        }
+        let o = retrain(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    run(&straight, "4", None);
+    run(&resumed, "2", None);
+    let o = run(&resumed, "4", Some(resumed.join("phase2/last.h5")));
+    assert!(!stdout(&o).contains("phase 1 step"), "resume repeated phase 1: {}", stdout(&o));
+    let a = Checkpoint::read(&straight.join("phase2/last.h5")).unwrap();
+    let b = Checkpoint::read(&resumed.join("phase2/last.h5")).unwrap();
+    assert_eq!((a.step, b.step), (4, 4));
+    assert_eq!(a.tensors, b.tensors, "resumed fine-tuning differs from continuous fine-tuning");
+
+    let mut args = finetune_args(s(&art), s(&mtfl), s(&cache), s(&resumed), "6");
+    let last = resumed.join("phase2/last.h5");
+    args.retain(|a| *a != "--flip");
+    args.extend(["--resume", s(&last)]);
+    let o = retrain(&args);
+    assert!(!o.status.success() && stderr(&o).contains("other settings"), "{}", stderr(&o));
+}
+
+#[test]
+fn wrong_model_batch_micro_batch_or_checkpoint_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("run");
+    let foreign = tmp.path().join("foreign.h5");
+    let base = finetune_args(s(&art), s(&mtfl), s(&cache), s(&out), "2");
+    let refused = |args: Vec<&str>, expected: &str| {
+        let o = retrain(&args);
+        assert!(!o.status.success() && stderr(&o).contains(expected), "expected '{expected}':\n{}", stderr(&o));
+        assert!(!out.join("history.csv").exists(), "training started before the refusal");
+    };
+    let with = |from: &str, to: &'static str| base.iter().map(|a| if *a == from { to } else { a }).collect::<Vec<&str>>();
+    refused(with("onnx/tcdcn.onnx", "onnx/cascade_cnn.onnx"), "is not the model the fine-tuning artifacts");
+    refused([base.clone(), vec!["--batch", "16"]].concat(), "were made for batch 8");
+    refused(with("4", "3"), "--micro-batch 3");
+    run_script(&["scripts/make_artifacts.py", "onnx/tcdcn.onnx", "--out", s(&tmp.path().join("other")), "--batch", "8"]);
+    std::fs::copy(tmp.path().join("other/init.h5"), &foreign).unwrap();
+    refused([base.clone(), vec!["--resume", s(&foreign)]].concat(), "belongs to other training artifacts");
+}
