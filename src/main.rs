@@ -241,6 +241,9 @@ struct ReproduceArgs {
     /// Only the first N images of each split (a quick run).
     #[arg(long)]
     limit: Option<usize>,
+    /// Runs of scripts/finetune_study.sh to report beside the study's second approach.
+    #[arg(long, default_value = "runs/finetune")]
+    finetune_runs: PathBuf,
     #[command(flatten)]
     stream: ImageRunArgs,
 }
@@ -695,6 +698,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         session: a.stream.run.config(),
         decode_threads: a.stream.decode_threads,
         show_progress: !a.stream.quiet,
+        finetune_runs: a.finetune_runs,
     };
     let report = reproduce::reproduce(&opts)?;
     println!("{}", report.markdown);

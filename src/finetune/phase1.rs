@@ -4,6 +4,8 @@
 //! must go through the backbone (a distorted image has no cached bottleneck), as in
 //! TensorFlow's retrain.py; validation still reads the cache.
 
+use std::collections::HashSet;
+
 use anyhow::{bail, Result};
 use ndarray::Array2;
 
@@ -30,10 +32,12 @@ impl Rows {
     }
 }
 
-/// The cache's labelled rows split as the images are (train, validation), or all (test).
-pub fn cached_rows(cache: &Cache, classes: &Classes, seed: u64, split: bool) -> Result<(Rows, Rows)> {
+/// The cache's labelled rows split as the images are (train, validation), or all (test);
+/// only rows whose image is in `images` (a cache may hold more than a --limit run uses).
+pub fn cached_rows(cache: &Cache, classes: &Classes, seed: u64, split: bool, images: &HashSet<&str>) -> Result<(Rows, Rows)> {
     let labeled = Labeled::from_cache(cache, classes)?;
-    let (train, val): (Vec<usize>, Vec<usize>) = (0..labeled.y.len()).partition(|&i| !split || images::is_train(&labeled.paths[i], seed));
+    let wanted: Vec<usize> = (0..labeled.y.len()).filter(|&i| images.contains(labeled.paths[i].as_str())).collect();
+    let (train, val): (Vec<usize>, Vec<usize>) = wanted.into_iter().partition(|&i| !split || images::is_train(&labeled.paths[i], seed));
     let rows = |index: &[usize]| {
         let part = labeled.select(index);
         Rows { x: part.x, y: part.y.iter().map(|&c| c as i64).collect() }

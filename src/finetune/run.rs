@@ -1,5 +1,6 @@
 //! The two phases end to end: checks, caches, phase 1, phase 2, test scores, export.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -152,7 +153,7 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     let (phase1_summary, start2) = match resume2 {
         Some(c) => (read_phase1_summary(&opts.out)?, c),
         None => {
-            let (summary, outcome) = run_phase1(opts, &ctx, &mut model, &decoder, &train, resume1)?;
+            let (summary, outcome) = run_phase1(opts, &ctx, &mut model, &decoder, [&train, &val, &test], resume1)?;
             (summary, phase2_start(&ctx, &outcome.last, opts.seed)?)
         }
     };
@@ -201,11 +202,12 @@ fn schedule<'a>(opts: &FinetuneOptions, ctx: &'a Job, phase: u8, steps: u64) -> 
     }
 }
 
-fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &Decoder, train: &LabeledImages, start: Option<Checkpoint>) -> Result<(PhaseSummary, Outcome)> {
+fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &Decoder, sets: [&LabeledImages; 3], start: Option<Checkpoint>) -> Result<(PhaseSummary, Outcome)> {
+    let [train, val, test] = sets;
     let train_cache = Cache::read(&mtfl_cache(opts, model, Split::Training)?)?;
     let test_cache = Cache::read(&mtfl_cache(opts, model, Split::Testing)?)?;
-    let (train_rows, val_rows) = phase1::cached_rows(&train_cache, &ctx.classes, opts.seed, true)?;
-    let (test_rows, _) = phase1::cached_rows(&test_cache, &ctx.classes, opts.seed, false)?;
+    let (train_rows, val_rows) = phase1::cached_rows(&train_cache, &ctx.classes, opts.seed, true, &keys(&[train, val]))?;
+    let (test_rows, _) = phase1::cached_rows(&test_cache, &ctx.classes, opts.seed, false, &keys(&[test]))?;
     let artifacts = &ctx.set.phase1;
     let mut engine = Engine::new(artifacts.clone(), &ctx.config)?;
     let start = match start {
@@ -224,6 +226,11 @@ fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &De
     Ok((summary, outcome))
 }
 
+/// The names of the images in `sets`.
+fn keys<'a>(sets: &[&'a LabeledImages]) -> HashSet<&'a str> {
+    sets.iter().flat_map(|s| s.samples.iter().map(|x| x.key.as_str())).collect()
+}
+
 fn read_phase1_summary(out: &Path) -> Result<PhaseSummary> {
     let path = out.join("phase1/summary.json");
     let text = fs::read_to_string(&path).with_context(|| format!("cannot resume phase 2: {} is missing", path.display()))?;
@@ -234,7 +241,7 @@ fn read_phase1_summary(out: &Path) -> Result<PhaseSummary> {
 fn mtfl_cache(opts: &FinetuneOptions, model: &mut Model, split: Split) -> Result<PathBuf> {
     let eo = crate::extract::ExtractOptions {
         crop: opts.crop,
-        batch: 16,
+        batch: opts.eval_batch,
         out: None,
         cache_dir: opts.cache_dir.clone(),
         limit: opts.limit,
