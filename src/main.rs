@@ -346,18 +346,8 @@ struct TrainArgs {
     /// Stop when validation loss has not improved for N epochs (best.h5 stays the best-accuracy epoch).
     #[arg(long)]
     patience: Option<u64>,
-    /// Mirror each training image left-right with probability 1/2.
-    #[arg(long)]
-    flip: bool,
-    /// Random crop: keep a window whose side is the image's / (1 + P%), at a random place.
-    #[arg(long, value_name = "P", default_value_t = 0.0)]
-    random_crop: f32,
-    /// Random zoom: shrink that window further by a factor drawn from [1, 1 + P%].
-    #[arg(long, value_name = "P", default_value_t = 0.0)]
-    random_scale: f32,
-    /// Multiply training pixel values by a factor drawn from [1 - P%, 1 + P%].
-    #[arg(long, value_name = "P", default_value_t = 0.0)]
-    random_brightness: f32,
+    #[command(flatten)]
+    distort: DistortionArgs,
     /// Batch size; must be the one the artifacts were made for [default: theirs].
     #[arg(long)]
     batch: Option<usize>,
@@ -586,7 +576,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         epochs: a.epochs,
         lr: a.lr,
         schedule: Schedule { patience: a.patience, lr_decay: a.lr_decay, lr_decay_every: a.lr_decay_every },
-        distortions: Distortions { flip: a.flip, crop_percent: a.random_crop, scale_percent: a.random_scale, brightness_percent: a.random_brightness },
+        distortions: a.distort.distortions()?,
         batch: a.batch,
         device: a.device,
         threads: a.threads,
