@@ -107,19 +107,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     }
     let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
     let mut engine = Engine::new(artifacts.clone(), &config)?;
-    let start_path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&m.checkpoint));
-    let mut start = Checkpoint::read(&start_path)?;
-    start.check_fits(&artifacts, &start_path)?;
-    let (distortions, schedule) = (opts.distortions.describe(), opts.schedule.describe());
-    if opts.resume.is_none() {
-        start.seed = opts.seed;
-    } else {
-        start.check_resume(&distortions, &schedule, &start_path)?;
-        if start.seed != opts.seed {
-            eprintln!("resuming with the checkpoint's seed {} (not {})", start.seed, opts.seed);
-        }
-    }
-    (start.distortions, start.schedule) = (distortions, schedule);
+    let start = starting_point(opts, &artifacts)?;
     let class_names = data::class_names(&opts.attribute)?;
     if class_names.len() != m.classes {
         bail!("attribute '{}' has {} classes, the artifacts' class layer has {}", opts.attribute, class_names.len(), m.classes);
@@ -145,6 +133,26 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     );
     let run = run_epochs(opts, &mut engine, &sets, start)?;
     finish(opts, &mut engine, &sets, &class_names, run)
+}
+
+/// The checkpoint training starts from: the artifacts' init.h5, or `--resume`'s file if it was
+/// trained with the same distortions; stamped with this run's seed (fresh runs only),
+/// distortions and schedule.
+fn starting_point(opts: &TrainOptions, artifacts: &Artifacts) -> Result<Checkpoint> {
+    let path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&artifacts.manifest.checkpoint));
+    let mut start = Checkpoint::read(&path)?;
+    start.check_fits(artifacts, &path)?;
+    let (distortions, schedule) = (opts.distortions.describe(), opts.schedule.describe());
+    if opts.resume.is_none() {
+        start.seed = opts.seed;
+    } else {
+        start.check_resume(&distortions, &schedule, &path)?;
+        if start.seed != opts.seed {
+            eprintln!("resuming with the checkpoint's seed {} (not {})", start.seed, opts.seed);
+        }
+    }
+    (start.distortions, start.schedule) = (distortions, schedule);
+    Ok(start)
 }
 
 struct Sets {
