@@ -233,17 +233,25 @@ fn train_epoch(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, order: &[u
     let distort = Distort { distortions: opts.distortions, spec: &sets.spec, seed: state.seed, epoch };
     let bar = progress::bar(shuffled.len() as u64, "images", opts.show_progress);
     bar.set_message(format!("epoch {}/{}", epoch + 1, opts.epochs));
+    let chunks: Vec<&[usize]> = shuffled.chunks(m.batch).collect();
+    let (seed, first_step) = (state.seed, state.step);
+    let prepare = |k: usize| {
+        let masks = batches::dropout_masks(&m, seed, first_step + k as u64 + 1);
+        batches::prepare(&sets.train, chunks[k], m.batch, masks, &distort)
+    };
     let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
-    for chunk in shuffled.chunks(m.batch) {
+    let mut next = (!chunks.is_empty()).then(|| prepare(0));
+    for (k, chunk) in chunks.iter().enumerate() {
+        let current = next.take().expect("batch k was prepared during step k - 1");
         state.step += 1;
-        let masks: Vec<Vec<f32>> = m
-            .dropout_masks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| rng::dropout_mask(d.shape.iter().product(), d.ratio, state.seed, state.step, i as u64))
-            .collect();
-        let batch = batches::make_batch(&sets.train, chunk, m.batch, &masks, &distort);
-        let r = engine.step(&batch, lr, state.step)?;
+        // Batch k + 1 (copies, distortions, masks) is built while the device runs step k.
+        let (r, ahead) = std::thread::scope(|s| {
+            let ahead = chunks.get(k + 1).map(|_| s.spawn(|| prepare(k + 1)));
+            let r = current.with_batch(|batch| engine.step(batch, lr, state.step));
+            (r, ahead.map(|h| h.join().expect("batch preparation panicked")))
+        });
+        next = ahead;
+        let r = r?;
         if !r.loss.is_finite() {
             bail!("loss became {} at step {} (epoch {}): lower --lr", r.loss, state.step, epoch + 1);
         }
