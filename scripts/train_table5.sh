@@ -9,7 +9,7 @@
 #       [--tcdcn-epochs 45] [--cascade-epochs 125] [--batch 64] [--threads N] [--runs runs/table5]
 #       [--crop original|nose|face] [--optimizer adam|adamw|sgd|rmsprop] [--weight-decay WD]
 #       [--lr 1e-4] [--patience N] [--lr-decay F --lr-decay-every E] [--flip] [--random-crop P]
-#       [--random-scale P] [--random-brightness P]
+#       [--random-scale P] [--random-brightness P] [--limit N (smoke tests)]
 # Artifacts are artifacts/<net>-<optimizer>[-wd<WD>]-b<batch>; runs/table5/<net> keeps one run,
 # so give --runs a new folder for each setting (a resume with other distortions is refused).
 # On a GPU machine: ORT_DYLIB_PATH=.../libonnxruntime.so.1.31.1 (from onnxruntime-gpu) or
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     --optimizer) optimizer=$2; shift 2 ;;
     --weight-decay) wd=$2; shift 2 ;;
     --lr) lr=$2; shift 2 ;;
-    --patience|--lr-decay|--lr-decay-every|--random-crop|--random-scale|--random-brightness) extra+=("$1" "$2"); shift 2 ;;
+    --patience|--lr-decay|--lr-decay-every|--random-crop|--random-scale|--random-brightness|--limit) extra+=("$1" "$2"); shift 2 ;;
     --flip) extra+=(--flip); shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac

@@ -113,21 +113,35 @@ struct Window {
     h: f32,
 }
 
-/// Offset of value (channel, row, column) in one image tensor.
-fn index(spec: &InputSpec, c: usize, y: usize, x: usize) -> usize {
-    let (h, w) = (spec.height as usize, spec.width as usize);
-    match spec.layout {
-        Layout::Nhwc => (y * w + x) * 3 + c,
-        Layout::Nchw => (c * h + y) * w + x,
+/// Offsets of one step along channel, row and column in one image tensor (computed once per
+/// image: the inner loops stay free of layout branches).
+#[derive(Clone, Copy)]
+struct Strides {
+    channel: usize,
+    row: usize,
+    column: usize,
+}
+
+impl Strides {
+    fn of(spec: &InputSpec) -> Self {
+        let (h, w) = (spec.height as usize, spec.width as usize);
+        match spec.layout {
+            Layout::Nhwc => Strides { channel: 1, row: w * 3, column: 3 },
+            Layout::Nchw => Strides { channel: h * w, row: w, column: 1 },
+        }
+    }
+
+    fn at(&self, c: usize, y: usize, x: usize) -> usize {
+        c * self.channel + y * self.row + x * self.column
     }
 }
 
 fn mirror(image: &mut [f32], spec: &InputSpec) {
-    let (h, w) = (spec.height as usize, spec.width as usize);
+    let (h, w, s) = (spec.height as usize, spec.width as usize, Strides::of(spec));
     for c in 0..3 {
         for y in 0..h {
             for x in 0..w / 2 {
-                image.swap(index(spec, c, y, x), index(spec, c, y, w - 1 - x));
+                image.swap(s.at(c, y, x), s.at(c, y, w - 1 - x));
             }
         }
     }
@@ -144,7 +158,7 @@ fn taps(o: usize, start: f32, step: f32, extent: usize) -> (usize, usize, f32) {
 /// Bilinear resample of `window` back to the full size, mirrored if `flip`. Linear in the
 /// values, so it works on normalised values as well as on raw pixels.
 fn resample(image: &mut [f32], spec: &InputSpec, window: Window, flip: bool) {
-    let (h, w) = (spec.height as usize, spec.width as usize);
+    let (h, w, s) = (spec.height as usize, spec.width as usize, Strides::of(spec));
     let source = image.to_vec();
     let xs: Vec<_> = (0..w).map(|x| taps(x, window.x, window.w / w as f32, w)).collect();
     for y in 0..h {
@@ -152,10 +166,10 @@ fn resample(image: &mut [f32], spec: &InputSpec, window: Window, flip: bool) {
         for x in 0..w {
             let (x0, x1, fx) = xs[if flip { w - 1 - x } else { x }];
             for c in 0..3 {
-                let at = |yy, xx| source[index(spec, c, yy, xx)];
+                let at = |yy, xx| source[s.at(c, yy, xx)];
                 let top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * fx;
                 let bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * fx;
-                image[index(spec, c, y, x)] = top + (bottom - top) * fy;
+                image[s.at(c, y, x)] = top + (bottom - top) * fy;
             }
         }
     }
@@ -163,12 +177,12 @@ fn resample(image: &mut [f32], spec: &InputSpec, window: Window, flip: bool) {
 
 /// Multiplies the raw pixel value (pixel / 255, in [0, 1]) by `factor` and clamps it there.
 fn scale_brightness(image: &mut [f32], spec: &InputSpec, factor: f32) {
-    let (h, w) = (spec.height as usize, spec.width as usize);
+    let (h, w, s) = (spec.height as usize, spec.width as usize, Strides::of(spec));
     for c in 0..3 {
         let (mean, std) = (spec.mean[c], spec.std[c]);
         for y in 0..h {
             for x in 0..w {
-                let v = &mut image[index(spec, c, y, x)];
+                let v = &mut image[s.at(c, y, x)];
                 let raw = (*v * std + mean) * factor;
                 *v = (raw.clamp(0.0, 1.0) - mean) / std;
             }

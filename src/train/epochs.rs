@@ -107,19 +107,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     }
     let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
     let mut engine = Engine::new(artifacts.clone(), &config)?;
-    let start_path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&m.checkpoint));
-    let mut start = Checkpoint::read(&start_path)?;
-    start.check_fits(&artifacts, &start_path)?;
-    let (distortions, schedule) = (opts.distortions.describe(), opts.schedule.describe());
-    if opts.resume.is_none() {
-        start.seed = opts.seed;
-    } else {
-        start.check_resume(&distortions, &schedule, &start_path)?;
-        if start.seed != opts.seed {
-            eprintln!("resuming with the checkpoint's seed {} (not {})", start.seed, opts.seed);
-        }
-    }
-    (start.distortions, start.schedule) = (distortions, schedule);
+    let start = starting_point(opts, &artifacts)?;
     let class_names = data::class_names(&opts.attribute)?;
     if class_names.len() != m.classes {
         bail!("attribute '{}' has {} classes, the artifacts' class layer has {}", opts.attribute, class_names.len(), m.classes);
@@ -145,6 +133,26 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     );
     let run = run_epochs(opts, &mut engine, &sets, start)?;
     finish(opts, &mut engine, &sets, &class_names, run)
+}
+
+/// The checkpoint training starts from: the artifacts' init.h5, or `--resume`'s file if it was
+/// trained with the same distortions; stamped with this run's seed (fresh runs only),
+/// distortions and schedule.
+fn starting_point(opts: &TrainOptions, artifacts: &Artifacts) -> Result<Checkpoint> {
+    let path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&artifacts.manifest.checkpoint));
+    let mut start = Checkpoint::read(&path)?;
+    start.check_fits(artifacts, &path)?;
+    let (distortions, schedule) = (opts.distortions.describe(), opts.schedule.describe());
+    if opts.resume.is_none() {
+        start.seed = opts.seed;
+    } else {
+        start.check_resume(&distortions, &schedule, &path)?;
+        if start.seed != opts.seed {
+            eprintln!("resuming with the checkpoint's seed {} (not {})", start.seed, opts.seed);
+        }
+    }
+    (start.distortions, start.schedule) = (distortions, schedule);
+    Ok(start)
 }
 
 struct Sets {
@@ -225,17 +233,25 @@ fn train_epoch(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, order: &[u
     let distort = Distort { distortions: opts.distortions, spec: &sets.spec, seed: state.seed, epoch };
     let bar = progress::bar(shuffled.len() as u64, "images", opts.show_progress);
     bar.set_message(format!("epoch {}/{}", epoch + 1, opts.epochs));
+    let chunks: Vec<&[usize]> = shuffled.chunks(m.batch).collect();
+    let (seed, first_step) = (state.seed, state.step);
+    let prepare = |k: usize| {
+        let masks = batches::dropout_masks(&m, seed, first_step + k as u64 + 1);
+        batches::prepare(&sets.train, chunks[k], m.batch, masks, &distort)
+    };
     let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
-    for chunk in shuffled.chunks(m.batch) {
+    let mut next = (!chunks.is_empty()).then(|| prepare(0));
+    for (k, chunk) in chunks.iter().enumerate() {
+        let current = next.take().expect("batch k was prepared during step k - 1");
         state.step += 1;
-        let masks: Vec<Vec<f32>> = m
-            .dropout_masks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| rng::dropout_mask(d.shape.iter().product(), d.ratio, state.seed, state.step, i as u64))
-            .collect();
-        let batch = batches::make_batch(&sets.train, chunk, m.batch, &masks, &distort);
-        let r = engine.step(&batch, lr, state.step)?;
+        // Batch k + 1 (copies, distortions, masks) is built while the device runs step k.
+        let (r, ahead) = std::thread::scope(|s| {
+            let ahead = chunks.get(k + 1).map(|_| s.spawn(|| prepare(k + 1)));
+            let r = current.with_batch(|batch| engine.step(batch, lr, state.step));
+            (r, ahead.map(|h| h.join().expect("batch preparation panicked")))
+        });
+        next = ahead;
+        let r = r?;
         if !r.loss.is_finite() {
             bail!("loss became {} at step {} (epoch {}): lower --lr", r.loss, state.step, epoch + 1);
         }
