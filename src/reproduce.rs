@@ -173,7 +173,7 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
             "| {attribute} | {crop} | {} | {} | {} | {}+{} | {:.2} | {} | {} |",
             percent(study),
             percent(v["phase1"]["test_accuracy"].as_f64()),
-            percent(v["test"]["accuracy"].as_f64()),
+            percent(v["phase2"]["test_accuracy"].as_f64()),
             v["phase1"]["steps"],
             v["phase2"]["steps"],
             v["phase2"]["seconds_per_step"].as_f64().unwrap_or(f64::NAN),

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use anyhow::{bail, Result};
 use ndarray::Array2;
 
-use super::images::{self, Decoder, LabeledImages};
+use super::images::{self, Decoded, Decoder, LabeledImages};
 use super::steps::{self, Outcome, Schedule};
 use crate::cache::Cache;
 use crate::head::classes::{Classes, Labeled};
@@ -27,6 +27,17 @@ pub struct Rows {
 }
 
 impl Rows {
+    /// Consecutive blocks of `n` rows as model inputs.
+    pub fn chunks(&self, n: usize) -> impl Iterator<Item = Decoded> + '_ {
+        let index: Vec<usize> = (0..self.y.len()).collect();
+        let blocks: Vec<Vec<usize>> = index.chunks(n.max(1)).map(<[usize]>::to_vec).collect();
+        blocks.into_iter().map(move |rows| Decoded {
+            images: rows.iter().flat_map(|&i| self.x.row(i).to_vec()).collect(),
+            labels: rows.iter().map(|&i| self.y[i]).collect(),
+            weights: vec![1.0; rows.len()],
+        })
+    }
+
     pub fn examples(&self) -> Examples {
         Examples { images: self.x.iter().copied().collect(), labels: self.y.clone(), image_len: self.x.ncols(), skipped: Vec::new() }
     }

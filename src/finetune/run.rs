@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::images::{self, Decoder, LabeledImages};
+use super::images::{self, Decoded, Decoder, LabeledImages};
 use super::phase1::{self, Phase1, Source};
 use super::phase2::{self, Phase2};
 use super::plan::{self, Plan};
@@ -150,15 +150,23 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
         "fine-tuning {} on {} train / {} validation images ({} test), batch {}, seed {}, distortions {}",
         opts.attribute, train.len(), val.len(), test.len(), ctx.set.batch, opts.seed, opts.distortions.describe()
     );
-    let (phase1_summary, start2) = match resume2 {
-        Some(c) => (read_phase1_summary(&opts.out)?, c),
+    let (phase1_summary, start2, phase1_test) = match resume2 {
+        Some(c) => (read_phase1_summary(&opts.out)?, c, None),
         None => {
-            let (summary, outcome) = run_phase1(opts, &ctx, &mut model, &decoder, [&train, &val, &test], resume1)?;
-            (summary, phase2_start(&ctx, &outcome.last, opts.seed)?)
+            let (summary, outcome, test) = run_phase1(opts, &ctx, &mut model, &decoder, [&train, &val, &test], resume1)?;
+            (summary, phase2_start(&ctx, &outcome.last, opts.seed)?, Some(test))
         }
     };
     drop(model);
-    run_phase2(opts, &ctx, &decoder, [&train, &val, &test], start2, phase1_summary, plan)
+    let sets = [&train, &val, &test];
+    match phase1_test {
+        // --phase2-steps 0: the new head alone (transfer learning with the fine-tuning recipe)
+        Some(test) if opts.phase2_steps == 0 => {
+            let outcome = Outcome { last: start2, points: Vec::new(), steps_run: 0, seconds: 0.0 };
+            finish(opts, &ctx, &decoder, sets, &outcome, phase1_summary, plan, test)
+        }
+        _ => run_phase2(opts, &ctx, &decoder, sets, start2, phase1_summary, plan),
+    }
 }
 
 fn settings_of(opts: &FinetuneOptions) -> Settings {
@@ -202,7 +210,7 @@ fn schedule<'a>(opts: &FinetuneOptions, ctx: &'a Job, phase: u8, steps: u64) -> 
     }
 }
 
-fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &Decoder, sets: [&LabeledImages; 3], start: Option<Checkpoint>) -> Result<(PhaseSummary, Outcome)> {
+fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &Decoder, sets: [&LabeledImages; 3], start: Option<Checkpoint>) -> Result<(PhaseSummary, Outcome, Metrics)> {
     let [train, val, test] = sets;
     let train_cache = Cache::read(&mtfl_cache(opts, model, Split::Training)?)?;
     let test_cache = Cache::read(&mtfl_cache(opts, model, Split::Testing)?)?;
@@ -219,11 +227,12 @@ fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &De
     let p = Phase1 { schedule: schedule(opts, ctx, 1, opts.phase1_steps), lr: opts.phase1_lr, eval_batch: opts.eval_batch };
     let source = if opts.distortions.is_off() { Source::Cached(&train_rows) } else { Source::Backbone { model, decoder, images: train } };
     let outcome = phase1::run(&p, &mut engine, source, &val_rows, start)?;
-    let (_, test_accuracy) = crate::train::epochs::evaluate(&mut engine, &test_rows.examples(), opts.eval_batch)?;
+    let test_metrics = score(&mut engine, &ctx.classes, test_rows.chunks(opts.eval_batch).map(Ok))?;
+    let test_accuracy = test_metrics.accuracy;
     let summary = phase_summary(&outcome, opts.phase1_steps, opts.phase1_lr, Some(test_accuracy));
     crate::write_file(&opts.out.join("phase1/summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
     println!("phase 1: {} steps in {:.1} s; validation accuracy {:.4}, test accuracy (new head alone) {test_accuracy:.4}", summary.steps_run_now, summary.seconds, summary.final_val_accuracy);
-    Ok((summary, outcome))
+    Ok((summary, outcome, test_metrics))
 }
 
 /// The names of the images in `sets`.
@@ -285,8 +294,18 @@ fn run_phase2(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&Labe
     let p = Phase2 { schedule: schedule(opts, ctx, 2, opts.phase2_steps), lr: opts.phase2_lr, eval_batch: opts.eval_batch };
     let outcome = phase2::run(&p, &mut engine, &mut acc, decoder, train, &val_examples, start)?;
     drop(val_examples);
-    let test_metrics = score(&mut engine, decoder, test, &ctx.classes, opts.eval_batch)?;
-    let (model, head) = super::export::write(ctx, &opts.out, &outcome, decoder, &ctx.classes, train.len(), val.len())?;
+    let index: Vec<usize> = (0..test.len()).collect();
+    let test_metrics = score(&mut engine, &ctx.classes, index.chunks(opts.eval_batch.max(1)).map(|part| decoder.batch(test, part, 0, false)))?;
+    finish(opts, ctx, decoder, sets, &outcome, phase1, plan, test_metrics)
+}
+
+/// Exports the model and head of `outcome`'s state and writes result.json.
+#[allow(clippy::too_many_arguments)]
+fn finish(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&LabeledImages; 3], outcome: &Outcome, phase1: PhaseSummary, plan: Plan, test: Metrics) -> Result<FinetuneSummary> {
+    let [train, val, _] = sets;
+    let a = &ctx.set.phase2;
+    let (model, head) = super::export::write(ctx, &opts.out, outcome, decoder, &ctx.classes, train.len(), val.len())?;
+    let phase2_test = (opts.phase2_steps > 0 || outcome.last.step > 0).then_some(test.accuracy);
     let summary = FinetuneSummary {
         settings: ctx.settings.clone(),
         artifacts_phase1: ctx.set.phase1.sha256.clone(),
@@ -295,8 +314,8 @@ fn run_phase2(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&Labe
         batch: a.manifest.batch,
         plan,
         phase1,
-        phase2: phase_summary(&outcome, opts.phase2_steps, opts.phase2_lr, Some(test_metrics.accuracy)),
-        test: test_metrics,
+        phase2: phase_summary(outcome, opts.phase2_steps, opts.phase2_lr, phase2_test),
+        test,
         train_images: train.len(),
         val_images: val.len(),
         skipped: decoder.failures(),
@@ -336,14 +355,14 @@ fn decode_all(decoder: &Decoder, set: &LabeledImages, chunk: usize) -> Result<cr
     Ok(ex)
 }
 
-/// Test metrics of the current parameters, decoding the test images chunk by chunk.
-fn score(engine: &mut Engine, decoder: &Decoder, test: &LabeledImages, classes: &Classes, chunk: usize) -> Result<Metrics> {
-    let index: Vec<usize> = (0..test.len()).collect();
+/// Test metrics of the current parameters over batches of inputs (rows of weight 0, images
+/// that could not be read, are not scored).
+fn score(engine: &mut Engine, classes: &Classes, parts: impl Iterator<Item = Result<Decoded>>) -> Result<Metrics> {
     let (mut truth, mut predicted) = (Vec::new(), Vec::new());
     let k = classes.len();
-    for part in index.chunks(chunk.max(1)) {
-        let d = decoder.batch(test, part, 0, false)?;
-        let logits = engine.logits(d.images, part.len())?;
+    for part in parts {
+        let d = part?;
+        let logits = engine.logits(d.images, d.labels.len())?;
         for ((row, &label), &w) in logits.chunks(k).zip(&d.labels).zip(&d.weights) {
             if w > 0.0 {
                 truth.push(label as usize);
@@ -357,18 +376,21 @@ fn score(engine: &mut Engine, decoder: &Decoder, test: &LabeledImages, classes: 
 /// The closing lines of `retrain finetune`.
 pub fn report(s: &FinetuneSummary) -> String {
     let test1 = s.phase1.test_accuracy.map_or("-".into(), |a| format!("{:.4}", a));
+    let phase2 = match s.phase2.test_accuracy {
+        Some(a) => format!(
+            "phase 2 (all layers, {} steps, {:.1} s, {:.2} s/step, {}): test accuracy {a:.4} on {} MTFL test images",
+            s.phase2.steps,
+            s.phase2.seconds,
+            s.phase2.seconds_per_step,
+            s.plan.describe(s.batch),
+            s.test.rows
+        ),
+        None => "phase 2 not run (--phase2-steps 0): the exported model is the source network with the new head".to_string(),
+    };
     format!(
-        "phase 1 (new head, {} steps, {:.1} s): test accuracy {test1}\n\
-         phase 2 (all layers, {} steps, {:.1} s, {:.2} s/step, {}): test accuracy {:.4} on {} MTFL test images\n\
-         model {}, head {} (seed {})",
+        "phase 1 (new head, {} steps, {:.1} s): test accuracy {test1}\n{phase2}\nmodel {}, head {} (seed {})",
         s.phase1.steps,
         s.phase1.seconds,
-        s.phase2.steps,
-        s.phase2.seconds,
-        s.phase2.seconds_per_step,
-        s.plan.describe(s.batch),
-        s.test.accuracy,
-        s.test.rows,
         s.model.display(),
         s.head.display(),
         s.settings.seed
