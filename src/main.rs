@@ -416,7 +416,7 @@ struct FinetuneArgs {
     /// gender, smile, glasses or pose.
     #[arg(long)]
     attribute: String,
-    /// original (whole image) or nose (150x150 around the nose landmark; nose:SIZE for another size).
+    /// original (whole image), nose (150x150 around the nose landmark; nose:SIZE for another size) or face (a square 3.2 eye-to-mouth distances wide on the landmarks; face:SCALE).
     #[arg(long, default_value = "original")]
     crop: Crop,
     /// Phase 1 (new layer only, on cached bottlenecks): RMSprop steps and learning rate.
@@ -424,7 +424,7 @@ struct FinetuneArgs {
     phase1_steps: u64,
     #[arg(long, default_value_t = 0.01)]
     phase1_lr: f32,
-    /// Phase 2 (every layer, on images): RMSprop steps and learning rate.
+    /// Phase 2 (every layer, on images): RMSprop steps (0: the new head alone) and learning rate.
     #[arg(long, default_value_t = 500)]
     phase2_steps: u64,
     #[arg(long, default_value_t = 0.001)]

@@ -112,33 +112,8 @@ pub(super) struct Job {
 }
 
 pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
-    let set = FinetuneSet::open(&opts.artifacts)?;
-    if let Some(b) = opts.batch.filter(|&b| b != set.batch) {
-        bail!("--batch {b}: the artifacts in {} were made for batch {} (scripts/make_finetune.py --batch {b} makes others)", set.dir.display(), set.batch);
-    }
-    let classes = Classes::mtfl(&opts.attribute).ok_or_else(|| anyhow!("unknown MTFL attribute '{}'", opts.attribute))?;
-    if classes.len() != set.classes {
-        bail!("attribute '{}' has {} classes, the artifacts' new head has {}", opts.attribute, classes.len(), set.classes);
-    }
-    fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
-    let settings = settings_of(opts);
-    let a = &set.phase2.manifest;
-    let budget = opts.memory_budget.or_else(|| plan::free_memory(opts.device));
-    let plan = plan::choose(a.batch, &a.micro_batches, a.memory.as_ref(), budget, opts.micro_batch)?;
-    let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
-    let ctx = Job { set, classes, config, settings, history: opts.out.join("history.csv") };
-    let resume = opts.resume.as_ref().map(|p| Checkpoint::read(p).map(|c| (p.clone(), c))).transpose()?;
-    let (resume1, resume2) = match resume {
-        Some((p, c)) if c.artifact_sha256 == ctx.set.phase2.sha256 => {
-            c.check_fits(&ctx.set.phase2, &p)?;
-            (None, Some(c))
-        }
-        Some((p, c)) => {
-            c.check_fits(&ctx.set.phase1, &p)?;
-            (Some(c), None)
-        }
-        None => (None, None),
-    };
+    let (ctx, plan) = prepare(opts)?;
+    let (resume1, resume2) = read_resume(opts, &ctx)?;
     check_settings(&opts.out, &ctx.settings, opts.resume.is_some())?;
     let mut model = Model::load(&opts.model, &ctx.config, Some(&ctx.set.bottleneck))?;
     ctx.set.check_source(&model.sha256, &opts.model)?;
@@ -166,6 +141,38 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
             finish(opts, &ctx, &decoder, sets, &outcome, phase1_summary, plan, test)
         }
         _ => run_phase2(opts, &ctx, &decoder, sets, start2, phase1_summary, plan),
+    }
+}
+
+/// Every check that needs no image: the artifacts, --batch, the attribute's classes, the
+/// micro-batch plan.
+fn prepare(opts: &FinetuneOptions) -> Result<(Job, Plan)> {
+    let set = FinetuneSet::open(&opts.artifacts)?;
+    if let Some(b) = opts.batch.filter(|&b| b != set.batch) {
+        bail!("--batch {b}: the artifacts in {} were made for batch {} (scripts/make_finetune.py --batch {b} makes others)", set.dir.display(), set.batch);
+    }
+    let classes = Classes::mtfl(&opts.attribute).ok_or_else(|| anyhow!("unknown MTFL attribute '{}'", opts.attribute))?;
+    if classes.len() != set.classes {
+        bail!("attribute '{}' has {} classes, the artifacts' new head has {}", opts.attribute, classes.len(), set.classes);
+    }
+    fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let a = &set.phase2.manifest;
+    let budget = opts.memory_budget.or_else(|| plan::free_memory(opts.device));
+    let plan = plan::choose(a.batch, &a.micro_batches, a.memory.as_ref(), budget, opts.micro_batch)?;
+    let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
+    Ok((Job { set, classes, config, settings: settings_of(opts), history: opts.out.join("history.csv") }, plan))
+}
+
+/// A --resume checkpoint of phase 1 or of phase 2 (checked against those artifacts).
+fn read_resume(opts: &FinetuneOptions, ctx: &Job) -> Result<(Option<Checkpoint>, Option<Checkpoint>)> {
+    let Some(path) = &opts.resume else { return Ok((None, None)) };
+    let c = Checkpoint::read(path)?;
+    if c.artifact_sha256 == ctx.set.phase2.sha256 {
+        c.check_fits(&ctx.set.phase2, path)?;
+        Ok((None, Some(c)))
+    } else {
+        c.check_fits(&ctx.set.phase1, path)?;
+        Ok((Some(c), None))
     }
 }
 
