@@ -224,7 +224,9 @@ fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &De
     let (train_rows, val_rows) = phase1::cached_rows(&train_cache, &ctx.classes, opts.seed, true, &keys(&[train, val]))?;
     let (test_rows, _) = phase1::cached_rows(&test_cache, &ctx.classes, opts.seed, false, &keys(&[test]))?;
     let artifacts = &ctx.set.phase1;
-    let mut engine = Engine::new(artifacts.clone(), &ctx.config)?;
+    // one thread: the head's ops are too small to split, and idle spinning workers only slow
+    // them down when the cores are shared
+    let mut engine = Engine::new(artifacts.clone(), &SessionConfig { intra_threads: Some(1), ..ctx.config.clone() })?;
     let start = match start {
         Some(c) => c,
         None => initial(artifacts.dir.join(&artifacts.manifest.checkpoint), artifacts, opts.seed)?,
