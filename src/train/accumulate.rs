@@ -80,6 +80,7 @@ impl Accumulator {
         let (read, write) = (self.current, 1 - self.current);
         let (sums_read, sums_write) = split_pair(&mut self.sums, read);
         let (state, _) = engine.state_sets();
+        // the manifest lists the parameters first, then the optimizer slots
         for (i, name) in params.iter().enumerate() {
             b.bind_input(name, &state[i]).map_err(ort_err)?;
             b.bind_input(format!("{}{name}", names.sum_prefix), &sums_read[i]).map_err(ort_err)?;
