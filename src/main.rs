@@ -351,12 +351,9 @@ struct TrainArgs {
     /// Batch size; must be the one the artifacts were made for [default: theirs].
     #[arg(long)]
     batch: Option<usize>,
-    /// cpu, cuda or cuda:N. CUDA never falls back to CPU; parameters stay on the GPU.
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// Intra-op threads for ONNX Runtime [default: every core].
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Device (parameters and optimizer state stay on a GPU) and ONNX Runtime threads.
+    #[command(flatten)]
+    run: RunArgs,
     /// Output folder: checkpoints, history.csv, result.json, model.onnx.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
@@ -444,12 +441,9 @@ struct FinetuneArgs {
     /// Validate (and write OUT/phaseN/last.h5) every N steps.
     #[arg(long, default_value_t = 50)]
     eval_every: u64,
-    /// cpu, cuda or cuda:N. CUDA never falls back to CPU; parameters stay on the GPU.
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// Intra-op threads for ONNX Runtime [default: every core].
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Device (parameters and optimizer state stay on a GPU) and ONNX Runtime threads.
+    #[command(flatten)]
+    run: RunArgs,
     /// Threads decoding and resizing images [default: every core].
     #[arg(long)]
     decode_threads: Option<usize>,
@@ -495,8 +489,8 @@ fn run_finetune(a: FinetuneArgs) -> Result<()> {
         memory_budget: a.memory_budget.map(|g| (g * (1u64 << 30) as f64) as u64),
         distortions: a.distort.distortions()?,
         eval_every: a.eval_every,
-        device: a.device,
-        threads: a.threads,
+        device: a.run.device,
+        threads: a.run.threads,
         decode_threads: a.decode_threads,
         cache_dir: a.cache_dir,
         out: a.out,
@@ -578,8 +572,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
         schedule: Schedule { patience: a.patience, lr_decay: a.lr_decay, lr_decay_every: a.lr_decay_every },
         distortions: a.distort.distortions()?,
         batch: a.batch,
-        device: a.device,
-        threads: a.threads,
+        device: a.run.device,
+        threads: a.run.threads,
         out: a.out,
         seed: a.seed,
         resume: a.resume,
