@@ -170,13 +170,13 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
         let study = STUDY_FINETUNE_ACCURACY.iter().find(|(a, _)| a == attribute).map(|(_, v)| *v);
         let _ = writeln!(
             s,
-            "| {attribute} | {crop} | {} | {} | {} | {}+{} | {:.2} | {} | {} |",
+            "| {attribute} | {crop} | {} | {} | {} | {}+{} | {} | {} | {} |",
             percent(study),
             percent(v["phase1"]["test_accuracy"].as_f64()),
             percent(v["phase2"]["test_accuracy"].as_f64()),
             v["phase1"]["steps"],
             v["phase2"]["steps"],
-            v["phase2"]["seconds_per_step"].as_f64().unwrap_or(f64::NAN),
+            v["phase2"]["test_accuracy"].as_f64().and(v["phase2"]["seconds_per_step"].as_f64()).map_or("-".to_string(), |t| format!("{t:.2}")),
             v["device"].as_str().unwrap_or("?"),
             v["settings"]["seed"]
         );
