@@ -303,6 +303,27 @@ fn check_identity(file: &hdf5::File, id: &Identity, dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// Opens an HDF5 file for reading, waiting (up to ~30 s) while HDF5's lock on it is held.
+///
+/// HDF5 locks a file for as long as any descriptor of it is open, and its descriptors are
+/// inherited by child processes started meanwhile (they are not close-on-exec): a program
+/// started by another thread while a file was open for writing keeps that lock until it
+/// exits. A reader therefore waits for the lock to go instead of failing at once.
+pub fn open_for_reading(path: &Path) -> hdf5::Result<hdf5::File> {
+    let mut wait = std::time::Duration::from_millis(50);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match hdf5::File::open(path) {
+            Err(e) if e.to_string().contains("unable to lock file") && waited < std::time::Duration::from_secs(30) => {
+                std::thread::sleep(wait);
+                waited += wait;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn to_varlen(s: &str) -> Result<VarLenUnicode> {
     s.parse::<VarLenUnicode>().map_err(|e| anyhow!("cannot store '{s}' as an HDF5 string: {e}"))
 }

@@ -33,7 +33,7 @@ pub struct Cache {
 impl Cache {
     /// Reads the committed rows of a cache file.
     pub fn read(path: &Path) -> Result<Cache> {
-        let file = hdf5::File::open(path).with_context(|| format!("cannot open cache {}", path.display()))?;
+        let file = crate::cache::open_for_reading(path).with_context(|| format!("cannot open cache {}", path.display()))?;
         let read = || -> Result<Cache> {
             let rows = read_i64_attr(&file, "rows_committed")? as usize;
             let strings = |name: &str, n: usize| -> Result<Vec<String>> {

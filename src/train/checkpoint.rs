@@ -52,7 +52,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn read(path: &Path) -> Result<Checkpoint> {
-        let file = hdf5::File::open(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+        let file = crate::cache::open_for_reading(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
         Self::read_file(&file).with_context(|| format!("{} is not a retrain training checkpoint", path.display()))
     }
 
