@@ -67,14 +67,13 @@ def head_nodes(features, classes, dropout, seed):
 
 
 def cut_at(source, tensor):
-    """The nodes and initializers `tensor` depends on."""
-    needed, nodes = {tensor}, []
-    for node in reversed(list(source.graph.node)):
-        if any(o in needed for o in node.output):
-            nodes.append(node)
-            needed.update(node.input)
-    inits = [t for t in source.graph.initializer if t.name in needed]
-    return list(reversed(nodes)), inits
+    """The nodes and initializers `tensor` (an output of `source`) depends on."""
+    model = copy.deepcopy(source)
+    kept = [o for o in model.graph.output if o.name == tensor]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    ma.prune_unused(model)
+    return list(model.graph.node), list(model.graph.initializer)
 
 
 def features_of(source, bottleneck):

@@ -18,7 +18,7 @@ use crate::train::checkpoint::Checkpoint;
 use crate::train::data::Examples;
 use crate::train::engine::{Batch, Engine};
 use crate::train::epochs::evaluate;
-use crate::train::rng;
+use crate::train::batches::dropout_masks;
 
 /// Bottleneck rows of one subset.
 pub struct Rows {
@@ -100,8 +100,7 @@ pub fn run(p: &Phase1, engine: &mut Engine, mut source: Source, val: &Rows, star
     let mut step_fn = |engine: &mut Engine, step: u64| {
         let rows = images::step_rows(n, m.batch, seed, step);
         let (images, labels, weights) = source.batch(&rows, step)?;
-        let masks: Vec<Vec<f32>> =
-            m.dropout_masks.iter().enumerate().map(|(i, d)| rng::dropout_mask(d.shape.iter().product(), d.ratio, seed, step, i as u64)).collect();
+        let masks = dropout_masks(&m, seed, step);
         engine.step(&Batch { images, labels, weights, masks: &masks }, p.lr, step)
     };
     let mut validate = |engine: &mut Engine| evaluate(engine, &val, p.eval_batch);

@@ -44,7 +44,7 @@ pub fn run(p: &Phase2, engine: &mut Engine, acc: &mut Accumulator, decoder: &Dec
 /// One optimizer step over `d`, cut into the accumulator's micro-batches (the last padded
 /// with weight-0 copies of its first row).
 fn optimizer_step(engine: &mut Engine, acc: &mut Accumulator, d: &Decoded, lr: f32, seed: u64, step: u64) -> Result<StepResult> {
-    let m = engine.artifacts.manifest.clone();
+    let m = &engine.artifacts.manifest;
     let (micro, rows) = (acc.micro, d.labels.len());
     let image_len = d.images.len() / rows;
     let pieces: Vec<(Vec<usize>, Vec<Vec<f32>>)> = (0..rows.div_ceil(micro))

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use ndarray::ArrayView1;
 use serde::{Deserialize, Serialize};
 
 use super::images::{self, Decoded, Decoder, LabeledImages};
@@ -17,6 +18,7 @@ use crate::augment::Distortions;
 use crate::cache::Cache;
 use crate::dataset::mtfl::Split;
 use crate::head::classes::Classes;
+use crate::head::softmax::argmax;
 use crate::metrics::{self, Metrics};
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
@@ -375,7 +377,7 @@ fn score(engine: &mut Engine, classes: &Classes, parts: impl Iterator<Item = Res
         for ((row, &label), &w) in logits.chunks(k).zip(&d.labels).zip(&d.weights) {
             if w > 0.0 {
                 truth.push(label as usize);
-                predicted.push(row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b }));
+                predicted.push(argmax(ArrayView1::from(row)));
             }
         }
     }

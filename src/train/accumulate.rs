@@ -71,41 +71,37 @@ impl Accumulator {
     }
 
     fn add(&mut self, engine: &mut Engine, batch: &Batch, first: bool, share: f32) -> Result<StepResult> {
-        let names = engine.artifacts.accumulation()?.clone();
+        let (artifacts, host, state, _) = engine.parts();
+        let names = artifacts.accumulation()?;
         let b = &mut self.accumulate_binding;
-        bind_batch(b, &engine.artifacts, batch, self.micro)?;
+        bind_batch(b, artifacts, batch, self.micro)?;
         b.bind_input(&names.first, &Tensor::from_array((Vec::<usize>::new(), vec![first])).map_err(ort_err)?).map_err(ort_err)?;
         b.bind_input(&names.scale, &scalar(share)?).map_err(ort_err)?;
-        let params: Vec<String> = engine.artifacts.params().map(|p| p.input.clone()).collect();
         let (read, write) = (self.current, 1 - self.current);
         let (sums_read, sums_write) = split_pair(&mut self.sums, read);
-        let (state, _) = engine.state_sets();
         // the manifest lists the parameters first, then the optimizer slots
-        for (i, name) in params.iter().enumerate() {
-            b.bind_input(name, &state[i]).map_err(ort_err)?;
-            b.bind_input(format!("{}{name}", names.sum_prefix), &sums_read[i]).map_err(ort_err)?;
-            b.bind_output(format!("{}{name}", names.output_prefix), &mut sums_write[i]).map_err(ort_err)?;
+        for (i, p) in artifacts.params().enumerate() {
+            b.bind_input(&p.input, &state[i]).map_err(ort_err)?;
+            b.bind_input(format!("{}{}", names.sum_prefix, p.input), &sums_read[i]).map_err(ort_err)?;
+            b.bind_output(format!("{}{}", names.output_prefix, p.input), &mut sums_write[i]).map_err(ort_err)?;
         }
-        let host = engine.host().clone();
-        let r = run_for_scalars(&mut self.accumulate, b, &engine.artifacts, &host)?;
+        let r = run_for_scalars(&mut self.accumulate, b, artifacts, host)?;
         self.current = write;
         Ok(r)
     }
 
     fn apply(&mut self, engine: &mut Engine, lr: f32, step: u64) -> Result<()> {
-        let m = engine.artifacts.manifest.clone();
-        let prefix = engine.artifacts.accumulation()?.sum_prefix.clone();
+        let (artifacts, _, read, write) = engine.parts();
+        let (m, prefix) = (&artifacts.manifest, &artifacts.accumulation()?.sum_prefix);
         let b = &mut self.update_binding;
         b.bind_input(&m.inputs.lr, &scalar(lr)?).map_err(ort_err)?;
         b.bind_input(&m.inputs.step, &scalar(step as f32)?).map_err(ort_err)?;
-        let sums = &self.sums[self.current];
-        let (read, write) = engine.state_sets();
         for (i, entry) in m.state.iter().enumerate() {
             b.bind_input(&entry.input, &read[i]).map_err(ort_err)?;
             b.bind_output(&entry.output, &mut write[i]).map_err(ort_err)?;
         }
-        for (i, p) in m.state.iter().filter(|s| s.is_param()).enumerate() {
-            b.bind_input(format!("{prefix}{}", p.input), &sums[i]).map_err(ort_err)?;
+        for (sum, p) in self.sums[self.current].iter().zip(artifacts.params()) {
+            b.bind_input(format!("{prefix}{}", p.input), sum).map_err(ort_err)?;
         }
         let outputs = self.update.run_binding(b).map_err(|e| anyhow!("{e}"))?;
         drop(outputs);

@@ -151,9 +151,12 @@ impl Engine {
         Ok(result)
     }
 
-    /// The buffer set holding the latest state, and the other one (to write the next into).
-    pub(crate) fn state_sets(&mut self) -> (&[Tensor<f32>], &mut [Tensor<f32>]) {
-        split_pair(&mut self.buffers, self.current)
+    /// The artifacts, the host memory info, the buffer set holding the latest state and the
+    /// other one (to write the next into), borrowed together so that graphs outside the engine
+    /// can bind them without copying the manifest.
+    pub(crate) fn parts(&mut self) -> (&Artifacts, &MemoryInfo<'static>, &[Tensor<f32>], &mut [Tensor<f32>]) {
+        let (read, write) = split_pair(&mut self.buffers, self.current);
+        (&self.artifacts, &self.host, read, write)
     }
 
     /// After a graph wrote the next state into the other set, it becomes the latest.
@@ -163,10 +166,6 @@ impl Engine {
 
     pub(crate) fn allocator(&self) -> &Allocator {
         &self.allocator
-    }
-
-    pub(crate) fn host(&self) -> &MemoryInfo<'static> {
-        &self.host
     }
 
     /// Logits [n, classes] for `n` images, with the current parameters.

@@ -285,7 +285,7 @@ pub fn evaluate(engine: &mut Engine, ex: &Examples, eval_batch: usize) -> Result
 fn cross_entropy(row: &[f32], label: usize) -> (f64, usize) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-    let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+    let best = crate::head::softmax::argmax(ndarray::ArrayView1::from(row));
     (log_sum - row[label] as f64, best)
 }
 
