@@ -120,6 +120,8 @@ struct Extracted {
 fn run_extract(a: &Args, n: usize) -> Extracted {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.h5");
+    // Reaped by wait4 below, which also gives its peak RSS (Child::wait cannot).
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_retrain"))
         .args(["extract", "--quiet", "--split", "testing", "--crop", "original"])
         .args(["--batch", &a.batch.to_string(), "--limit", &n.to_string()])

@@ -110,14 +110,7 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
         consumed.and(produced)
     })?;
     bar.finish_and_clear();
-    Ok(ExtractSummary {
-        out,
-        rows_before,
-        rows_after: writer.rows(),
-        processed: todo.len(),
-        skipped,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(ExtractSummary { out, rows_before, rows_after: writer.rows(), processed: todo.len(), skipped, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Reports unusable lines of the image list; a new cache also records them in `/skipped`.

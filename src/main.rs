@@ -591,7 +591,14 @@ fn run_info(path: &std::path::Path) -> Result<()> {
     println!("{}: {} rows x {} features", path.display(), c.features.nrows(), c.features.ncols());
     println!("source: {}\nmodel sha256: {}\noutput: {}\npreprocess: {}", c.source, c.model_sha256, c.output, c.preprocess);
     println!("labels: {}", c.label_columns.join(", "));
-    println!("shard: {}/{}; images {} of {} done{}", c.shard.index, c.shard.count, c.next_source_index, c.sources_total, if c.is_complete() { "" } else { " (unfinished: run the same extract again)" });
+    println!(
+        "shard: {}/{}; images {} of {} done{}",
+        c.shard.index,
+        c.shard.count,
+        c.next_source_index,
+        c.sources_total,
+        if c.is_complete() { "" } else { " (unfinished: run the same extract again)" }
+    );
     println!("skipped: {}", c.skipped.len());
     for s in &c.skipped {
         println!("  {}", s.replace('\t', ": "));

@@ -50,9 +50,8 @@ impl Model {
     pub fn run(&mut self, batch: Vec<f32>, n: usize) -> Result<Vec<f32>> {
         let shape = self.input.batch_shape(n);
         let tensor = ort::value::Tensor::from_array((shape, batch)).map_err(|e| anyhow!("{e}"))?;
-        let options = ort::session::RunOptions::new()
-            .map_err(|e| anyhow!("{e}"))?
-            .with_outputs(ort::session::OutputSelector::no_default().with(&self.output_name));
+        let options =
+            ort::session::RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(ort::session::OutputSelector::no_default().with(&self.output_name));
         let outputs = self
             .session
             .run_with_options(ort::inputs![self.input_name.as_str() => tensor], &options)
@@ -88,10 +87,7 @@ pub const METADATA_PREFIX: &str = "retrain.";
 fn read_description(path: &Path, session: &Session) -> Result<HashMap<String, String>> {
     let meta = session.metadata().map_err(|e| anyhow!("{e}"))?;
     let keys = meta.custom_keys().map_err(|e| anyhow!("{e}"))?;
-    let from_metadata: HashMap<String, String> = keys
-        .iter()
-        .filter_map(|k| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), meta.custom(k)?)))
-        .collect();
+    let from_metadata: HashMap<String, String> = keys.iter().filter_map(|k| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), meta.custom(k)?))).collect();
     if !from_metadata.is_empty() {
         return Ok(from_metadata);
     }
@@ -165,11 +161,7 @@ pub fn input_spec(d: &HashMap<String, String>) -> Result<InputSpec> {
 }
 
 fn check_input(session: &Session, name: &str, spec: &InputSpec) -> Result<()> {
-    let input = session
-        .inputs()
-        .iter()
-        .find(|i| i.name() == name)
-        .ok_or_else(|| anyhow!("has no input '{name}' (inputs: {})", names(session.inputs())))?;
+    let input = session.inputs().iter().find(|i| i.name() == name).ok_or_else(|| anyhow!("has no input '{name}' (inputs: {})", names(session.inputs())))?;
     let shape = input.dtype().tensor_shape().ok_or_else(|| anyhow!("input '{name}' is not a tensor"))?;
     let expected = spec.batch_shape(1);
     if shape.len() != 4 {
@@ -184,11 +176,7 @@ fn check_input(session: &Session, name: &str, spec: &InputSpec) -> Result<()> {
 }
 
 fn output_width(session: &Session, name: &str) -> Result<usize> {
-    let out = session
-        .outputs()
-        .iter()
-        .find(|o| o.name() == name)
-        .ok_or_else(|| anyhow!("has no output '{name}' (outputs: {})", names(session.outputs())))?;
+    let out = session.outputs().iter().find(|o| o.name() == name).ok_or_else(|| anyhow!("has no output '{name}' (outputs: {})", names(session.outputs())))?;
     let shape = out.dtype().tensor_shape().ok_or_else(|| anyhow!("output '{name}' is not a tensor"))?;
     let per_image: i64 = shape.iter().skip(1).product();
     if shape.is_empty() || per_image <= 0 {

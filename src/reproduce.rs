@@ -162,7 +162,11 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
         }
     }
     if found.is_empty() {
-        let _ = writeln!(s, "No run under `{}`: `scripts/finetune_study.sh --device cuda` makes them (a GPU job; docs/finetune.md).\n", opts.finetune_runs.display());
+        let _ = writeln!(
+            s,
+            "No run under `{}`: `scripts/finetune_study.sh --device cuda` makes them (a GPU job; docs/finetune.md).\n",
+            opts.finetune_runs.display()
+        );
         return s;
     }
     s.push_str("| attribute | crop | study | phase 1 (new head) | phase 2 (all layers) | steps | s/step (phase 2) | device | seed |\n|---|---|---:|---:|---:|---|---:|---|---:|\n");

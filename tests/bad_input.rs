@@ -196,7 +196,16 @@ fn nan_or_inf_in_model_outputs() {
     }
     let out = dir.path().join("c.h5");
     let model = test_model("nan_on_dark.onnx");
-    let o = retrain(&["extract", "--quiet", "--model", model.to_str().unwrap(), "--folders", dir.path().join("img").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = retrain(&[
+        "extract",
+        "--quiet",
+        "--model",
+        model.to_str().unwrap(),
+        "--folders",
+        dir.path().join("img").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("x/1.png: model output contains NaN or Inf") && stderr(&o).contains("x/3.png"), "{}", stderr(&o));
     let c = Cache::read(&out).unwrap();

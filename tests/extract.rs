@@ -263,18 +263,23 @@ fn default_names_depend_on_model_and_preprocessing() {
     let run = |crop: &str| {
         let cache_dir = dir.path().join("cache");
         let o = retrain(&[
-            "extract", "--quiet", "--model", model.to_str().unwrap(), "--folders", img.to_str().unwrap(),
-            "--cache-dir", cache_dir.to_str().unwrap(), "--crop", crop,
+            "extract",
+            "--quiet",
+            "--model",
+            model.to_str().unwrap(),
+            "--folders",
+            img.to_str().unwrap(),
+            "--cache-dir",
+            cache_dir.to_str().unwrap(),
+            "--crop",
+            crop,
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
     };
     run("original");
     run("nose:20"); // no landmarks in class folders: every image is skipped, and the file says so
-    let names: Vec<PathBuf> = std::fs::read_dir(dir.path().join("cache"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "h5"))
-        .collect();
+    let names: Vec<PathBuf> =
+        std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "h5")).collect();
     assert_eq!(names.len(), 2, "{names:?}");
     let sha = retrain::model::file_sha256(&model).unwrap();
     assert!(names.iter().all(|n| n.file_name().unwrap().to_string_lossy().contains(&sha[..12])));
@@ -289,8 +294,20 @@ fn real_mtfl_nose_crops_carry_labels_and_landmarks() {
     let out = dir.path().join("m.h5");
     let model = test_model("tiny_cnn.onnx");
     let o = retrain(&[
-        "extract", "--quiet", "--model", model.to_str().unwrap(), "--mtfl", root.to_str().unwrap(), "--split", "training",
-        "--crop", "nose", "--limit", "30", "--out", out.to_str().unwrap(),
+        "extract",
+        "--quiet",
+        "--model",
+        model.to_str().unwrap(),
+        "--mtfl",
+        root.to_str().unwrap(),
+        "--split",
+        "training",
+        "--crop",
+        "nose",
+        "--limit",
+        "30",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let c = Cache::read(&out).unwrap();

@@ -33,9 +33,35 @@ fn tcdcn_finetune(out: &Path) -> PathBuf {
 
 fn finetune_args<'a>(art: &'a str, mtfl: &'a str, cache: &'a str, out: &'a str, phase2_steps: &'a str) -> Vec<&'a str> {
     vec![
-        "finetune", "--artifacts", art, "--model", "onnx/tcdcn.onnx", "--mtfl", mtfl, "--attribute", "smile", "--phase1-steps", "6", "--phase2-steps",
-        phase2_steps, "--eval-every", "2", "--micro-batch", "4", "--flip", "--random-crop", "10", "--random-brightness", "10", "--threads", "1",
-        "--cache-dir", cache, "--out", out, "--quiet",
+        "finetune",
+        "--artifacts",
+        art,
+        "--model",
+        "onnx/tcdcn.onnx",
+        "--mtfl",
+        mtfl,
+        "--attribute",
+        "smile",
+        "--phase1-steps",
+        "6",
+        "--phase2-steps",
+        phase2_steps,
+        "--eval-every",
+        "2",
+        "--micro-batch",
+        "4",
+        "--flip",
+        "--random-crop",
+        "10",
+        "--random-brightness",
+        "10",
+        "--threads",
+        "1",
+        "--cache-dir",
+        cache,
+        "--out",
+        out,
+        "--quiet",
     ]
 }
 
@@ -54,18 +80,26 @@ fn inception_gradient_check_passes_for_every_block_type() {
     }
 }
 
+/// Images, labels, weights and dropout masks of some rows of a batch.
+type Piece = (Vec<f32>, Vec<i64>, Vec<f32>, Vec<Vec<f32>>);
+
 /// A batch of 8 random 60x60 images with fixed dropout masks, as `rows`-row pieces.
-fn pieces(a: &Artifacts, rows: usize) -> Vec<(Vec<f32>, Vec<i64>, Vec<f32>, Vec<Vec<f32>>)> {
+fn pieces(a: &Artifacts, rows: usize) -> Vec<Piece> {
     let image_len = 60 * 60 * 3;
     let images: Vec<f32> = (0..8 * image_len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let labels: Vec<i64> = (0..8).map(|i| i % 2).collect();
-    let weights = vec![1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.0, 1.0];
+    let weights = [1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.0, 1.0];
     let mask_len: usize = a.manifest.dropout_masks[0].shape[1..].iter().product();
     let mask: Vec<f32> = (0..8 * mask_len).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 / 0.6 }).collect();
     (0..8 / rows)
         .map(|k| {
             let r = k * rows..(k + 1) * rows;
-            (images[r.start * image_len..r.end * image_len].to_vec(), labels[r.clone()].to_vec(), weights[r.clone()].to_vec(), vec![mask[r.start * mask_len..r.end * mask_len].to_vec()])
+            (
+                images[r.start * image_len..r.end * image_len].to_vec(),
+                labels[r.clone()].to_vec(),
+                weights[r.clone()].to_vec(),
+                vec![mask[r.start * mask_len..r.end * mask_len].to_vec()],
+            )
         })
         .collect()
 }

@@ -65,10 +65,7 @@ fn flip_mirrors_or_keeps_and_twice_restores() {
     let s = spec(Layout::Nhwc, 4, 5);
     let img = image(&s);
     let flip = Distortions { flip: true, ..Default::default() };
-    let mirrored: Vec<f32> = (0..4)
-        .flat_map(|y| (0..5).rev().flat_map(move |x| (0..3).map(move |c| (y * 5 + x) * 3 + c)))
-        .map(|i| img[i])
-        .collect();
+    let mirrored: Vec<f32> = (0..4).flat_map(|y| (0..5).rev().flat_map(move |x| (0..3).map(move |c| (y * 5 + x) * 3 + c))).map(|i| img[i]).collect();
     let mut flipped_seen = [false; 2];
     for seed in 0..20 {
         let once = distorted(&flip, &s, &img, seed);
@@ -88,12 +85,7 @@ fn brightness_stays_in_range_and_scales_raw_values() {
         let out = distorted(&d, &s, &img, seed);
         assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)), "values leave [-1, 1]");
         // Raw = v * 0.5 + 0.5; unclamped raw values share one factor in [0.7, 1.3].
-        let ratios: Vec<f32> = img
-            .iter()
-            .zip(&out)
-            .filter(|(a, b)| **a > -0.9 && **b < 1.0)
-            .map(|(a, b)| (b * 0.5 + 0.5) / (a * 0.5 + 0.5))
-            .collect();
+        let ratios: Vec<f32> = img.iter().zip(&out).filter(|(a, b)| **a > -0.9 && **b < 1.0).map(|(a, b)| (b * 0.5 + 0.5) / (a * 0.5 + 0.5)).collect();
         let f = ratios[0];
         assert!((0.7..=1.3).contains(&f), "factor {f}");
         assert!(ratios.iter().all(|r| (r - f).abs() < 1e-4), "one factor per image");

@@ -70,13 +70,8 @@ fn merged_order(caches: &[Cache]) -> Vec<(usize, usize)> {
 
 /// Skipped images in list order; problems of the list itself (index -1) are in every shard, kept once.
 fn merged_skips(caches: &[Cache]) -> Vec<Skip> {
-    let mut skips: Vec<Skip> = caches[0]
-        .skipped_index
-        .iter()
-        .zip(&caches[0].skipped)
-        .filter(|(&i, _)| i < 0)
-        .map(|(&i, t)| Skip { source_index: i, text: t.clone() })
-        .collect();
+    let mut skips: Vec<Skip> =
+        caches[0].skipped_index.iter().zip(&caches[0].skipped).filter(|(&i, _)| i < 0).map(|(&i, t)| Skip { source_index: i, text: t.clone() }).collect();
     let mut images: Vec<Skip> = caches
         .iter()
         .flat_map(|c| c.skipped_index.iter().zip(&c.skipped).filter(|(&i, _)| i >= 0).map(|(&i, t)| Skip { source_index: i, text: t.clone() }))

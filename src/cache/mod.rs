@@ -150,9 +150,8 @@ impl CacheWriter {
 
     fn resume(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
         let file = hdf5::File::open_rw(path).with_context(|| format!("cannot open existing cache {} for writing", path.display()))?;
-        check_identity(&file, id, dim).with_context(|| {
-            format!("cache {} was built differently and is not reused; choose another --out or delete it", path.display())
-        })?;
+        check_identity(&file, id, dim)
+            .with_context(|| format!("cache {} was built differently and is not reused; choose another --out or delete it", path.display()))?;
         let count = |key| read_i64_attr(&file, key).map(|v| v as usize);
         let (rows, next_source, skipped) = (count("rows_committed")?, count("next_source_index")?, count("skipped_committed")?);
         let writer = CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: id.label_columns.len(), rows, next_source, skipped };
@@ -211,7 +210,8 @@ impl CacheWriter {
         }
         // Data first, then the counters: a kill between the two flushes loses only this batch.
         self.file.flush()?;
-        for (key, value) in [("rows_committed", end), ("skipped_committed", skipped_end), ("next_source_index", next_source), ("sources_total", sources_total)] {
+        for (key, value) in [("rows_committed", end), ("skipped_committed", skipped_end), ("next_source_index", next_source), ("sources_total", sources_total)]
+        {
             self.file.attr(key)?.write_scalar(&(value as i64))?;
         }
         self.file.flush()?;
@@ -342,4 +342,3 @@ pub fn read_str_attr(loc: &hdf5::Location, name: &str) -> Result<String> {
 pub fn read_i64_attr(loc: &hdf5::Location, name: &str) -> Result<i64> {
     Ok(loc.attr(name).with_context(|| format!("attribute '{name}' missing"))?.read_scalar()?)
 }
-

@@ -27,13 +27,7 @@ pub fn load(root: &Path) -> Result<Dataset> {
             samples.push(Sample { path: root.join(&key), key, labels: vec![label as i32], landmarks: None });
         }
     }
-    Ok(Dataset {
-        source: format!("folders:{}", root.display()),
-        label_columns: vec!["class".to_string()],
-        class_names,
-        samples,
-        problems: Vec::new(),
-    })
+    Ok(Dataset { source: format!("folders:{}", root.display()), label_columns: vec!["class".to_string()], class_names, samples, problems: Vec::new() })
 }
 
 fn is_image_name(name: &str) -> bool {

@@ -46,9 +46,8 @@ impl std::str::FromStr for Split {
 /// Reads `root/<split>.txt`, resolving image paths against `root`.
 pub fn load(root: &Path, split: Split) -> Result<Dataset> {
     let file = root.join(format!("{}.txt", split.name()));
-    let text = fs::read(&file).with_context(|| {
-        format!("cannot read MTFL annotations {} (is --mtfl the folder holding training.txt and testing.txt?)", file.display())
-    })?;
+    let text = fs::read(&file)
+        .with_context(|| format!("cannot read MTFL annotations {} (is --mtfl the folder holding training.txt and testing.txt?)", file.display()))?;
     let text = String::from_utf8_lossy(&text);
     let parsed = parse(&text, root);
     let problems = parsed.problems.iter().map(|p| format!("{}:{p}", file.display())).collect();

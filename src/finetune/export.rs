@@ -17,14 +17,30 @@ use crate::head::{onnx as head_onnx, CacheOrigin, ClassWeight, Head, HeadInfo, S
 use crate::train::checkpoint::NamedTensor;
 
 /// Writes both files; returns their paths.
-pub(super) fn write(job: &Job, out: &Path, outcome: &Outcome, decoder: &Decoder, classes: &Classes, train_rows: usize, val_rows: usize) -> Result<(PathBuf, PathBuf)> {
+pub(super) fn write(
+    job: &Job,
+    out: &Path,
+    outcome: &Outcome,
+    decoder: &Decoder,
+    classes: &Classes,
+    train_rows: usize,
+    val_rows: usize,
+) -> Result<(PathBuf, PathBuf)> {
     let a = &job.set.phase2;
     let params: Vec<NamedTensor> = outcome.last.tensors.iter().filter(|t| a.params().any(|p| p.input == t.name)).cloned().collect();
     let model = out.join("model.onnx");
     let s = &job.settings;
     let source = format!(
         "fine-tuned by retrain finetune: MTFL {} ({} crop), phase 1 {} steps lr {}, phase 2 {} steps lr {}, distortions {}, seed {}, artifacts {}",
-        s.attribute, s.crop, s.phase1_steps, s.phase1_lr, s.phase2_steps, s.phase2_lr, s.distortions, s.seed, &a.sha256[..12]
+        s.attribute,
+        s.crop,
+        s.phase1_steps,
+        s.phase1_lr,
+        s.phase2_steps,
+        s.phase2_lr,
+        s.distortions,
+        s.seed,
+        &a.sha256[..12]
     );
     let metadata = vec![
         ("retrain.labels".to_string(), classes.labels.join(",")),
@@ -39,7 +55,16 @@ pub(super) fn write(job: &Job, out: &Path, outcome: &Outcome, decoder: &Decoder,
 
 /// The new layer as a head: identity standardisation, W = kernel^T, b = bias.
 #[allow(clippy::too_many_arguments)]
-fn head_of(job: &Job, params: &[NamedTensor], model: &Path, decoder: &Decoder, classes: &Classes, outcome: &Outcome, train_rows: usize, val_rows: usize) -> Result<Head> {
+fn head_of(
+    job: &Job,
+    params: &[NamedTensor],
+    model: &Path,
+    decoder: &Decoder,
+    classes: &Classes,
+    outcome: &Outcome,
+    train_rows: usize,
+    val_rows: usize,
+) -> Result<Head> {
     let find = |name: &str| params.iter().find(|t| t.name == name).ok_or_else(|| anyhow!("no trained '{name}'"));
     let (kernel, bias) = (find(&job.set.head_params[0])?, find(&job.set.head_params[1])?);
     let (features, k) = (kernel.shape[0], kernel.shape[1]);

@@ -60,7 +60,11 @@ pub fn mtfl_subsets(root: &Path, classes: &Classes, seed: u64, limit: Option<usi
     let column = crate::train::data::label_column(&training, &classes.attribute)?;
     let cut = |v: Vec<Sample>| -> Vec<Sample> { v.into_iter().take(limit.unwrap_or(usize::MAX)).collect() };
     let (train, val): (Vec<Sample>, Vec<Sample>) = cut(training.samples).into_iter().partition(|s| is_train(&s.key, seed));
-    let sets = [LabeledImages::of(train.into_iter(), column, classes), LabeledImages::of(val.into_iter(), column, classes), LabeledImages::of(cut(testing.samples).into_iter(), column, classes)];
+    let sets = [
+        LabeledImages::of(train.into_iter(), column, classes),
+        LabeledImages::of(val.into_iter(), column, classes),
+        LabeledImages::of(cut(testing.samples).into_iter(), column, classes),
+    ];
     if sets[0].is_empty() || sets[1].is_empty() {
         bail!("{}: no labelled training or validation image for '{}'", root.display(), classes.attribute);
     }
@@ -93,7 +97,15 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(pre: Preprocess, distortions: Distortions, seed: u64, strict: bool, threads: Option<usize>) -> Result<Decoder> {
-        Ok(Decoder { filter: pre.input.filter()?, pre, distortions, seed, strict, pool: crate::extract::decode_pool(threads)?, failed: Mutex::new(BTreeSet::new()) })
+        Ok(Decoder {
+            filter: pre.input.filter()?,
+            pre,
+            distortions,
+            seed,
+            strict,
+            pool: crate::extract::decode_pool(threads)?,
+            failed: Mutex::new(BTreeSet::new()),
+        })
     }
 
     /// `indices` of `set`; distorted (seeded by step and row) when `distort` and distortions are on.

@@ -14,11 +14,11 @@ use super::steps::{self, Outcome, Schedule};
 use crate::cache::Cache;
 use crate::head::classes::{Classes, Labeled};
 use crate::model::Model;
+use crate::train::batches::dropout_masks;
 use crate::train::checkpoint::Checkpoint;
 use crate::train::data::Examples;
 use crate::train::engine::{Batch, Engine};
 use crate::train::epochs::evaluate;
-use crate::train::batches::dropout_masks;
 
 /// Bottleneck rows of one subset.
 pub struct Rows {
@@ -60,7 +60,11 @@ pub fn cached_rows(cache: &Cache, classes: &Classes, seed: u64, split: bool, ima
 pub enum Source<'a> {
     Cached(&'a Rows),
     /// Distorted images through the backbone.
-    Backbone { model: &'a mut Model, decoder: &'a Decoder, images: &'a LabeledImages },
+    Backbone {
+        model: &'a mut Model,
+        decoder: &'a Decoder,
+        images: &'a LabeledImages,
+    },
 }
 
 impl Source<'_> {

@@ -21,7 +21,15 @@ pub struct Phase2<'a> {
     pub eval_batch: usize,
 }
 
-pub fn run(p: &Phase2, engine: &mut Engine, acc: &mut Accumulator, decoder: &Decoder, train: &LabeledImages, val: &Examples, start: Checkpoint) -> Result<Outcome> {
+pub fn run(
+    p: &Phase2,
+    engine: &mut Engine,
+    acc: &mut Accumulator,
+    decoder: &Decoder,
+    train: &LabeledImages,
+    val: &Examples,
+    start: Checkpoint,
+) -> Result<Outcome> {
     let (batch, seed, total) = (p.schedule.batch, start.seed, p.schedule.steps);
     let decode = |step: u64| decoder.batch(train, &images::step_rows(train.len(), batch, seed, step), step, true);
     thread::scope(|scope| {

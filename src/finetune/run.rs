@@ -125,7 +125,13 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     eprintln!("{}", runtime::describe_provider(&ctx.config));
     eprintln!(
         "fine-tuning {} on {} train / {} validation images ({} test), batch {}, seed {}, distortions {}",
-        opts.attribute, train.len(), val.len(), test.len(), ctx.set.batch, opts.seed, opts.distortions.describe()
+        opts.attribute,
+        train.len(),
+        val.len(),
+        test.len(),
+        ctx.set.batch,
+        opts.seed,
+        opts.distortions.describe()
     );
     let (phase1_summary, start2, phase1_test) = match resume2 {
         Some(c) => (read_phase1_summary(&opts.out)?, c, None),
@@ -219,7 +225,14 @@ fn schedule<'a>(opts: &FinetuneOptions, ctx: &'a Job, phase: u8, steps: u64) -> 
     }
 }
 
-fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &Decoder, sets: [&LabeledImages; 3], start: Option<Checkpoint>) -> Result<(PhaseSummary, Outcome, Metrics)> {
+fn run_phase1(
+    opts: &FinetuneOptions,
+    ctx: &Job,
+    model: &mut Model,
+    decoder: &Decoder,
+    sets: [&LabeledImages; 3],
+    start: Option<Checkpoint>,
+) -> Result<(PhaseSummary, Outcome, Metrics)> {
     let [train, val, test] = sets;
     let train_cache = Cache::read(&mtfl_cache(opts, model, Split::Training)?)?;
     let test_cache = Cache::read(&mtfl_cache(opts, model, Split::Testing)?)?;
@@ -242,7 +255,10 @@ fn run_phase1(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, decoder: &De
     let test_accuracy = test_metrics.accuracy;
     let summary = phase_summary(&outcome, opts.phase1_steps, opts.phase1_lr, Some(test_accuracy));
     crate::write_file(&opts.out.join("phase1/summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
-    println!("phase 1: {} steps in {:.1} s; validation accuracy {:.4}, test accuracy (new head alone) {test_accuracy:.4}", summary.steps_run_now, summary.seconds, summary.final_val_accuracy);
+    println!(
+        "phase 1: {} steps in {:.1} s; validation accuracy {:.4}, test accuracy (new head alone) {test_accuracy:.4}",
+        summary.steps_run_now, summary.seconds, summary.final_val_accuracy
+    );
     Ok((summary, outcome, test_metrics))
 }
 
@@ -293,7 +309,15 @@ fn phase2_start(ctx: &Job, head: &Checkpoint, seed: u64) -> Result<Checkpoint> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_phase2(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&LabeledImages; 3], start: Checkpoint, phase1: PhaseSummary, plan: Plan) -> Result<FinetuneSummary> {
+fn run_phase2(
+    opts: &FinetuneOptions,
+    ctx: &Job,
+    decoder: &Decoder,
+    sets: [&LabeledImages; 3],
+    start: Checkpoint,
+    phase1: PhaseSummary,
+    plan: Plan,
+) -> Result<FinetuneSummary> {
     let [train, val, test] = sets;
     let a = &ctx.set.phase2;
     eprintln!("phase 2: {}", plan.describe(a.manifest.batch));
@@ -312,7 +336,16 @@ fn run_phase2(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&Labe
 
 /// Exports the model and head of `outcome`'s state and writes result.json.
 #[allow(clippy::too_many_arguments)]
-fn finish(opts: &FinetuneOptions, ctx: &Job, decoder: &Decoder, sets: [&LabeledImages; 3], outcome: &Outcome, phase1: PhaseSummary, plan: Plan, test: Metrics) -> Result<FinetuneSummary> {
+fn finish(
+    opts: &FinetuneOptions,
+    ctx: &Job,
+    decoder: &Decoder,
+    sets: [&LabeledImages; 3],
+    outcome: &Outcome,
+    phase1: PhaseSummary,
+    plan: Plan,
+    test: Metrics,
+) -> Result<FinetuneSummary> {
     let [train, val, _] = sets;
     let a = &ctx.set.phase2;
     let (model, head) = super::export::write(ctx, &opts.out, outcome, decoder, &ctx.classes, train.len(), val.len())?;

@@ -57,7 +57,13 @@ impl FinetuneSet {
         let phase = |e: &PhaseEntry| -> Result<Artifacts> {
             let artifacts = Artifacts::open(&dir.join(&e.dir))?;
             if artifacts.sha256 != e.artifact_sha256 {
-                bail!("{} holds other artifacts than {} names (sha256 {} vs {}): regenerate the set", artifacts.dir.display(), path.display(), &artifacts.sha256[..12], short(&e.artifact_sha256));
+                bail!(
+                    "{} holds other artifacts than {} names (sha256 {} vs {}): regenerate the set",
+                    artifacts.dir.display(),
+                    path.display(),
+                    &artifacts.sha256[..12],
+                    short(&e.artifact_sha256)
+                );
             }
             Ok(artifacts)
         };

@@ -75,7 +75,15 @@ pub fn run(
         if step % s.eval_every == 0 || step == s.steps {
             let (val_loss, val_accuracy) = validate(engine)?;
             let taken = (step - points.last().map_or(first, |p: &Point| p.step)) as f64;
-            let p = Point { phase: s.phase, step, train_loss: loss / taken, train_accuracy: correct / rows as f64, val_loss, val_accuracy, seconds: since.elapsed().as_secs_f64() };
+            let p = Point {
+                phase: s.phase,
+                step,
+                train_loss: loss / taken,
+                train_accuracy: correct / rows as f64,
+                val_loss,
+                val_accuracy,
+                seconds: since.elapsed().as_secs_f64(),
+            };
             bar.suspend(|| println!("{}", line(&p, s.steps)));
             start.step = step;
             start.best_val_accuracy = val_accuracy;

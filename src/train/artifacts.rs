@@ -128,9 +128,8 @@ impl Artifacts {
     /// Reads the manifest and checks that every graph file is the one it names.
     pub fn open(dir: &Path) -> Result<Artifacts> {
         let path = dir.join("manifest.json");
-        let bytes = fs::read(&path).with_context(|| {
-            format!("cannot read {} (make artifacts with scripts/make_artifacts.py FORWARD.onnx --out {})", path.display(), dir.display())
-        })?;
+        let bytes = fs::read(&path)
+            .with_context(|| format!("cannot read {} (make artifacts with scripts/make_artifacts.py FORWARD.onnx --out {})", path.display(), dir.display()))?;
         let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a training-artifacts manifest", path.display()))?;
         if manifest.format != FORMAT || manifest.format_version != FORMAT_VERSION {
             bail!("{}: format '{}' v{}, expected '{FORMAT}' v{FORMAT_VERSION}", path.display(), manifest.format, manifest.format_version);
@@ -196,9 +195,11 @@ impl Artifacts {
 
     /// Input and output names of the accumulation graphs (artifacts made with --micro-batches).
     pub fn accumulation(&self) -> Result<&AccumulationNames> {
-        self.manifest.accumulation.as_ref().filter(|_| !self.manifest.micro_batches.is_empty()).ok_or_else(|| {
-            anyhow!("the artifacts in {} have no gradient-accumulation graphs (make them with --micro-batches)", self.dir.display())
-        })
+        self.manifest
+            .accumulation
+            .as_ref()
+            .filter(|_| !self.manifest.micro_batches.is_empty())
+            .ok_or_else(|| anyhow!("the artifacts in {} have no gradient-accumulation graphs (make them with --micro-batches)", self.dir.display()))
     }
 
     /// `accumulate_bM.onnx` binds the micro-batch, the parameters and the running sums.

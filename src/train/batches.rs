@@ -8,8 +8,8 @@
 
 use rayon::prelude::*;
 
-use super::data::Examples;
 use super::artifacts::Manifest;
+use super::data::Examples;
 use super::engine::Batch;
 use super::rng;
 use crate::augment::Distortions;

@@ -70,8 +70,10 @@ impl Engine {
         artifacts.check_eval(&eval_session)?;
         let allocator = match config.device {
             Device::Cpu => Allocator::default(),
-            Device::Cuda(id) => Allocator::new(&eval_session, MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?)
-                .map_err(|e| anyhow!("cannot allocate on cuda:{id}: {e}"))?,
+            Device::Cuda(id) => {
+                Allocator::new(&eval_session, MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?)
+                    .map_err(|e| anyhow!("cannot allocate on cuda:{id}: {e}"))?
+            }
         };
         let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?;
         let step = match step_session {
@@ -82,17 +84,7 @@ impl Engine {
             None => None,
         };
         let eval_binding = eval_session.create_binding().map_err(ort_err)?;
-        Ok(Engine {
-            artifacts,
-            device: config.device,
-            step,
-            eval_session,
-            eval_binding,
-            allocator,
-            host,
-            buffers: [Vec::new(), Vec::new()],
-            current: 0,
-        })
+        Ok(Engine { artifacts, device: config.device, step, eval_session, eval_binding, allocator, host, buffers: [Vec::new(), Vec::new()], current: 0 })
     }
 
     /// Replaces the device state by a checkpoint's tensors (shapes checked by the caller).
@@ -242,7 +234,9 @@ pub fn image_batch_shape(artifacts: &Artifacts, n: usize, image_len: usize) -> R
         (spec.image_len(), spec.batch_shape(n).to_vec())
     } else {
         let rest: Option<Vec<usize>> = m.image.shape.iter().skip(1).copied().collect();
-        let rest = rest.filter(|r| !r.is_empty()).ok_or_else(|| anyhow!("input '{}' has shape {:?}: not an image and not fixed rows", m.image.input, m.image.shape))?;
+        let rest = rest
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| anyhow!("input '{}' has shape {:?}: not an image and not fixed rows", m.image.input, m.image.shape))?;
         (rest.iter().product(), std::iter::once(n).chain(rest).collect())
     };
     if expected != image_len {

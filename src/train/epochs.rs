@@ -102,8 +102,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let artifacts = Artifacts::open(&opts.artifacts)?;
     let m = &artifacts.manifest;
     if let Some(b) = opts.batch.filter(|&b| b != m.batch) {
-        bail!("--batch {b}: the artifacts in {} were made for batch {} (the train graph has a fixed batch); \
-               regenerate them with scripts/make_artifacts.py --batch {b}", artifacts.dir.display(), m.batch);
+        bail!(
+            "--batch {b}: the artifacts in {} were made for batch {} (the train graph has a fixed batch); \
+               regenerate them with scripts/make_artifacts.py --batch {b}",
+            artifacts.dir.display(),
+            m.batch
+        );
     }
     let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
     let mut engine = Engine::new(artifacts.clone(), &config)?;

@@ -61,7 +61,11 @@ pub fn picture(seed: u32, w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         let inside = (x + seed * 7) % w < w / 3 && (y + seed * 5) % h < h / 3;
         let base = [(x * 255 / w) as u8, (y * 255 / h) as u8, ((seed * 37) % 255) as u8];
-        if inside { Rgb([255 - base[0], base[2], base[1]]) } else { Rgb(base) }
+        if inside {
+            Rgb([255 - base[0], base[2], base[1]])
+        } else {
+            Rgb(base)
+        }
     })
 }
 
