@@ -102,14 +102,15 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
     bar.set_message(format!("extract {}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
 
     let (tx, rx) = sync_channel::<Result<Prepared>>(2);
-    std::thread::scope(|scope| -> Result<()> {
+    let ran = std::thread::scope(|scope| -> Result<()> {
         let producer = scope.spawn(|| produce(dataset, &preprocess, &todo, opts, tx));
         let consumed = consume(dataset, model, &mut writer, rx, &bar, &mut skipped, total, opts.strict);
         // The producer stops by itself once the receiver is gone.
         let produced = producer.join().map_err(|_| anyhow::anyhow!("image decoding thread panicked"))?;
         consumed.and(produced)
-    })?;
+    });
     bar.finish_and_clear();
+    ran?;
     Ok(ExtractSummary { out, rows_before, rows_after: writer.rows(), processed: todo.len(), skipped, seconds: started.elapsed().as_secs_f64() })
 }
 
@@ -134,6 +135,7 @@ fn produce(dataset: &Dataset, pre: &Preprocess, todo: &[usize], opts: &ExtractOp
     for chunk in todo.chunks(opts.batch) {
         let (tensor, good, failures) = load_batch(&pool, pre, filter, &dataset.samples, chunk);
         let next_source = chunk.last().map_or(0, |&i| i + 1);
+        crate::fault::reached(crate::fault::Point::BatchDecoded);
         if tx.send(Ok(Prepared { tensor, good, failures, next_source })).is_err() {
             return Ok(()); // the consumer stopped (error or strict failure); it reports why
         }
@@ -218,6 +220,10 @@ fn consume(
         writer.append(&rows, &failures, next_source, total)?;
         skipped.extend(failures.into_iter().map(|f| f.text));
         bar.inc(n_seen as u64);
+        crate::interrupt::check(|| {
+            let done = format!("{} images of {total} done, {} rows committed to {}", writer.next_source_index(), writer.rows(), writer.path().display());
+            (done, None)
+        })?;
     }
     Ok(())
 }

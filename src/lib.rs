@@ -10,8 +10,10 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod extract;
+pub mod fault;
 pub mod finetune;
 pub mod head;
+pub mod interrupt;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
@@ -45,5 +47,22 @@ pub fn create_parent_dir(path: &Path) -> Result<()> {
 /// Writes a whole file, creating its folder; errors name the file.
 pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     create_parent_dir(path)?;
-    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, contents).map_err(|e| {
+        let e = anyhow::Error::new(e);
+        let hint = write_failure_hint(&e);
+        e.context(format!("cannot write {}{hint}", path.display()))
+    })
+}
+
+/// Words that tell a user why a write failed when the cause is the disk or a file size limit
+/// (with a leading "; "), else nothing.
+pub fn write_failure_hint(e: &anyhow::Error) -> &'static str {
+    let text = format!("{e:#}");
+    if text.contains("No space left") || text.contains("errno = 28") {
+        "; the disk is full: free some space and run the same command again"
+    } else if text.contains("File too large") || text.contains("errno = 27") {
+        "; the file size limit (ulimit -f) is reached: raise it and run the same command again"
+    } else {
+        ""
+    }
 }

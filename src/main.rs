@@ -11,6 +11,7 @@ use retrain::extract::{self, ExtractOptions};
 use retrain::head::linfa::LinfaParams;
 use retrain::head::sgd::SgdParams;
 use retrain::head::{self, ClassWeight, Solver, TrainOptions};
+use retrain::interrupt::Interrupted;
 use retrain::model::Model;
 use retrain::predict::{self, PredictOptions};
 use retrain::preprocess::Crop;
@@ -369,6 +370,9 @@ struct TrainArgs {
     /// Images per eval-graph call.
     #[arg(long, default_value_t = 256)]
     eval_batch: usize,
+    /// Do not read the test list: for runs that choose settings, which validation alone decides.
+    #[arg(long)]
+    no_test: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -507,9 +511,47 @@ fn run_finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn main() {
+    retrain::interrupt::install();
     if let Err(e) = run(Cli::parse()) {
+        if let Some(stop) = e.downcast_ref::<Interrupted>() {
+            eprintln!("{stop}");
+            eprintln!("resume with: {}", resume_command(stop.checkpoint.as_deref()));
+            std::process::exit(stop.exit_code());
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// This process's command line, with `--resume CHECKPOINT` in place of any earlier one when
+/// the job resumes from a checkpoint (extract resumes from its output file by itself).
+fn resume_command(checkpoint: Option<&Path>) -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(checkpoint) = checkpoint {
+        let mut kept = Vec::with_capacity(args.len() + 2);
+        let mut after_resume = false;
+        for a in args {
+            if std::mem::take(&mut after_resume) {
+                continue;
+            }
+            after_resume = a == "--resume";
+            if !after_resume && !a.starts_with("--resume=") {
+                kept.push(a);
+            }
+        }
+        kept.extend(["--resume".to_string(), checkpoint.display().to_string()]);
+        args = kept;
+    }
+    args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+/// `word` as a POSIX shell reads it back.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -579,6 +621,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         resume: a.resume,
         limit: a.limit,
         eval_batch: a.eval_batch,
+        score_test: !a.no_test,
         show_progress: !a.quiet,
     };
     let summary = train::train(&opts)?;

@@ -15,6 +15,8 @@ use image::{imageops::FilterType, DynamicImage, RgbImage};
 
 use crate::dataset::Sample;
 
+mod jpeg;
+
 /// Memory layout of the input tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -158,12 +160,15 @@ impl Preprocess {
 pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
-/// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included).
+/// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included). A JPEG
+/// that stops before its end-of-image marker is an error, not a picture half grey.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let mut reader = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?;
+    let data = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    if let Some(reason) = jpeg::missing_end(&data) {
+        bail!("cannot decode image {}: {reason}", path.display());
+    }
+    let mut reader =
+        image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().with_context(|| format!("cannot read image {}", path.display()))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);

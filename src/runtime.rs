@@ -125,6 +125,7 @@ fn search_roots() -> Vec<PathBuf> {
 
 /// Builds a session on the requested device. CUDA never falls back to CPU silently.
 pub fn session(model: &Path, config: &SessionConfig) -> Result<Session> {
+    crate::onnx::external::check(model)?;
     environment(config.device)?;
     let mut builder = Session::builder(&environment(config.device)?.0)
         .map_err(|e| anyhow!("{e}"))?

@@ -14,10 +14,13 @@
 //! ...) and how far the extraction got. Rows are appended a batch at a time; a batch counts only
 //! once the file has been flushed and `rows_committed` / `skipped_committed` say so, so a killed
 //! run resumes from the last committed batch and rows past it are dropped. A lock file
-//! `<cache>.lock` keeps a second process from writing the same cache.
+//! `<cache>.lock` keeps a second process from writing the same cache. Every dataset carries
+//! HDF5's Fletcher-32 checksum per chunk, so bytes changed on disk are an error when read,
+//! never wrong numbers; a resumed run reads the committed rows back once to check them.
 
 mod merge;
 mod read;
+mod space;
 
 pub use merge::{merge, merge_command};
 pub use read::Cache;
@@ -26,13 +29,19 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::fault::{self, Point};
 use hdf5::types::VarLenUnicode;
 use ndarray::{Array1, Array2, ArrayView2};
 
-/// Bumped when the layout changes incompatibly.
-pub const FORMAT_VERSION: i64 = 1;
+/// Bumped when the layout changes incompatibly (2: Fletcher-32 checksums on every dataset).
+pub const FORMAT_VERSION: i64 = 2;
 const CHUNK_ROWS: usize = 64;
 const STRING_CHUNK: usize = 1024;
+/// Bytes assumed for a stored path or skip reason, and for HDF5's metadata changes in one
+/// commit, when claiming disk space.
+const MAX_TEXT_BYTES: usize = 512;
+const METADATA_MARGIN: u64 = 64 << 10;
 
 /// What produced a cache. Two runs may share a file only when all of these are equal.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,42 +130,42 @@ impl CacheWriter {
         Self::create(path, id, dim, lock)
     }
 
+    /// Writes the empty layout to `<path>.partial` and renames it into place, so a failed
+    /// creation (full disk) leaves no half-made cache behind.
     fn create(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
-        let file = hdf5::File::create(path).with_context(|| format!("cannot create cache {}", path.display()))?;
-        let width = id.label_columns.len();
-        file.new_dataset::<f32>().chunk((CHUNK_ROWS, dim)).shape((0.., dim)).create("features")?;
-        file.new_dataset::<VarLenUnicode>().chunk(STRING_CHUNK).shape(0..).create("paths")?;
-        file.new_dataset::<i32>().chunk((STRING_CHUNK, width)).shape((0.., width)).create("labels")?;
-        file.new_dataset::<f32>().chunk((STRING_CHUNK, 10)).shape((0.., 10)).create("landmarks")?;
-        file.new_dataset::<i64>().chunk(STRING_CHUNK).shape(0..).create("source_index")?;
-        file.new_dataset::<VarLenUnicode>().chunk(256).shape(0..).create("skipped")?;
-        file.new_dataset::<i64>().chunk(256).shape(0..).create("skipped_index")?;
-        for (key, value) in IDENTITY_KEYS.iter().zip([&id.model_sha256, &id.output, &id.preprocess, &id.source]) {
-            write_str_attr(&file, key, value)?;
-        }
-        write_str_attr(&file, "label_columns", &id.label_columns.join(","))?;
-        write_str_attr(&file, "class_names", &serde_json::to_string(&id.class_names)?)?;
-        write_str_attr(&file, "created", &chrono::Utc::now().to_rfc3339())?;
-        write_str_attr(&file, "tool_version", &format!("retrain {}", env!("CARGO_PKG_VERSION")))?;
-        for (key, value) in [("format_version", FORMAT_VERSION), ("shard_index", id.shard.index as i64), ("shard_count", id.shard.count as i64)] {
-            file.new_attr::<i64>().create(key)?.write_scalar(&value)?;
-        }
-        for key in ["rows_committed", "skipped_committed", "next_source_index", "sources_total"] {
-            file.new_attr::<i64>().create(key)?.write_scalar(&0i64)?;
-        }
-        file.flush()?;
-        Ok(CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: width, rows: 0, next_source: 0, skipped: 0 })
+        let partial = PathBuf::from(format!("{}.partial", path.display()));
+        write_layout(&partial, id, dim).map_err(|e| {
+            let hint = crate::write_failure_hint(&e);
+            e.context(format!("cannot create cache {}{hint}", path.display()))
+        })?;
+        std::fs::rename(&partial, path).with_context(|| format!("cannot move {} to {}", partial.display(), path.display()))?;
+        let file = hdf5::File::open_rw(path).with_context(|| format!("cannot open the new cache {}", path.display()))?;
+        Ok(CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: id.label_columns.len(), rows: 0, next_source: 0, skipped: 0 })
     }
 
     fn resume(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
-        let file = hdf5::File::open_rw(path).with_context(|| format!("cannot open existing cache {} for writing", path.display()))?;
+        let file = hdf5::File::open_rw(path).map_err(|e| damaged(path, e.into()))?;
         check_identity(&file, id, dim)
             .with_context(|| format!("cache {} was built differently and is not reused; choose another --out or delete it", path.display()))?;
         let count = |key| read_i64_attr(&file, key).map(|v| v as usize);
         let (rows, next_source, skipped) = (count("rows_committed")?, count("next_source_index")?, count("skipped_committed")?);
         let writer = CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: id.label_columns.len(), rows, next_source, skipped };
+        writer.verify_committed().map_err(|e| damaged(path, e))?;
         writer.truncate_uncommitted()?;
         Ok(writer)
+    }
+
+    /// Reads every committed row back (checking each chunk's checksum), so that a resumed
+    /// run never builds on damaged data.
+    fn verify_committed(&self) -> Result<()> {
+        let (f, rows, skipped) = (&self.file, self.rows, self.skipped);
+        read_rows_2d::<f32>(f, "features", rows)?;
+        read_rows_2d::<i32>(f, "labels", rows)?;
+        read_rows_2d::<f32>(f, "landmarks", rows)?;
+        read_rows_1d::<i64>(f, "source_index", rows)?;
+        read_rows_1d::<VarLenUnicode>(f, "paths", rows)?;
+        read_rows_1d::<VarLenUnicode>(f, "skipped", skipped)?;
+        read_rows_1d::<i64>(f, "skipped_index", skipped)
     }
 
     /// Drops what a killed run wrote after its last commit.
@@ -197,28 +206,59 @@ impl CacheWriter {
         if rows.features.len() != n * self.dim {
             bail!("batch of {n} rows has {} feature values, expected {} ({n} x {})", rows.features.len(), n * self.dim, self.dim);
         }
-        let (start, end) = (self.rows, self.rows + n);
-        if n > 0 {
-            self.write_rows(rows, start, end).with_context(|| format!("writing rows {start}..{end} to {}", self.path.display()))?;
+        let (end, skipped_end) = (self.rows + n, self.skipped + skipped.len());
+        self.commit(rows, skipped, next_source, sources_total).map_err(|e| {
+            let (path, start) = (self.path.display(), self.rows);
+            let hint = crate::write_failure_hint(&e);
+            e.context(format!("cannot write rows {start}..{end} to cache {path}{hint}; the {start} rows committed before are kept"))
+        })?;
+        self.rows = end;
+        self.skipped = skipped_end;
+        self.next_source = next_source;
+        Ok(())
+    }
+
+    fn commit(&self, rows: &Rows, skipped: &[Skip], next_source: usize, sources_total: usize) -> Result<()> {
+        let (start, end) = (self.rows, self.rows + rows.paths.len());
+        space::claim(&self.path, self.bytes_needed(end - start, skipped.len()))?;
+        if end > start {
+            self.write_rows(rows, start, end)?;
         }
-        let skipped_end = self.skipped + skipped.len();
         if !skipped.is_empty() {
             let text = skipped.iter().map(|s| to_varlen(&s.text)).collect::<Result<Vec<_>>>()?;
             let index: Vec<i64> = skipped.iter().map(|s| s.source_index).collect();
             self.extend("skipped", Array1::from(text), self.skipped)?;
             self.extend("skipped_index", Array1::from(index), self.skipped)?;
         }
+        fault::reached(Point::CacheDataWritten);
         // Data first, then the counters: a kill between the two flushes loses only this batch.
         self.file.flush()?;
-        for (key, value) in [("rows_committed", end), ("skipped_committed", skipped_end), ("next_source_index", next_source), ("sources_total", sources_total)]
-        {
+        fault::reached(Point::CacheDataFlushed);
+        let counters = [
+            ("rows_committed", end),
+            ("skipped_committed", self.skipped + skipped.len()),
+            ("next_source_index", next_source),
+            ("sources_total", sources_total),
+        ];
+        for (key, value) in counters {
             self.file.attr(key)?.write_scalar(&(value as i64))?;
         }
         self.file.flush()?;
-        self.rows = end;
-        self.skipped = skipped_end;
-        self.next_source = next_source;
+        fault::reached(Point::CacheCommitted);
         Ok(())
+    }
+
+    /// An upper bound of the bytes a commit of `rows` rows and `skipped` skips adds to the
+    /// file: the chunks it starts (a chunk is allocated whole when first written; rewriting
+    /// one keeps its place, as checksummed chunks keep their size), the strings, and room for
+    /// HDF5's own metadata.
+    fn bytes_needed(&self, rows: usize, skipped: usize) -> u64 {
+        let new_chunks = |done: usize, n: usize, per_chunk: usize| (done + n).div_ceil(per_chunk) - done.div_ceil(per_chunk);
+        let (r, k) = (self.rows, self.skipped);
+        let row_bytes = new_chunks(r, rows, CHUNK_ROWS) * CHUNK_ROWS * self.dim * 4
+            + new_chunks(r, rows, STRING_CHUNK) * STRING_CHUNK * (self.label_width * 4 + 10 * 4 + 8 + 16)
+            + new_chunks(k, skipped, 256) * 256 * (8 + 16);
+        (row_bytes + (rows + skipped) * MAX_TEXT_BYTES) as u64 + METADATA_MARGIN
     }
 
     fn write_rows(&self, rows: &Rows, start: usize, end: usize) -> Result<()> {
@@ -252,6 +292,70 @@ impl CacheWriter {
         ds.write_slice(&data, (start..end, ..))?;
         Ok(())
     }
+}
+
+/// The datasets and attributes of an empty cache, in a new file at `path`.
+fn write_layout(path: &Path, id: &Identity, dim: usize) -> Result<()> {
+    let file = hdf5::File::create(path)?;
+    let width = id.label_columns.len();
+    // Fletcher-32 on every numeric dataset; HDF5 refuses it on variable-length strings.
+    file.new_dataset::<f32>().chunk((CHUNK_ROWS, dim)).fletcher32().shape((0.., dim)).create("features")?;
+    file.new_dataset::<VarLenUnicode>().chunk(STRING_CHUNK).shape(0..).create("paths")?;
+    file.new_dataset::<i32>().chunk((STRING_CHUNK, width)).fletcher32().shape((0.., width)).create("labels")?;
+    file.new_dataset::<f32>().chunk((STRING_CHUNK, 10)).fletcher32().shape((0.., 10)).create("landmarks")?;
+    file.new_dataset::<i64>().chunk(STRING_CHUNK).fletcher32().shape(0..).create("source_index")?;
+    file.new_dataset::<VarLenUnicode>().chunk(256).shape(0..).create("skipped")?;
+    file.new_dataset::<i64>().chunk(256).fletcher32().shape(0..).create("skipped_index")?;
+    for (key, value) in IDENTITY_KEYS.iter().zip([&id.model_sha256, &id.output, &id.preprocess, &id.source]) {
+        write_str_attr(&file, key, value)?;
+    }
+    write_str_attr(&file, "label_columns", &id.label_columns.join(","))?;
+    write_str_attr(&file, "class_names", &serde_json::to_string(&id.class_names)?)?;
+    write_str_attr(&file, "created", &chrono::Utc::now().to_rfc3339())?;
+    write_str_attr(&file, "tool_version", &format!("retrain {}", env!("CARGO_PKG_VERSION")))?;
+    for (key, value) in [("format_version", FORMAT_VERSION), ("shard_index", id.shard.index as i64), ("shard_count", id.shard.count as i64)] {
+        file.new_attr::<i64>().create(key)?.write_scalar(&value)?;
+    }
+    for key in ["rows_committed", "skipped_committed", "next_source_index", "sources_total"] {
+        file.new_attr::<i64>().create(key)?.write_scalar(&0i64)?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// Rows read back per call when checking a file.
+const VERIFY_ROWS: usize = 4096;
+
+fn read_rows_2d<T: hdf5::H5Type>(file: &hdf5::File, name: &str, rows: usize) -> Result<()> {
+    let ds = file.dataset(name)?;
+    for start in (0..rows).step_by(VERIFY_ROWS) {
+        let end = (start + VERIFY_ROWS).min(rows);
+        ds.read_slice_2d::<T, _>((start..end, ..)).with_context(|| format!("/{name} rows {start}..{end}"))?;
+    }
+    Ok(())
+}
+
+fn read_rows_1d<T: hdf5::H5Type>(file: &hdf5::File, name: &str, rows: usize) -> Result<()> {
+    let ds = file.dataset(name)?;
+    for start in (0..rows).step_by(VERIFY_ROWS) {
+        let end = (start + VERIFY_ROWS).min(rows);
+        ds.read_slice_1d::<T, _>(start..end).with_context(|| format!("/{name} rows {start}..{end}"))?;
+    }
+    Ok(())
+}
+
+/// The error for a cache (or checkpoint) that HDF5 cannot read back as written: cut short,
+/// or bytes changed so that a chunk fails its checksum.
+pub fn damaged(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let what = if text.contains("truncated file") {
+        "is cut short (truncated)"
+    } else if text.contains("checksum") || text.contains("Fletcher32") || text.contains("filter") {
+        "fails its checksums (bytes were changed after it was written)"
+    } else {
+        "cannot be read"
+    };
+    e.context(format!("{} {what}: it is damaged and not used; delete it and run again", path.display()))
 }
 
 /// Takes `<cache>.lock`, so a second process on the same cache refuses instead of interleaving.

@@ -377,7 +377,7 @@ fn phase_summary(o: &Outcome, steps: u64, lr: f32, test_accuracy: Option<f64>) -
         steps_run_now: o.steps_run,
         lr,
         seconds: o.seconds,
-        seconds_per_step: o.seconds / o.steps_run.max(1) as f64,
+        seconds_per_step: o.seconds / o.last.step.max(1) as f64,
         final_val_accuracy: o.points.last().map_or(o.last.best_val_accuracy, |p: &Point| p.val_accuracy),
         test_accuracy,
     }

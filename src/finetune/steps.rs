@@ -10,8 +10,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::fault;
+use crate::interrupt::{self, Interrupted};
 use crate::progress;
-use crate::train::checkpoint::Checkpoint;
+use crate::train::checkpoint::{Checkpoint, Partial, TrainClock};
 use crate::train::engine::{Engine, StepResult};
 
 const HISTORY_HEADER: &str = "phase,step,train_loss,train_accuracy,val_loss,val_accuracy,seconds";
@@ -44,12 +46,16 @@ pub struct Schedule<'a> {
 pub struct Outcome {
     pub last: Checkpoint,
     pub points: Vec<Point>,
+    /// Steps run by this process.
     pub steps_run: u64,
+    /// Wall time of all the phase's steps so far, over every run that led here.
     pub seconds: f64,
 }
 
 /// Runs steps `start.step + 1 ..= steps`; `step_fn(engine, step)` takes one optimizer step,
-/// `validate(engine)` gives (loss, accuracy) on the validation subset.
+/// `validate(engine)` gives (loss, accuracy) on the validation subset. Stopped by a signal,
+/// it writes `last.h5` at the step it reached (with the sums since the last validation, so
+/// the resumed run's curve is the uninterrupted one's) and returns [`Interrupted`].
 pub fn run(
     s: &Schedule,
     engine: &mut Engine,
@@ -59,43 +65,48 @@ pub fn run(
 ) -> Result<Outcome> {
     fs::create_dir_all(&s.out_dir).with_context(|| format!("cannot create {}", s.out_dir.display()))?;
     let first = start.step;
+    let last = s.out_dir.join("last.h5");
+    let clock = TrainClock::start(&start);
     let bar = progress::bar(s.steps.saturating_sub(first), "steps", s.show_progress);
     bar.set_message(format!("phase {}", s.phase));
-    let (started, mut since) = (Instant::now(), Instant::now());
-    let (mut loss, mut correct, mut rows, mut points) = (0f64, 0f64, 0usize, Vec::new());
+    let (mut sums, mut since, mut points) = (start.partial, Instant::now(), Vec::new());
     for step in first + 1..=s.steps {
         let r = step_fn(engine, step)?;
         if !r.loss.is_finite() {
             bail!("phase {}: loss became {} at step {step}: lower the learning rate", s.phase, r.loss);
         }
-        loss += r.loss as f64;
-        correct += r.correct as f64;
-        rows += s.batch;
+        sums.steps += 1;
+        sums.loss_sum += r.loss as f64;
+        sums.correct += r.correct as f64;
+        sums.rows += s.batch as u64;
         bar.inc(1);
+        fault::reached(fault::Point::Step);
         if step % s.eval_every == 0 || step == s.steps {
             let (val_loss, val_accuracy) = validate(engine)?;
-            let taken = (step - points.last().map_or(first, |p: &Point| p.step)) as f64;
-            let p = Point {
-                phase: s.phase,
-                step,
-                train_loss: loss / taken,
-                train_accuracy: correct / rows as f64,
-                val_loss,
-                val_accuracy,
-                seconds: since.elapsed().as_secs_f64(),
-            };
+            let (train_loss, train_accuracy) = (sums.loss_sum / sums.steps as f64, sums.correct / sums.rows as f64);
+            let p = Point { phase: s.phase, step, train_loss, train_accuracy, val_loss, val_accuracy, seconds: sums.seconds + since.elapsed().as_secs_f64() };
             bar.suspend(|| println!("{}", line(&p, s.steps)));
-            start.step = step;
-            start.best_val_accuracy = val_accuracy;
+            (start.step, start.best_val_accuracy, start.partial) = (step, val_accuracy, Partial::default());
             start.tensors = engine.snapshot()?;
-            start.write(&s.out_dir.join("last.h5"))?;
+            start.train_seconds = clock.seconds();
+            start.write(&last)?;
             append_history(s.history, &p)?;
             points.push(p);
-            (loss, correct, rows, since) = (0.0, 0.0, 0, Instant::now());
+            (sums, since) = (Partial::default(), Instant::now());
+            interrupt::check(|| (format!("phase {} stopped after step {step} of {}; checkpoint {}", s.phase, s.steps, last.display()), Some(last.clone())))?;
+        } else if let Some(signal) = interrupt::requested() {
+            bar.finish_and_clear();
+            (start.step, start.partial) = (step, Partial { seconds: sums.seconds + since.elapsed().as_secs_f64(), ..sums });
+            start.tensors = engine.snapshot()?;
+            start.train_seconds = clock.seconds();
+            start.write(&last)?;
+            let progress = format!("phase {} stopped after step {step} of {}; checkpoint {}", s.phase, s.steps, last.display());
+            return Err(Interrupted { signal, progress, checkpoint: Some(last) }.into());
         }
     }
     bar.finish_and_clear();
-    Ok(Outcome { last: start, points, steps_run: s.steps.saturating_sub(first), seconds: started.elapsed().as_secs_f64() })
+    start.train_seconds = clock.seconds();
+    Ok(Outcome { seconds: start.train_seconds, last: start, points, steps_run: s.steps.saturating_sub(first) })
 }
 
 pub fn line(p: &Point, total: u64) -> String {

@@ -4,6 +4,7 @@
 //! numbers of onnx.proto; everything else is copied field-wise (see [`wire`]). Files written
 //! here are checked with `onnx.checker` and Python onnxruntime in the tests.
 
+pub mod external;
 pub mod wire;
 
 use anyhow::Result;

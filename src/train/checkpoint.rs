@@ -7,8 +7,14 @@
 //!   `created`, `tool_version`; since distortions and early stopping: `best_val_loss`,
 //!   `best_val_loss_epoch`, `distortions`, `schedule` (absent in older files: no distortions,
 //!   no best loss yet)
+//! - `train_seconds`: training wall time over every run that led here (a resumed run adds its
+//!   own); `partial_steps`, `partial_loss_sum`, `partial_correct`, `partial_rows`,
+//!   `partial_seconds`: the sums over the steps since the last epoch end (train) or
+//!   validation point (finetune), written when a run is stopped between two (Ctrl-C), so the
+//!   resumed run reports what an uninterrupted one would (absent: 0)
 //! - `/tensors/NNNNN`: one float32 dataset per parameter or optimizer slot, in manifest order,
-//!   its attribute `name` = the train-step input it feeds (`conv1/kernel`, `opt:m:conv1/kernel`)
+//!   its attribute `name` = the train-step input it feeds (`conv1/kernel`, `opt:m:conv1/kernel`);
+//!   chunked with HDF5's Fletcher-32 checksum, so changed bytes are an error, never weights
 //!
 //! In Python: `{d.attrs["name"]: d[()] for d in h5py.File(p)["tensors"].values()}`.
 
@@ -18,6 +24,7 @@ use anyhow::{bail, Context, Result};
 
 use super::artifacts::Artifacts;
 use crate::cache::{read_i64_attr, read_str_attr, write_str_attr};
+use crate::fault::{self, Point};
 
 pub const FORMAT: &str = "retrain-train-checkpoint";
 pub const FORMAT_VERSION: i64 = 1;
@@ -47,21 +54,51 @@ pub struct Checkpoint {
     pub distortions: String,
     /// The learning-rate schedule and patience ([`super::schedule::Schedule::describe`]).
     pub schedule: String,
+    /// Training wall time of every run that led to this checkpoint.
+    pub train_seconds: f64,
+    /// Steps taken since the last epoch end or validation point, and their sums.
+    pub partial: Partial,
     pub tensors: Vec<NamedTensor>,
 }
 
+/// Sums over the optimizer steps since the last epoch end (train) or validation point
+/// (finetune); zero at those points.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Partial {
+    pub steps: u64,
+    pub loss_sum: f64,
+    pub correct: f64,
+    pub rows: u64,
+    pub seconds: f64,
+}
+
+/// Training wall time across runs: what the checkpoint a run started from recorded, plus
+/// this run's.
+pub struct TrainClock {
+    before: f64,
+    started: std::time::Instant,
+}
+
+impl TrainClock {
+    pub fn start(from: &Checkpoint) -> TrainClock {
+        TrainClock { before: from.train_seconds, started: std::time::Instant::now() }
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.before + self.started.elapsed().as_secs_f64()
+    }
+}
+
+const PARTIAL_KEYS: [&str; 5] = ["partial_steps", "partial_loss_sum", "partial_correct", "partial_rows", "partial_seconds"];
+
 impl Checkpoint {
     pub fn read(path: &Path) -> Result<Checkpoint> {
-        let file = crate::cache::open_for_reading(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
-        Self::read_file(&file).with_context(|| format!("{} is not a retrain training checkpoint", path.display()))
+        let file = crate::cache::open_for_reading(path).map_err(|e| crate::cache::damaged(path, e.into()))?;
+        check_format(&file).with_context(|| format!("{} is not a retrain training checkpoint", path.display()))?;
+        Self::read_file(&file).map_err(|e| crate::cache::damaged(path, e))
     }
 
     fn read_file(file: &hdf5::File) -> Result<Checkpoint> {
-        let format = read_str_attr(file, "format")?;
-        let version = read_i64_attr(file, "format_version")?;
-        if format != FORMAT || version != FORMAT_VERSION {
-            bail!("format '{format}' v{version}, expected '{FORMAT}' v{FORMAT_VERSION}");
-        }
         let group = file.group("tensors")?;
         let mut names = group.member_names()?;
         names.sort();
@@ -81,15 +118,24 @@ impl Checkpoint {
             best_val_loss_epoch: read_i64_attr(file, "best_val_loss_epoch").map_or(0, |e| e as u64),
             distortions: read_str_attr(file, "distortions").unwrap_or_else(|_| "none".to_string()),
             schedule: read_str_attr(file, "schedule").unwrap_or_default(),
+            train_seconds: read_f64_attr(file, "train_seconds").unwrap_or(0.0),
+            partial: read_partial(file),
             tensors,
         })
     }
 
-    /// Writes to `path` through a temporary file, so a kill never leaves half a checkpoint.
+    /// Writes to `path` through a temporary file, so a kill or a full disk never leaves half a
+    /// checkpoint: the one before stays in place until the new one is whole.
     pub fn write(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("h5.partial");
-        self.write_file(&tmp).with_context(|| format!("cannot write checkpoint {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+        self.write_file(&tmp).map_err(|e| {
+            let hint = crate::write_failure_hint(&e);
+            e.context(format!("cannot write checkpoint {}{hint}; {} is left as it was", tmp.display(), path.display()))
+        })?;
+        fault::reached(Point::CheckpointPartial);
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+        fault::reached(Point::CheckpointWritten);
+        Ok(())
     }
 
     fn write_file(&self, path: &Path) -> Result<()> {
@@ -111,11 +157,27 @@ impl Checkpoint {
         for (key, value) in integers {
             file.new_attr::<i64>().create(key)?.write_scalar(&value)?;
         }
-        file.new_attr::<f64>().create("best_val_accuracy")?.write_scalar(&self.best_val_accuracy)?;
-        file.new_attr::<f64>().create("best_val_loss")?.write_scalar(&self.best_val_loss)?;
+        let p = &self.partial;
+        let reals = [
+            ("best_val_accuracy", self.best_val_accuracy),
+            ("best_val_loss", self.best_val_loss),
+            ("train_seconds", self.train_seconds),
+            ("partial_loss_sum", p.loss_sum),
+            ("partial_correct", p.correct),
+            ("partial_seconds", p.seconds),
+        ];
+        for (key, value) in reals {
+            file.new_attr::<f64>().create(key)?.write_scalar(&value)?;
+        }
+        for (key, value) in [("partial_steps", p.steps), ("partial_rows", p.rows)] {
+            file.new_attr::<i64>().create(key)?.write_scalar(&(value as i64))?;
+        }
         let group = file.create_group("tensors")?;
         for (i, t) in self.tensors.iter().enumerate() {
-            let ds = group.new_dataset::<f32>().shape(t.shape.clone()).create(format!("{i:05}").as_str())?;
+            let builder = group.new_dataset::<f32>();
+            // a chunk per tensor, for its checksum (HDF5 chunks only non-empty, n-d shapes)
+            let builder = if t.shape.is_empty() || t.shape.contains(&0) { builder } else { builder.chunk(t.shape.clone()).fletcher32() };
+            let ds = builder.shape(t.shape.clone()).create(format!("{i:05}").as_str())?;
             ds.write_raw(&t.data)?;
             write_str_attr(&ds, "name", &t.name)?;
         }
@@ -167,6 +229,28 @@ impl Checkpoint {
     pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
         self.tensors.iter().find(|t| t.name == name)
     }
+}
+
+fn check_format(file: &hdf5::File) -> Result<()> {
+    let format = read_str_attr(file, "format")?;
+    let version = read_i64_attr(file, "format_version")?;
+    if format != FORMAT || version != FORMAT_VERSION {
+        bail!("format '{format}' v{version}, expected '{FORMAT}' v{FORMAT_VERSION}");
+    }
+    Ok(())
+}
+
+fn read_f64_attr(file: &hdf5::File, key: &str) -> Result<f64> {
+    Ok(file.attr(key)?.read_scalar()?)
+}
+
+/// The partial sums, zero where absent (checkpoints written at a boundary by older versions,
+/// and the artifacts' init.h5).
+fn read_partial(file: &hdf5::File) -> Partial {
+    let [steps, loss_sum, correct, rows, seconds] = PARTIAL_KEYS;
+    let int = |k| read_i64_attr(file, k).map_or(0, |v| v as u64);
+    let real = |k| read_f64_attr(file, k).unwrap_or(0.0);
+    Partial { steps: int(steps), loss_sum: real(loss_sum), correct: real(correct), rows: int(rows), seconds: real(seconds) }
 }
 
 fn short(hash: &str) -> &str {

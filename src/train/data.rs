@@ -91,7 +91,7 @@ pub fn load(samples: &[&Sample], column: usize, pre: &Preprocess, what: &str, sh
             Err(e) => ex.skipped.push(format!("{}: {e:#}", s.key)),
         }
     }
-    if ex.is_empty() {
+    if ex.is_empty() && !samples.is_empty() {
         bail!("no usable {what} images ({} unreadable)", ex.skipped.len());
     }
     Ok(ex)

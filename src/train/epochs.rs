@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::artifacts::Artifacts;
 use super::batches::{self, Distort};
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, Partial, TrainClock};
 use super::data::{self, Examples};
 use super::engine::Engine;
 use super::export;
@@ -21,6 +21,8 @@ use super::rng;
 use super::schedule::Schedule;
 use crate::augment::Distortions;
 use crate::dataset::mtfl::{self, Split};
+use crate::fault::{self, Point};
+use crate::interrupt::{self, Interrupted};
 use crate::preprocess::{Crop, InputSpec, Preprocess};
 use crate::progress;
 use crate::runtime::{self, Device, SessionConfig};
@@ -49,6 +51,9 @@ pub struct TrainOptions {
     /// Only the first N images of each MTFL list (tests, quick looks).
     pub limit: Option<usize>,
     pub eval_batch: usize,
+    /// Score the best epoch on the test list at the end. Off while choosing settings, which
+    /// must be chosen on validation alone.
+    pub score_test: bool,
     pub show_progress: bool,
 }
 
@@ -72,11 +77,13 @@ pub struct TrainSummary {
     pub best_val_loss_epoch: u64,
     pub best_epoch: u64,
     pub best_val_accuracy: f64,
-    pub test_accuracy: f64,
-    pub test_loss: f64,
+    /// `None` when the run did not read the test list (`score_test` off).
+    pub test_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
     pub train_images: usize,
     pub val_images: usize,
     pub test_images: usize,
+    /// Training wall time of all `epochs_completed`, over every run that led here.
     pub train_seconds: f64,
     pub seconds_per_epoch: f64,
     pub device: String,
@@ -174,7 +181,7 @@ fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, seed: u64) -> Result<Se
     let column = data::label_column(&training, &opts.attribute)?;
     let limit = |n: usize| opts.limit.map_or(n, |l| l.min(n));
     let (train, val) = data::hold_out(&training.samples[..limit(training.samples.len())], seed);
-    let test: Vec<_> = testing.samples[..limit(testing.samples.len())].iter().collect();
+    let test: Vec<_> = if opts.score_test { testing.samples[..limit(testing.samples.len())].iter().collect() } else { Vec::new() };
     let sets = Sets {
         spec: input,
         train: data::load(&train, column, &pre, "training", opts.show_progress)?,
@@ -191,15 +198,14 @@ struct Run {
     last: Checkpoint,
     epochs_run_now: u64,
     stopped_early: bool,
-    train_seconds: f64,
 }
 
 fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Checkpoint) -> Result<Run> {
     let history = opts.out.join("history.csv");
     prepare_history(&history, start.epoch)?;
+    let clock = TrainClock::start(&start);
     let mut state = start;
     let order: Vec<usize> = (0..sets.train.len()).collect();
-    let started = Instant::now();
     let first = state.epoch;
     let mut stopped_early = false;
     for epoch in first..opts.epochs {
@@ -208,13 +214,17 @@ fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Chec
             stopped_early = true;
             break;
         }
+        let sums = train_epoch(opts, engine, sets, &order, &mut state, &clock, epoch)?;
         let t0 = Instant::now();
-        let (train_loss, train_accuracy) = train_epoch(opts, engine, sets, &order, &mut state, epoch)?;
         let (val_loss, val_accuracy) = evaluate(engine, &sets.val, opts.eval_batch)?;
-        let stats = EpochStats { epoch: epoch + 1, train_loss, train_accuracy, val_loss, val_accuracy, seconds: t0.elapsed().as_secs_f64() };
+        let rows = sums.rows.max(1) as f64;
+        let seconds = sums.seconds + t0.elapsed().as_secs_f64();
+        let stats = EpochStats { epoch: epoch + 1, train_loss: sums.loss_sum / rows, train_accuracy: sums.correct / rows, val_loss, val_accuracy, seconds };
         println!("{}", epoch_line(&stats, opts.epochs));
         state.epoch = epoch + 1;
+        state.partial = Partial::default();
         state.tensors = engine.snapshot()?;
+        state.train_seconds = clock.seconds();
         if val_loss < state.best_val_loss {
             (state.best_val_loss, state.best_val_loss_epoch) = (val_loss, epoch + 1);
         }
@@ -223,29 +233,45 @@ fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Chec
             state.best_val_accuracy = val_accuracy;
             state.write(&opts.out.join("best.h5"))?;
         }
-        state.write(&opts.out.join("last.h5"))?;
+        let last = opts.out.join("last.h5");
+        state.write(&last)?;
         append_history(&history, &stats)?;
+        interrupt::check(|| (format!("stopped after epoch {} of {}; checkpoint {}", epoch + 1, opts.epochs, last.display()), Some(last.clone())))?;
     }
     let epochs_run_now = state.epoch - first;
-    Ok(Run { last: state, epochs_run_now, stopped_early, train_seconds: started.elapsed().as_secs_f64() })
+    Ok(Run { last: state, epochs_run_now, stopped_early })
 }
 
-fn train_epoch(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, order: &[usize], state: &mut Checkpoint, epoch: u64) -> Result<(f64, f64)> {
+/// Trains one epoch, or the rest of one that a stopped run began (`state.partial`). Returns
+/// the epoch's sums. Stopped by a signal, it writes `last.h5` with the steps done so far and
+/// returns [`interrupt::Interrupted`].
+fn train_epoch(
+    opts: &TrainOptions,
+    engine: &mut Engine,
+    sets: &Sets,
+    order: &[usize],
+    state: &mut Checkpoint,
+    clock: &TrainClock,
+    epoch: u64,
+) -> Result<Partial> {
     let m = engine.artifacts.manifest.clone();
     let shuffled = rng::shuffled(order, state.seed, epoch);
     let lr = opts.schedule.lr(opts.lr, epoch);
     let distort = Distort { distortions: opts.distortions, spec: &sets.spec, seed: state.seed, epoch };
+    let chunks: Vec<&[usize]> = shuffled.chunks(m.batch).collect();
+    let mut sums = state.partial;
+    let done = sums.steps as usize;
     let bar = progress::bar(shuffled.len() as u64, "images", opts.show_progress);
     bar.set_message(format!("epoch {}/{}", epoch + 1, opts.epochs));
-    let chunks: Vec<&[usize]> = shuffled.chunks(m.batch).collect();
-    let (seed, first_step) = (state.seed, state.step);
+    bar.inc(sums.rows);
+    let (seed, epoch_first_step) = (state.seed, state.step - sums.steps);
     let prepare = |k: usize| {
-        let masks = batches::dropout_masks(&m, seed, first_step + k as u64 + 1);
+        let masks = batches::dropout_masks(&m, seed, epoch_first_step + k as u64 + 1);
         batches::prepare(&sets.train, chunks[k], m.batch, masks, &distort)
     };
-    let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
-    let mut next = (!chunks.is_empty()).then(|| prepare(0));
-    for (k, chunk) in chunks.iter().enumerate() {
+    let t0 = Instant::now();
+    let mut next = (done < chunks.len()).then(|| prepare(done));
+    for (k, chunk) in chunks.iter().enumerate().skip(done) {
         let current = next.take().expect("batch k was prepared during step k - 1");
         state.step += 1;
         // Batch k + 1 (copies, distortions, masks) is built while the device runs step k.
@@ -259,13 +285,26 @@ fn train_epoch(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, order: &[u
         if !r.loss.is_finite() {
             bail!("loss became {} at step {} (epoch {}): lower --lr", r.loss, state.step, epoch + 1);
         }
-        loss_sum += r.loss as f64 * chunk.len() as f64;
-        correct += r.correct as f64;
-        seen += chunk.len();
+        sums.steps += 1;
+        sums.loss_sum += r.loss as f64 * chunk.len() as f64;
+        sums.correct += r.correct as f64;
+        sums.rows += chunk.len() as u64;
         bar.inc(chunk.len() as u64);
+        fault::reached(Point::Step);
+        if let Some(signal) = interrupt::requested() {
+            bar.finish_and_clear();
+            let last = opts.out.join("last.h5");
+            state.partial = Partial { seconds: state.partial.seconds + t0.elapsed().as_secs_f64(), ..sums };
+            state.tensors = engine.snapshot()?;
+            state.train_seconds = clock.seconds();
+            state.write(&last)?;
+            let progress = format!("epoch {}: stopped after step {} of {}; checkpoint {}", epoch + 1, k + 1, chunks.len(), last.display());
+            return Err(Interrupted { signal, progress, checkpoint: Some(last) }.into());
+        }
     }
     bar.finish_and_clear();
-    Ok((loss_sum / seen.max(1) as f64, correct / seen.max(1) as f64))
+    sums.seconds += t0.elapsed().as_secs_f64();
+    Ok(sums)
 }
 
 /// Mean cross-entropy and accuracy over `ex` with the current parameters.
@@ -319,7 +358,7 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
     let best_path = opts.out.join("best.h5");
     let best = if best_path.exists() { Checkpoint::read(&best_path)? } else { run.last.clone() };
     engine.load(&best)?;
-    let (test_loss, test_accuracy) = evaluate(engine, &sets.test, opts.eval_batch)?;
+    let test = if opts.score_test { Some(evaluate(engine, &sets.test, opts.eval_batch)?) } else { None };
     let a = &engine.artifacts;
     let model = opts.out.join("model.onnx");
     let params: Vec<_> = best.tensors.iter().filter(|t| a.params().any(|p| p.input == t.name)).cloned().collect();
@@ -355,13 +394,13 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
         best_val_loss_epoch: run.last.best_val_loss_epoch,
         best_epoch: best.epoch,
         best_val_accuracy: best.best_val_accuracy,
-        test_accuracy,
-        test_loss,
+        test_accuracy: test.map(|(_, accuracy)| accuracy),
+        test_loss: test.map(|(loss, _)| loss),
         train_images: sets.train.len(),
         val_images: sets.val.len(),
         test_images: sets.test.len(),
-        train_seconds: run.train_seconds,
-        seconds_per_epoch: run.train_seconds / run.epochs_run_now.max(1) as f64,
+        train_seconds: run.last.train_seconds,
+        seconds_per_epoch: run.last.train_seconds / run.last.epoch.max(1) as f64,
         device: opts.device.to_string(),
         model,
     };
@@ -371,14 +410,16 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
 
 /// The closing lines of `retrain train`.
 pub fn report(s: &TrainSummary) -> String {
+    let test = match (s.test_accuracy, s.test_loss) {
+        (Some(a), Some(l)) => format!("test accuracy {a:.4} (loss {l:.4}) on {} MTFL test images", s.test_images),
+        _ => "test list not read (--no-test)".to_string(),
+    };
     format!(
-        "best epoch {} (validation accuracy {:.4}); test accuracy {:.4} (loss {:.4}) on {} MTFL test images\n\
-         {} epochs{} in {:.1} s ({:.1} s/epoch) on {}; model {}",
+        "best epoch {} (validation accuracy {:.4}); {test}\n\
+         {} epochs ({} in this run){} in {:.1} s of training ({:.1} s/epoch) on {}; model {}",
         s.best_epoch,
         s.best_val_accuracy,
-        s.test_accuracy,
-        s.test_loss,
-        s.test_images,
+        s.epochs_completed,
         s.epochs_run_now,
         if s.stopped_early { " (stopped early)" } else { "" },
         s.train_seconds,
