@@ -2,7 +2,8 @@
 //!
 //! `RETRAIN_FAULT=POINT:N:ACTION` makes the process act the N-th time (counted from 1 in this
 //! process) it passes POINT: `kill` sends itself SIGKILL (a crash: nothing is cleaned up),
-//! `sigint` / `sigterm` send that signal (as Ctrl-C or `kill` would). The tests crash or
+//! `sigint` / `sigterm` send that signal (as Ctrl-C or `kill` would), `sigstop` freezes the
+//! process there until the test sends SIGCONT (to hold a cache open while a test looks). The tests crash or
 //! interrupt a job at exact points of its progress — after k committed batches, between a
 //! batch's data and its commit, after step k, between writing a checkpoint and renaming it —
 //! so what they check does not depend on how fast the machine is. Unset, as for every user,
@@ -70,11 +71,9 @@ pub fn reached(point: Point) {
 fn from_env() -> Option<Fault> {
     let text = std::env::var(VARIABLE).ok()?;
     // A test that asks for a fault it cannot get must fail, not pass without one.
-    Some(
-        parse(&text).unwrap_or_else(|| {
-            panic!("{VARIABLE}={text}: expected POINT:N:ACTION, POINT one of {names}, ACTION kill, sigint or sigterm", names = point_names())
-        }),
-    )
+    Some(parse(&text).unwrap_or_else(|| {
+        panic!("{VARIABLE}={text}: expected POINT:N:ACTION, POINT one of {names}, ACTION kill, sigint, sigterm or sigstop", names = point_names())
+    }))
 }
 
 fn point_names() -> String {
@@ -90,6 +89,7 @@ fn parse(text: &str) -> Option<Fault> {
         "kill" => Action::Kill,
         "sigint" => Action::Signal(libc::SIGINT),
         "sigterm" => Action::Signal(libc::SIGTERM),
+        "sigstop" => Action::Signal(libc::SIGSTOP),
         _ => return None,
     };
     parts.next().is_none().then_some(Fault { point, hit, action })

@@ -2,10 +2,11 @@
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{extract_folders, folder_dataset, h5py_eval, repo, retrain, same_rows, stderr, test_model};
+use common::{extract_folders, fault, folder_dataset, h5py_eval, python, repo, retrain, retrain_fault, same_cache_file, stderr, tell, test_model};
 use retrain::cache::Cache;
 use retrain::model::Model;
 use retrain::runtime::{Device, SessionConfig};
@@ -38,25 +39,26 @@ fn read_npy_f32(path: &Path) -> Vec<f32> {
     bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
-fn python_output(model: &Path, input: &[f32], shape: &[usize], output: &str) -> Vec<f32> {
+fn python_output(python: &Path, model: &Path, input: &[f32], shape: &[usize], output: &str) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
     let (x, y) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
     write_npy(&x, shape, input);
     let script = repo().join("scripts/ort_reference.py");
-    let st = Command::new(common::python()).arg(script).arg(model).arg(&x).arg(output).arg(&y).status().unwrap();
+    let st = Command::new(python).arg(script).arg(model).arg(&x).arg(output).arg(&y).status().unwrap();
     assert!(st.success());
     read_npy_f32(&y)
 }
 
 #[test]
 fn model_output_equals_python_onnxruntime() {
+    let Some(py) = python() else { return };
     for (name, n) in [("tiny_cnn.onnx", 3usize), ("tiny_cnn_nchw.onnx", 2)] {
         let path = test_model(name);
         let mut model = Model::load(&path, &cpu(), None).unwrap();
         let shape = model.input.batch_shape(n);
         let input: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
         let ours = model.run(input.clone(), n).unwrap();
-        let theirs = python_output(&path, &input, &shape, &model.output_name);
+        let theirs = python_output(&py, &path, &input, &shape, &model.output_name);
         assert_eq!(ours.len(), theirs.len());
         let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / (1e-6 + b.abs())).fold(0f32, f32::max);
         assert!(worst < 1e-5, "{name}: largest relative difference {worst}");
@@ -83,7 +85,7 @@ fn description_comes_from_metadata_or_sidecar() {
 }
 
 #[test]
-fn cache_round_trip_matches_the_model_and_reads_in_h5py() {
+fn cache_round_trip_matches_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let files = folder_dataset(&dir.path().join("img"), &["cat", "dog"], 5);
     let out = dir.path().join("c.h5");
@@ -108,8 +110,17 @@ fn cache_round_trip_matches_the_model_and_reads_in_h5py() {
     let cached = c.features.row(7).to_vec();
     let worst = direct.iter().zip(&cached).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-5, "cached row differs from a direct run by {worst}");
+}
 
+#[test]
+fn the_cache_reads_in_h5py() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    folder_dataset(&dir.path().join("img"), &["cat", "dog"], 5);
+    let out = dir.path().join("c.h5");
+    assert!(extract_folders(&dir.path().join("img"), &out, &[]).status.success());
     let text = h5py_eval(
+        &py,
         &out,
         &[
             "f['features'].shape",
@@ -121,6 +132,7 @@ fn cache_round_trip_matches_the_model_and_reads_in_h5py() {
             "sorted(f.attrs.keys())",
             "f.attrs['output']",
             "len(f.attrs['model_sha256'])",
+            "f['features'].fletcher32",
         ],
     );
     for want in [
@@ -132,6 +144,7 @@ fn cache_round_trip_matches_the_model_and_reads_in_h5py() {
         "f['paths'][3].decode() = cat/img003.jpg",
         "f.attrs['output'] = bottleneck",
         "len(f.attrs['model_sha256']) = 64",
+        "f['features'].fletcher32 = True",
     ] {
         assert!(text.contains(want), "h5py did not find `{want}` in:\n{text}");
     }
@@ -152,87 +165,125 @@ fn a_stopped_run_resumes_without_recomputing() {
     let o = extract_folders(&img, &parts, &[]);
     assert!(o.status.success());
     assert!(common::stdout(&o).contains("wrote 13 rows") && common::stdout(&o).contains("(8 were already there)"), "{}", common::stdout(&o));
-    same_rows(&whole, &parts);
+    same_cache_file(&whole, &parts);
     // Running again finds nothing to do.
     assert!(common::stdout(&extract_folders(&img, &parts, &[])).contains("wrote 0 rows"));
 }
 
-/// 300 pictures large enough that an extraction lasts long enough to be killed in the middle.
-fn slow_dataset(img: &Path) {
+/// 300 small pictures: 75 batches of 4.
+fn many_images(img: &Path) {
     for c in ["x", "y"] {
         std::fs::create_dir_all(img.join(c)).unwrap();
         for i in 0..150u32 {
-            common::picture(i, 480, 360).save(img.join(c).join(format!("{i:03}.jpg"))).unwrap();
+            common::picture(i, 48, 36).save(img.join(c).join(format!("{i:03}.jpg"))).unwrap();
         }
     }
 }
 
-fn spawn_extract(model: &Path, img: &Path, out: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_retrain"))
-        .args(["extract", "--quiet", "--batch", "4", "--decode-threads", "1", "--model"])
-        .arg(model)
-        .arg("--folders")
-        .arg(img)
-        .arg("--out")
-        .arg(out)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+/// Committed rows of a cache after a killed run; the file must always read back whole.
+fn rows_on_disk(cache: &Path) -> usize {
+    Cache::read(cache).map(|c| c.paths.len()).unwrap_or_else(|e| panic!("a killed run left an unreadable cache: {e:#}"))
 }
 
 #[test]
 fn sigkill_at_many_points_then_resume_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("img");
-    slow_dataset(&img);
+    many_images(&img);
     let whole = dir.path().join("whole.h5");
     assert!(extract_folders(&img, &whole, &[]).status.success());
     let killed = dir.path().join("killed.h5");
-    let model = test_model("tiny_cnn.onnx");
-    // Kill the same extraction again and again at pseudo-random moments, each time resuming it.
+    let args = |out: &Path| -> Vec<String> {
+        let model = test_model("tiny_cnn.onnx");
+        [
+            "extract",
+            "--quiet",
+            "--batch",
+            "4",
+            "--decode-threads",
+            "1",
+            "--model",
+            model.to_str().unwrap(),
+            "--folders",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // Each run is killed at the hit-th time it passes a point of its progress: after a commit,
+    // between a batch's data and its flush, between the flush and the commit counters. A run
+    // adds 4 rows per batch it commits before the kill.
+    let plan: [(&str, u64, usize); 8] = [
+        ("cache-committed", 3, 12),
+        ("cache-data-flushed", 5, 16),
+        ("cache-data-written", 2, 4),
+        ("cache-committed", 7, 28),
+        ("cache-data-written", 9, 32),
+        ("cache-data-flushed", 1, 0),
+        ("cache-committed", 1, 4),
+        ("cache-data-flushed", 11, 40),
+    ];
     let mut kill_points = Vec::new();
-    let mut delay = 37u64;
-    for _ in 0..40 {
-        let mut child = spawn_extract(&model, &img, &killed);
-        delay = (delay * 7919 + 13) % 400;
-        std::thread::sleep(std::time::Duration::from_millis(60 + delay));
-        child.kill().unwrap(); // SIGKILL, or nothing if it already finished
-        child.wait().unwrap();
-        let rows = Cache::read(&killed).map(|c| c.paths.len()).unwrap_or(0);
-        if rows == 300 {
-            break;
-        }
-        if rows > 0 {
-            kill_points.push(rows);
-        }
+    for (point, hit, adds) in plan {
+        let before = if killed.exists() { rows_on_disk(&killed) } else { 0 };
+        let args = args(&killed);
+        let o = retrain_fault(&args.iter().map(String::as_str).collect::<Vec<_>>(), point, hit, "kill");
+        assert_eq!(o.status.signal(), Some(libc::SIGKILL), "the run was not killed at {point}:{hit}: {}", stderr(&o));
+        let rows = rows_on_disk(&killed);
+        assert_eq!(rows, before + adds, "killed at {point}:{hit} with {before} rows on disk");
+        kill_points.push(rows);
     }
-    eprintln!("killed at rows {kill_points:?}");
-    assert!(kill_points.len() >= 3, "too few kills landed between the first and last batch: {kill_points:?}");
+    tell(&format!("extract kill points (rows committed): {kill_points:?}"));
+    let interior: std::collections::BTreeSet<usize> = kill_points.iter().copied().filter(|&r| r > 0 && r < 300).collect();
+    assert!(interior.len() >= 5, "too few distinct interior kill points: {kill_points:?}");
     let o = extract_folders(&img, &killed, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    same_rows(&whole, &killed);
+    same_cache_file(&whole, &killed);
 }
 
 #[test]
 fn a_second_process_on_the_same_cache_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("img");
-    slow_dataset(&img);
+    many_images(&img);
     let out = dir.path().join("busy.h5");
     let model = test_model("tiny_cnn.onnx");
-    let mut first = spawn_extract(&model, &img, &out);
-    while !out.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    // The first run freezes itself after its second commit, holding the cache open.
+    let (key, value) = fault("cache-committed", 2, "sigstop");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_retrain"))
+        .args(["extract", "--quiet", "--batch", "4", "--model"])
+        .arg(&model)
+        .arg("--folders")
+        .arg(&img)
+        .arg("--out")
+        .arg(&out)
+        .env(key, value)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = first.id() as libc::pid_t;
+    wait_until_stopped(pid);
     let second = extract_folders(&img, &out, &[]);
-    assert!(first.try_wait().unwrap().is_none(), "the first run ended before the second started; make the data set slower");
     assert!(!second.status.success());
     assert!(stderr(&second).contains("being written by another retrain process"), "{}", stderr(&second));
+    // SAFETY: pid is our own stopped child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(first.wait().unwrap().success());
     let whole = dir.path().join("whole.h5");
     assert!(extract_folders(&img, &whole, &[]).status.success());
-    same_rows(&whole, &out);
+    same_cache_file(&whole, &out);
+}
+
+/// Waits (by progress: the child's own state, not a guess of time) until `pid` has stopped.
+fn wait_until_stopped(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid with WUNTRACED on our own child; status is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+    assert_eq!(r, pid, "waitpid failed");
+    assert!(libc::WIFSTOPPED(status), "the child ended instead of stopping (status {status})");
 }
 
 #[test]
@@ -289,7 +340,7 @@ fn default_names_depend_on_model_and_preprocessing() {
 
 #[test]
 fn real_mtfl_nose_crops_carry_labels_and_landmarks() {
-    let Some(root) = common::shared_mtfl("real_mtfl_nose_crops_carry_labels_and_landmarks") else { return };
+    let Some(root) = common::shared_mtfl() else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.h5");
     let model = test_model("tiny_cnn.onnx");

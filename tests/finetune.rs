@@ -20,14 +20,14 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn run_script(args: &[&str]) {
-    let o = Command::new(python()).args(args).current_dir(repo()).output().expect("run python");
+fn run_script(py: &Path, args: &[&str]) {
+    let o = Command::new(py).args(args).current_dir(repo()).output().expect("run python");
     assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Fine-tuning artifacts of TCDCN with a new 2-way head, batch 8, micro-batches 8, 4, 2.
-fn tcdcn_finetune(out: &Path) -> PathBuf {
-    run_script(&["scripts/make_finetune.py", "onnx/tcdcn.onnx", "--classes", "2", "--batch", "8", "--micro-batches", "8,4,2", "--out", s(out)]);
+fn tcdcn_finetune(py: &Path, out: &Path) -> PathBuf {
+    run_script(py, &["scripts/make_finetune.py", "onnx/tcdcn.onnx", "--classes", "2", "--batch", "8", "--micro-batches", "8,4,2", "--out", s(out)]);
     out.to_path_buf()
 }
 
@@ -67,11 +67,8 @@ fn finetune_args<'a>(art: &'a str, mtfl: &'a str, cache: &'a str, out: &'a str, 
 
 #[test]
 fn inception_gradient_check_passes_for_every_block_type() {
-    if !repo().join("onnx/inception_v3.onnx").exists() {
-        eprintln!("SKIP inception_gradient_check_passes_for_every_block_type: onnx/inception_v3.onnx is not here (scripts/setup.sh --model makes it)");
-        return;
-    }
-    let o = Command::new(python()).arg("scripts/gradcheck_inception.py").current_dir(repo()).output().expect("run gradcheck_inception.py");
+    let (Some(py), Some(_)) = (python(), common::inception()) else { return };
+    let o = Command::new(py).arg("scripts/gradcheck_inception.py").current_dir(repo()).output().expect("run gradcheck_inception.py");
     let text = String::from_utf8_lossy(&o.stdout);
     println!("{text}");
     assert!(o.status.success(), "InceptionV3 gradient check failed:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
@@ -106,8 +103,9 @@ fn pieces(a: &Artifacts, rows: usize) -> Vec<Piece> {
 
 #[test]
 fn accumulated_micro_batches_equal_the_fused_step() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let art = tcdcn_finetune(&py, &tmp.path().join("art"));
     let a = Artifacts::open(&art.join("phase2")).unwrap();
     let init = Checkpoint::read(&art.join("phase2/init.h5")).unwrap();
     let config = SessionConfig { intra_threads: Some(1), ..SessionConfig::new(Device::Cpu) };
@@ -134,8 +132,9 @@ fn accumulated_micro_batches_equal_the_fused_step() {
 
 #[test]
 fn both_phases_export_a_model_and_head_that_extract_and_eval_read() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let art = tcdcn_finetune(&py, &tmp.path().join("art"));
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
     let (cache, out) = (tmp.path().join("cache"), tmp.path().join("run"));
     let o = retrain(&finetune_args(s(&art), s(&mtfl), s(&cache), s(&out), "4"));
@@ -162,8 +161,9 @@ fn both_phases_export_a_model_and_head_that_extract_and_eval_read() {
 
 #[test]
 fn resumed_fine_tuning_equals_continuous_fine_tuning() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let art = tcdcn_finetune(&py, &tmp.path().join("art"));
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
     let cache = tmp.path().join("cache");
     let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
@@ -196,8 +196,9 @@ fn resumed_fine_tuning_equals_continuous_fine_tuning() {
 
 #[test]
 fn wrong_model_batch_micro_batch_or_checkpoint_is_refused_before_training() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = tcdcn_finetune(&tmp.path().join("art"));
+    let art = tcdcn_finetune(&py, &tmp.path().join("art"));
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("run");
@@ -212,7 +213,7 @@ fn wrong_model_batch_micro_batch_or_checkpoint_is_refused_before_training() {
     refused(with("onnx/tcdcn.onnx", "onnx/cascade_cnn.onnx"), "is not the model the fine-tuning artifacts");
     refused([base.clone(), vec!["--batch", "16"]].concat(), "were made for batch 8");
     refused(with("4", "3"), "--micro-batch 3");
-    run_script(&["scripts/make_artifacts.py", "onnx/tcdcn.onnx", "--out", s(&tmp.path().join("other")), "--batch", "8"]);
+    run_script(&py, &["scripts/make_artifacts.py", "onnx/tcdcn.onnx", "--out", s(&tmp.path().join("other")), "--batch", "8"]);
     std::fs::copy(tmp.path().join("other/init.h5"), &foreign).unwrap();
     refused([base.clone(), vec!["--resume", s(&foreign)]].concat(), "belongs to other training artifacts");
 }

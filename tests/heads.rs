@@ -121,7 +121,7 @@ fn unknown_attributes_are_refused_with_the_known_ones() {
 /// for the same within 0.5 points on MTFL; here on a synthetic cache with overlap).
 #[test]
 fn linfa_agrees_with_scikit_learn() {
-    let python = python();
+    let Some(python) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let train_cache = synthetic_cache(&dir.path().join("train.h5"), 2000, 32, 0.8, 0.6, 10);
     let test_cache = synthetic_cache(&dir.path().join("test.h5"), 2000, 32, 0.8, 0.6, 11);

@@ -67,7 +67,7 @@ fn load_names_the_file_in_problems_and_errors() {
 
 #[test]
 fn real_mtfl_counts_and_label_balance() {
-    let Some(root) = common::shared_mtfl("real_mtfl_counts_and_label_balance") else { return };
+    let Some(root) = common::shared_mtfl() else { return };
     let train = mtfl::load(&root, Split::Training).unwrap();
     let test = mtfl::load(&root, Split::Testing).unwrap();
     assert_eq!((train.samples.len(), test.samples.len()), (10_000, 2_995));

@@ -118,13 +118,17 @@ fn exported_model_predicts_what_eval_scored_for_every_test_image() {
     summary.table.write(&csv).unwrap();
     let header = std::fs::read_to_string(&csv).unwrap().lines().next().unwrap().to_string();
     assert_eq!(header, "path,gender,p_gender_male,p_gender_female,smile,p_smile_smiling,p_smile_not_smiling");
-
-    check_in_python(&model_path);
 }
 
-/// onnx.checker accepts the file and Python's onnxruntime computes what ours computes.
-fn check_in_python(model_path: &Path) {
-    let python = python();
+/// onnx.checker accepts the exported file and Python's onnxruntime computes what ours computes.
+#[test]
+fn the_exported_model_passes_onnx_checker_and_runs_in_python_onnxruntime() {
+    let Some(python) = python() else { return };
+    let w = world();
+    let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
+    let model_path = w.dir.path().join("model.onnx");
+    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path).unwrap();
+    let model_path = model_path.as_path();
     let mut model = Model::load(model_path, &cpu(), None).unwrap();
     let n = 2 * model.input.image_len();
     let input: Vec<f32> = (0..n).map(|i| (i % 17) as f32 / 17.0).collect();

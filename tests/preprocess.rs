@@ -102,7 +102,8 @@ fn grayscale_and_cmyk_jpegs_become_rgb() {
     let code = "import sys; from PIL import Image\n\
                 Image.new('L', (8, 6), 200).save(sys.argv[1] + '/gray.jpg')\n\
                 Image.new('CMYK', (8, 6), (0, 255, 255, 0)).save(sys.argv[1] + '/cmyk.jpg')";
-    let ok = Command::new(common::python()).args(["-c", code]).arg(dir.path()).status().unwrap();
+    let Some(py) = common::python() else { return };
+    let ok = Command::new(py).args(["-c", code]).arg(dir.path()).status().unwrap();
     assert!(ok.success());
     let gray = decode_rgb(&dir.path().join("gray.jpg")).unwrap();
     assert_eq!(gray.dimensions(), (8, 6));
@@ -118,11 +119,50 @@ fn hash_split_is_stable_and_near_the_percentage() {
     let held: Vec<bool> = names.iter().map(|n| assign(n, 7, 10.0) == Subset::Holdout).collect();
     let share = held.iter().filter(|&&h| h).count() as f64 / names.len() as f64;
     assert!((0.08..0.12).contains(&share), "hold-out share {share}");
-    // Adding images changes nothing for the old ones: assignment depends on the name alone.
-    assert!(names.iter().zip(&held).all(|(n, &h)| (assign(n, 7, 10.0) == Subset::Holdout) == h));
     // Another seed gives another split; `_nohash_` variants stay together.
     assert!(names.iter().any(|n| assign(n, 8, 10.0) != assign(n, 7, 10.0)));
     assert_eq!(assign("a/pic_nohash_1.jpg", 3, 50.0), assign("b/pic_nohash_2.jpg", 3, 50.0));
     assert_eq!(assign("x.jpg", 1, 0.0), Subset::Train);
     assert_eq!(assign("x.jpg", 1, 100.0), Subset::Holdout);
+}
+
+/// The train/validation subsets of an MTFL folder as `retrain train` and `retrain finetune`
+/// read them: (train keys, validation keys).
+fn subsets(root: &std::path::Path) -> [(Vec<String>, Vec<String>); 2] {
+    let training = retrain::dataset::mtfl::load(root, retrain::dataset::mtfl::Split::Training).unwrap();
+    let (train, val) = retrain::train::data::hold_out(&training.samples, 7);
+    let keys = |v: &[&Sample]| v.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+    let classes = retrain::head::classes::Classes::mtfl("smile").unwrap();
+    let [ft_train, ft_val, _] = retrain::finetune::images::mtfl_subsets(root, &classes, 7, None).unwrap();
+    let names = |l: &retrain::finetune::images::LabeledImages| l.samples.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+    [(keys(&train), keys(&val)), (names(&ft_train), names(&ft_val))]
+}
+
+#[test]
+fn adding_images_moves_no_old_image_between_train_and_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::tiny_mtfl(&dir.path().join("mtfl"), 40);
+    let before = subsets(&root);
+    // Forty more images, their lines put before and after the old ones.
+    let old = std::fs::read_to_string(root.join("training.txt")).unwrap();
+    let (mut head, mut tail) = (String::new(), String::new());
+    for i in 0..40u32 {
+        let key = format!("training/new{i:03}.jpg");
+        common::picture(500 + i, 80, 80).save(root.join(&key)).unwrap();
+        let line = format!(" {key} 30 50 40 32 48 35 35 45 60 60 1 {} 2 3\r\n", 1 + i % 2);
+        if i % 2 == 0 {
+            head.push_str(&line)
+        } else {
+            tail.push_str(&line)
+        }
+    }
+    std::fs::write(root.join("training.txt"), format!("{head}{old}{tail}")).unwrap();
+    let after = subsets(&root);
+    for (tool, ((train0, val0), (train1, val1))) in ["train", "finetune"].iter().zip(before.iter().zip(&after)) {
+        assert_eq!((train0.len() + val0.len(), train1.len() + val1.len()), (40, 80), "{tool}");
+        assert!(train0.iter().all(|k| train1.contains(k)), "{tool}: an old training image moved to validation");
+        assert!(val0.iter().all(|k| val1.contains(k)), "{tool}: an old validation image moved to training");
+        let new_val = val1.iter().filter(|k| k.contains("/new")).count();
+        assert!(new_val > 0 && new_val < 40, "{tool}: the new images were not split ({new_val} of 40 held out)");
+    }
 }

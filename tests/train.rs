@@ -7,12 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{python, repo, retrain, stderr, stdout, tiny_mtfl};
+use common::{python, repo, retrain, retrain_fault, same_checkpoint_file, same_history, stderr, stdout, tell, tiny_mtfl};
 use retrain::train::checkpoint::Checkpoint;
 
-/// `scripts/make_artifacts.py onnx/tcdcn.onnx` into `out` with a small batch.
-fn make_artifacts(out: &Path, batch: usize, optimizer: &str) -> PathBuf {
-    let status = Command::new(python())
+/// `scripts/make_artifacts.py onnx/tcdcn.onnx` into `out` with a small batch (`py` from
+/// [`python`], which the test checked first).
+fn make_artifacts(py: &Path, out: &Path, batch: usize, optimizer: &str) -> PathBuf {
+    let status = Command::new(py)
         .arg(repo().join("scripts/make_artifacts.py"))
         .arg(repo().join("onnx/tcdcn.onnx"))
         .args(["--out", out.to_str().unwrap(), "--batch", &batch.to_string(), "--optimizer", optimizer])
@@ -32,7 +33,8 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn gradient_checks_pass_for_every_differentiated_op() {
-    let out = Command::new(python()).arg(repo().join("scripts/gradcheck.py")).output().expect("run gradcheck.py");
+    let Some(py) = python() else { return };
+    let out = Command::new(py).arg(repo().join("scripts/gradcheck.py")).output().expect("run gradcheck.py");
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(out.status.success(), "gradient check failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -44,8 +46,9 @@ fn gradient_checks_pass_for_every_differentiated_op() {
 /// Trains 2 epochs straight and 1 + 1 with --resume, with `extra` flags; both must agree bit
 /// for bit.
 fn assert_resume_equals_continuous(extra: &[&str]) {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "adam");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 20);
     let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
     let run = |out: &Path, epochs: &str, resume: Option<&Path>| {
@@ -64,15 +67,17 @@ fn assert_resume_equals_continuous(extra: &[&str]) {
     let o = run(&resumed, "2", Some(&resumed.join("last.h5")));
     assert!(!stdout(&o).contains("epoch 1/2"), "resume repeated epoch 1: {}", stdout(&o));
 
-    let a = Checkpoint::read(&straight.join("last.h5")).unwrap();
-    let b = Checkpoint::read(&resumed.join("last.h5")).unwrap();
-    assert_eq!((a.step, a.epoch, a.seed), (b.step, b.epoch, b.seed));
-    assert_eq!(a.epoch, 2);
-    assert_eq!((a.best_val_loss, a.best_val_loss_epoch), (b.best_val_loss, b.best_val_loss_epoch));
-    assert_eq!(a.tensors, b.tensors, "resumed parameters and optimizer state differ from continuous training");
-    let history = |d: &Path| std::fs::read_to_string(d.join("history.csv")).unwrap().lines().count();
-    assert_eq!(history(&straight), 3);
-    assert_eq!(history(&resumed), 3);
+    assert_eq!(Checkpoint::read(&straight.join("last.h5")).unwrap().epoch, 2);
+    same_run(&straight, &resumed);
+}
+
+/// Two run folders hold the same training: last.h5 and best.h5 whole (parameters, optimizer
+/// state, counters, best scores), and the same history but for its wall times.
+fn same_run(a: &Path, b: &Path) {
+    for file in ["last.h5", "best.h5"] {
+        same_checkpoint_file(&a.join(file), &b.join(file));
+    }
+    same_history(&a.join("history.csv"), &b.join("history.csv"));
 }
 
 #[test]
@@ -88,8 +93,9 @@ fn resumed_training_with_distortions_and_decay_equals_continuous_training() {
 
 #[test]
 fn distortions_change_training_and_are_recorded() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "adam");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 12);
     let (plain, flipped) = (tmp.path().join("plain"), tmp.path().join("flipped"));
     assert!(retrain(&train_args(s(&art), s(&mtfl), s(&plain), "1")).status.success());
@@ -114,8 +120,9 @@ fn distortions_change_training_and_are_recorded() {
 
 #[test]
 fn patience_stops_when_validation_loss_stalls() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "adam");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 20);
     let out = tmp.path().join("run");
     let mut args = train_args(s(&art), s(&mtfl), s(&out), "30");
@@ -143,8 +150,9 @@ fn patience_stops_when_validation_loss_stalls() {
 
 #[test]
 fn bad_artifacts_are_refused_before_training() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = make_artifacts(&tmp.path().join("art"), 4, "sgd");
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "sgd");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 6);
     // a graph without the expected inputs, recorded with its true hash
     let manifest_path = art.join("manifest.json");
@@ -160,7 +168,7 @@ fn bad_artifacts_are_refused_before_training() {
     assert!(!out.join("history.csv").exists(), "training started");
 
     // a graph file that is not the one the manifest names
-    let art2 = make_artifacts(&tmp.path().join("art2"), 4, "sgd");
+    let art2 = make_artifacts(&py, &tmp.path().join("art2"), 4, "sgd");
     std::fs::copy(art2.join("forward.onnx"), art2.join("eval.onnx")).unwrap();
     let o = retrain(&train_args(s(&art2), s(&mtfl), s(&out), "1"));
     assert!(!o.status.success());
@@ -169,9 +177,10 @@ fn bad_artifacts_are_refused_before_training() {
 
 #[test]
 fn checkpoint_of_other_artifacts_is_refused() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let adam = make_artifacts(&tmp.path().join("adam"), 4, "adam");
-    let sgd = make_artifacts(&tmp.path().join("sgd"), 4, "sgd");
+    let adam = make_artifacts(&py, &tmp.path().join("adam"), 4, "adam");
+    let sgd = make_artifacts(&py, &tmp.path().join("sgd"), 4, "sgd");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 6);
     let out = tmp.path().join("run");
     let foreign = sgd.join("init.h5");
@@ -190,8 +199,9 @@ fn checkpoint_of_other_artifacts_is_refused() {
 
 #[test]
 fn checkpoint_and_exported_model_are_readable_by_python_and_extract() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = make_artifacts(&tmp.path().join("art"), 4, "rmsprop");
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "rmsprop");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 10);
     let out = tmp.path().join("run");
     let o = retrain(&train_args(s(&art), s(&mtfl), s(&out), "1"));
@@ -211,9 +221,9 @@ print("epoch", attrs["epoch"], "optimizer", attrs["optimizer"], "maxdiff", float
 assert np.abs(a - b).max() < 1e-4
 assert any(k.startswith("opt:square:") for k in tensors)
 "#;
-    let py = Command::new(python()).args(["-c", code, s(&repo()), s(&out), s(&art)]).output().unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
-    assert!(String::from_utf8_lossy(&py.stdout).contains("epoch 1 optimizer rmsprop"));
+    let o = Command::new(&py).args(["-c", code, s(&repo()), s(&out), s(&art)]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("epoch 1 optimizer rmsprop"));
     // and `retrain extract` takes it: its metadata still describes the input
     let cache = tmp.path().join("c.h5");
     let o = retrain(&["extract", "--model", s(&out.join("model.onnx")), "--mtfl", s(&mtfl), "--split", "testing", "--out", s(&cache), "--quiet"]);
@@ -223,9 +233,9 @@ assert any(k.startswith("opt:square:") for k in tensors)
 
 #[test]
 fn one_epoch_on_real_mtfl() {
-    let Some(mtfl) = common::shared_mtfl("one_epoch_on_real_mtfl") else { return };
+    let (Some(py), Some(mtfl)) = (python(), common::shared_mtfl()) else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = make_artifacts(&tmp.path().join("art"), 16, "adam");
+    let art = make_artifacts(&py, &tmp.path().join("art"), 16, "adam");
     let out = tmp.path().join("run");
     let mut args = train_args(s(&art), s(&mtfl), s(&out), "1");
     args.extend(["--limit", "160"]);
@@ -236,54 +246,49 @@ fn one_epoch_on_real_mtfl() {
 
 #[test]
 fn sigkill_during_training_then_resume_equals_continuous_training() {
+    let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let art = make_artifacts(&tmp.path().join("art"), 4, "adam");
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "adam");
     let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 40);
     let epochs = "8";
     let straight = tmp.path().join("straight");
     assert!(retrain(&train_args(s(&art), s(&mtfl), s(&straight), epochs)).status.success());
+    let steps_per_epoch = Checkpoint::read(&straight.join("last.h5")).unwrap().step / 8;
     let killed = tmp.path().join("killed");
     let last = killed.join("last.h5");
+    // Each run resumes from last.h5 and is killed the hit-th time it passes a point: after
+    // an optimizer step (mid-epoch: the epoch is lost, the checkpoint before it stays), between
+    // writing a checkpoint and renaming it, or just after the rename.
+    let spe = steps_per_epoch;
+    let plan: [(&str, u64); 8] = [
+        ("step", spe + 2),
+        ("checkpoint-partial", 1),
+        ("step", spe + 1),
+        ("checkpoint-written", 2),
+        ("step", 2 * spe - 1),
+        ("checkpoint-partial", 2),
+        ("step", spe + 3),
+        ("checkpoint-written", 1),
+    ];
     let mut kills = Vec::new();
-    let mut delay = 11u64;
-    let epoch_on_disk = || Checkpoint::read(&last).map(|c| c.epoch).ok();
-    for _ in 0..30 {
+    for (point, hit) in plan {
         let mut args = train_args(s(&art), s(&mtfl), s(&killed), epochs);
         if last.exists() {
             args.extend(["--resume", s(&last)]);
         }
-        let before = epoch_on_disk();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_retrain"))
-            .args(&args)
-            .current_dir(repo())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Let it write one more checkpoint (so every round makes progress), then kill it at a
-        // pseudo-random moment of the next epoch, checkpoint writing included.
-        while child.try_wait().unwrap().is_none() && epoch_on_disk() == before {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        delay = (delay * 7919 + 3) % 300;
-        std::thread::sleep(std::time::Duration::from_millis(delay));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        if finished {
-            break;
-        }
-        // Whatever the moment of the kill, the checkpoint on disk is a whole one.
+        let o = retrain_fault(&args, point, hit, "kill");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&o.status), Some(libc::SIGKILL), "not killed at {point}:{hit}: {}", stderr(&o));
+        // Whatever the point of the kill, the checkpoint on disk is a whole one.
         let c = Checkpoint::read(&last).expect("a killed run left a damaged checkpoint");
+        assert_eq!(c.step, c.epoch * spe, "a kill left a checkpoint between epochs");
         kills.push(c.epoch);
     }
-    eprintln!("killed at completed epochs {kills:?}");
-    assert!(kills.len() >= 2, "too few kills landed during training: {kills:?}");
+    tell(&format!("train kill points (epochs completed on disk): {kills:?}"));
+    let interior: std::collections::BTreeSet<u64> = kills.iter().copied().filter(|&e| e > 0 && e < 8).collect();
+    assert!(interior.len() >= 5, "too few distinct interior kill points: {kills:?}");
     let mut args = train_args(s(&art), s(&mtfl), s(&killed), epochs);
     args.extend(["--resume", s(&last)]);
     let o = retrain(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    let (a, b) = (Checkpoint::read(&straight.join("last.h5")).unwrap(), Checkpoint::read(&last).unwrap());
-    assert_eq!((a.step, a.epoch), (b.step, b.epoch));
-    assert_eq!(a.tensors, b.tensors, "killed-and-resumed training differs from continuous training");
+    same_run(&straight, &killed);
 }

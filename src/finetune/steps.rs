@@ -89,8 +89,9 @@ pub fn run(
             (start.step, start.best_val_accuracy, start.partial) = (step, val_accuracy, Partial::default());
             start.tensors = engine.snapshot()?;
             start.train_seconds = clock.seconds();
-            start.write(&last)?;
+            // The history line first: a resume keeps only the lines up to last.h5's step.
             append_history(s.history, &p)?;
+            start.write(&last)?;
             points.push(p);
             (sums, since) = (Partial::default(), Instant::now());
             interrupt::check(|| (format!("phase {} stopped after step {step} of {}; checkpoint {}", s.phase, s.steps, last.display()), Some(last.clone())))?;

@@ -228,6 +228,9 @@ fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Chec
         if val_loss < state.best_val_loss {
             (state.best_val_loss, state.best_val_loss_epoch) = (val_loss, epoch + 1);
         }
+        // The history line first: a resume keeps only the lines of the epochs last.h5 holds,
+        // so a kill between the two never loses or repeats one.
+        append_history(&history, &stats)?;
         let improved = val_accuracy > state.best_val_accuracy;
         if improved {
             state.best_val_accuracy = val_accuracy;
@@ -235,7 +238,6 @@ fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Chec
         }
         let last = opts.out.join("last.h5");
         state.write(&last)?;
-        append_history(&history, &stats)?;
         interrupt::check(|| (format!("stopped after epoch {} of {}; checkpoint {}", epoch + 1, opts.epochs, last.display()), Some(last.clone())))?;
     }
     let epochs_run_now = state.epoch - first;

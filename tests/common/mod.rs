@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use image::{Rgb, RgbImage};
-use retrain::cache::Cache;
 
+mod h5;
 mod synth;
+#[allow(unused_imports)] // each test file uses some of them
+pub use h5::*;
 #[allow(unused_imports)] // used by the head and pipeline tests only
 pub use synth::*;
 
@@ -22,30 +24,96 @@ pub fn test_model(name: &str) -> PathBuf {
     p
 }
 
-/// The project's Python (scripts/setup.sh makes .venv); RETRAIN_PYTHON overrides.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("RETRAIN_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = repo().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh first", p.display());
-    p
+/// The running test's name (libtest names each test's thread after it).
+pub fn test_name() -> String {
+    std::thread::current().name().unwrap_or("unnamed test").to_string()
 }
 
-/// The real MTFL beside the checkout, or None with a message saying the test is skipped.
-pub fn shared_mtfl(test: &str) -> Option<PathBuf> {
+/// Writes a line to the terminal past libtest's output capture (which takes only the print
+/// macros), so that scripts/test.sh sees it whether the test passes or not.
+pub fn tell(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A prerequisite of the running test that is not here. With `CI` set the test fails,
+/// naming it; elsewhere it prints `SKIP <test>: <reason>` (scripts/test.sh counts these) and
+/// the caller returns. Never a silent pass.
+pub fn skip<T>(reason: &str) -> Option<T> {
+    let test = test_name();
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {reason} (CI is set, so a missing prerequisite fails the test)");
+    }
+    tell(&format!("SKIP {test}: {reason}"));
+    None
+}
+
+/// The project's Python (scripts/setup.sh makes .venv; RETRAIN_PYTHON overrides), or a skip.
+pub fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RETRAIN_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let p = repo().join(".venv/bin/python");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip(&format!("{} is missing (scripts/setup.sh makes it)", p.display()))
+    }
+}
+
+/// The real MTFL beside the checkout, or a skip.
+pub fn shared_mtfl() -> Option<PathBuf> {
     let p = repo().join("../shared/datasets/MTFL");
     if p.join("testing.txt").exists() {
         Some(p)
     } else {
-        eprintln!("SKIP {test}: ../shared/datasets/MTFL is not here (tests on the real MTFL need it)");
-        None
+        skip(&format!("{} is not here (tests on the real MTFL need it)", p.display()))
+    }
+}
+
+/// The converted InceptionV3, or a skip.
+pub fn inception() -> Option<PathBuf> {
+    let p = repo().join("onnx/inception_v3.onnx");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip(&format!("{} is missing (scripts/setup.sh --model makes it)", p.display()))
     }
 }
 
 /// Runs the built `retrain` binary.
 pub fn retrain(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_retrain")).args(args).current_dir(repo()).output().expect("run retrain")
+}
+
+/// Runs the built `retrain` binary with extra environment variables.
+pub fn retrain_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_retrain")).args(args).envs(env.iter().copied()).current_dir(repo()).output().expect("run retrain")
+}
+
+/// The `RETRAIN_FAULT` setting that stops a run the `hit`-th time it passes `point`
+/// (see src/fault.rs), e.g. `fault("cache-committed", 3, "kill")`.
+pub fn fault(point: &str, hit: u64, action: &str) -> (&'static str, String) {
+    ("RETRAIN_FAULT", format!("{point}:{hit}:{action}"))
+}
+
+/// Runs `retrain` with `RETRAIN_FAULT` set.
+pub fn retrain_fault(args: &[&str], point: &str, hit: u64, action: &str) -> Output {
+    let (key, value) = fault(point, hit, action);
+    retrain_env(args, &[(key, value.as_str())])
+}
+
+/// Runs the command an interrupted run printed after "resume with: ", through the shell, as
+/// a user would paste it.
+pub fn run_printed_resume(interrupted: &Output) -> Output {
+    let text = stderr(interrupted);
+    let line = text.lines().find_map(|l| l.strip_prefix("resume with: ")).unwrap_or_else(|| panic!("no 'resume with:' line in:\n{text}"));
+    Command::new("sh").args(["-c", line]).current_dir(repo()).output().expect("run sh")
+}
+
+/// Whether a process ended with exit status `code`.
+pub fn exited_with(o: &Output, code: i32) -> bool {
+    o.status.code() == Some(code)
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -83,13 +151,14 @@ pub fn folder_dataset(root: &Path, classes: &[&str], per_class: u32) -> Vec<Path
     files
 }
 
-/// Reads a cache back through h5py, printing `key=value` lines for the given Python expression list.
-pub fn h5py_eval(file: &Path, exprs: &[&str]) -> String {
+/// Reads a cache back through h5py (`python` from [`python`]), printing `key=value` lines for
+/// the given Python expression list.
+pub fn h5py_eval(python: &Path, file: &Path, exprs: &[&str]) -> String {
     let code = format!(
         "import h5py, sys\nf = h5py.File(sys.argv[1], 'r')\n{}",
         exprs.iter().map(|e| format!("print({e:?}, '=', {e})")).collect::<Vec<_>>().join("\n")
     );
-    let out = Command::new(python()).arg("-c").arg(code).arg(file).output().expect("run python");
+    let out = Command::new(python).arg("-c").arg(code).arg(file).output().expect("run python");
     assert!(out.status.success(), "h5py failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -104,17 +173,6 @@ pub fn extract_folders(root: &Path, out: &Path, extra: &[&str]) -> std::process:
     }
     args.extend(extra);
     retrain(&args)
-}
-
-/// Asserts two caches hold the same rows, feature values compared bit for bit.
-pub fn same_rows(a: &Path, b: &Path) {
-    let (a, b) = (Cache::read(a).unwrap(), Cache::read(b).unwrap());
-    assert_eq!(a.paths, b.paths);
-    assert_eq!(a.source_index, b.source_index);
-    assert_eq!(a.labels, b.labels);
-    assert_eq!((&a.skipped, &a.skipped_index), (&b.skipped, &b.skipped_index));
-    let bits = |c: &Cache| c.features.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-    assert!(bits(&a) == bits(&b), "feature values differ");
 }
 
 /// An MTFL-format folder: training.txt / testing.txt with `n` 80x80 JPEGs each.
