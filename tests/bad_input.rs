@@ -39,6 +39,37 @@ fn truncated_jpeg() {
     assert!(r.contains("cannot decode image"), "{r}");
 }
 
+/// Cuts the JPEG `source` at several points past its header (in the scan data, just before
+/// and inside its end-of-image marker): every cut is skipped with its reason, never cached as
+/// a grey-filled picture, and fatal under --strict.
+fn every_cut_is_refused(source: &[u8]) {
+    let header_end = source.windows(2).position(|w| w == [0xFF, 0xDA]).expect("a start of scan") + 20;
+    let cuts = [header_end, source.len() * 2 / 5, source.len() * 3 / 5, source.len() * 4 / 5, source.len() - 2, source.len() - 1];
+    for cut in cuts {
+        let (dir, img) = with_one_bad_image(|p| std::fs::write(p, &source[..cut]).unwrap());
+        let r = skipped_with_others_kept(&img, &dir.path().join("c.h5"));
+        assert!(r.contains(&format!("JPEG file ends at byte {cut}")) && r.contains("before its end-of-image marker"), "cut at {cut}: {r}");
+        let o = extract_folders(&img, &dir.path().join("strict.h5"), &["--strict"]);
+        assert!(!o.status.success() && stderr(&o).contains("img004.jpg"), "cut at {cut} under --strict: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_jpeg_cut_anywhere_after_its_header_is_skipped() {
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    picture(3, 120, 90).write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    every_cut_is_refused(jpeg.get_ref());
+}
+
+#[test]
+fn real_mtfl_jpegs_cut_anywhere_after_their_header_are_skipped() {
+    let Some(mtfl) = common::shared_mtfl() else { return };
+    // the file of the issue (4,716 bytes, decoded grey-filled when cut at 3,000) and a training image
+    for name in ["AFLW/0013-image02340.jpg", "lfw_5590/Aaron_Eckhart_0001.jpg"] {
+        every_cut_is_refused(&std::fs::read(mtfl.join(name)).unwrap());
+    }
+}
+
 #[test]
 fn zero_byte_file() {
     let (dir, img) = with_one_bad_image(|p| std::fs::write(p, b"").unwrap());

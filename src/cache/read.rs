@@ -33,7 +33,8 @@ pub struct Cache {
 impl Cache {
     /// Reads the committed rows of a cache file.
     pub fn read(path: &Path) -> Result<Cache> {
-        let file = crate::cache::open_for_reading(path).with_context(|| format!("cannot open cache {}", path.display()))?;
+        let file = crate::cache::open_for_reading(path).map_err(|e| super::damaged(path, e.into()))?;
+        read_i64_attr(&file, "format_version").with_context(|| format!("{} is not a retrain cache", path.display()))?;
         let read = || -> Result<Cache> {
             let rows = read_i64_attr(&file, "rows_committed")? as usize;
             let strings = |name: &str, n: usize| -> Result<Vec<String>> {
@@ -60,7 +61,7 @@ impl Cache {
                 sources_total: read_i64_attr(&file, "sources_total")? as usize,
             })
         };
-        read().with_context(|| format!("cache {} is not a retrain cache or is damaged", path.display()))
+        read().map_err(|e| super::damaged(path, e))
     }
 
     /// Column of `/labels` for an attribute name such as `smile`.

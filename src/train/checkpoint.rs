@@ -129,6 +129,7 @@ impl Checkpoint {
     pub fn write(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("h5.partial");
         self.write_file(&tmp).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp); // free what the failed write took
             let hint = crate::write_failure_hint(&e);
             e.context(format!("cannot write checkpoint {}{hint}; {} is left as it was", tmp.display(), path.display()))
         })?;
