@@ -371,3 +371,26 @@ fn a_model_whose_external_data_lies_outside_its_folder_is_refused() {
         assert!(!out.exists(), "nothing may be written");
     }
 }
+
+// ---- descriptors ----------------------------------------------------------------------------
+
+#[test]
+fn a_program_started_while_a_cache_is_open_does_not_inherit_it() {
+    use retrain::cache::{CacheWriter, Identity, Shard};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.h5");
+    let id = Identity {
+        model_sha256: "0".repeat(64),
+        output: "bottleneck".into(),
+        preprocess: "test".into(),
+        source: "test".into(),
+        label_columns: vec!["class".into()],
+        class_names: vec![],
+        shard: Shard::WHOLE,
+    };
+    let _writer = CacheWriter::open_or_create(&path, &id, 4).unwrap();
+    // The child lists where its own descriptors lead.
+    let o = Command::new("sh").args(["-c", "for f in /proc/$$/fd/*; do readlink \"$f\"; done"]).output().unwrap();
+    let open = String::from_utf8_lossy(&o.stdout);
+    assert!(!open.contains("open.h5"), "the child holds the cache open (and HDF5's lock with it):\n{open}");
+}

@@ -130,21 +130,22 @@ impl CacheWriter {
         Self::create(path, id, dim, lock)
     }
 
-    /// Writes the empty layout to `<path>.partial` and renames it into place, so a failed
-    /// creation (full disk) leaves no half-made cache behind.
+    /// Writes the empty layout to `<path>.partial` and renames it into place (still open), so
+    /// a failed creation (full disk) leaves no half-made cache behind.
     fn create(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
         let partial = PathBuf::from(format!("{}.partial", path.display()));
-        write_layout(&partial, id, dim).map_err(|e| {
+        let file = write_layout(&partial, id, dim).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
             let hint = crate::write_failure_hint(&e);
             e.context(format!("cannot create cache {}{hint}", path.display()))
         })?;
         std::fs::rename(&partial, path).with_context(|| format!("cannot move {} to {}", partial.display(), path.display()))?;
-        let file = hdf5::File::open_rw(path).with_context(|| format!("cannot open the new cache {}", path.display()))?;
         Ok(CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: id.label_columns.len(), rows: 0, next_source: 0, skipped: 0 })
     }
 
     fn resume(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
         let file = hdf5::File::open_rw(path).map_err(|e| damaged(path, e.into()))?;
+        close_on_exec(&file);
         check_identity(&file, id, dim)
             .with_context(|| format!("cache {} was built differently and is not reused; choose another --out or delete it", path.display()))?;
         let count = |key| read_i64_attr(&file, key).map(|v| v as usize);
@@ -294,9 +295,10 @@ impl CacheWriter {
     }
 }
 
-/// The datasets and attributes of an empty cache, in a new file at `path`.
-fn write_layout(path: &Path, id: &Identity, dim: usize) -> Result<()> {
+/// The datasets and attributes of an empty cache, in a new file at `path`, flushed.
+fn write_layout(path: &Path, id: &Identity, dim: usize) -> Result<hdf5::File> {
     let file = hdf5::File::create(path)?;
+    close_on_exec(&file);
     let width = id.label_columns.len();
     // Fletcher-32 on every numeric dataset; HDF5 refuses it on variable-length strings.
     file.new_dataset::<f32>().chunk((CHUNK_ROWS, dim)).fletcher32().shape((0.., dim)).create("features")?;
@@ -320,7 +322,27 @@ fn write_layout(path: &Path, id: &Identity, dim: usize) -> Result<()> {
         file.new_attr::<i64>().create(key)?.write_scalar(&0i64)?;
     }
     file.flush()?;
-    Ok(())
+    Ok(file)
+}
+
+/// Marks the descriptor HDF5 holds for `file` close-on-exec. HDF5 opens files without it, so
+/// a program started while a file is open (a test's Python, a user's hook) would inherit the
+/// descriptor, and with it HDF5's lock on the file, until that program exits.
+pub fn close_on_exec(file: &hdf5::File) {
+    let mut handle: *mut std::ffi::c_void = std::ptr::null_mut();
+    hdf5::sync::sync(|| {
+        // SAFETY: for HDF5's default (sec2) driver the handle points to its int descriptor;
+        // fcntl only changes that descriptor's flags.
+        unsafe {
+            if hdf5_sys::h5f::H5Fget_vfd_handle(file.id(), hdf5_sys::h5p::H5P_DEFAULT, &mut handle) >= 0 && !handle.is_null() {
+                let fd = *(handle as *const libc::c_int);
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    });
 }
 
 /// Rows read back per call when checking a file.
@@ -423,7 +445,12 @@ pub fn open_for_reading(path: &Path) -> hdf5::Result<hdf5::File> {
                 waited += wait;
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
-            result => return result,
+            result => {
+                if let Ok(file) = &result {
+                    close_on_exec(file);
+                }
+                return result;
+            }
         }
     }
 }

@@ -141,6 +141,7 @@ impl Checkpoint {
 
     fn write_file(&self, path: &Path) -> Result<()> {
         let file = hdf5::File::create(path)?;
+        crate::cache::close_on_exec(&file);
         write_str_attr(&file, "format", FORMAT)?;
         write_str_attr(&file, "artifact_sha256", &self.artifact_sha256)?;
         write_str_attr(&file, "optimizer", &self.optimizer)?;
