@@ -33,22 +33,40 @@ def read_list(path):
         if not fields:
             continue
         key = fields[0].replace("\\", "/")
-        nose = (float(fields[3]), float(fields[8])) if len(fields) == 15 else None
-        items.append((key, os.path.join(root, key), nose))
+        landmarks = [float(v) for v in fields[1:11]] if len(fields) == 15 else None  # x1..x5, y1..y5
+        items.append((key, os.path.join(root, key), landmarks))
     return items
 
 
-def crop_box(crop, w, h, nose):
-    """retrain's crop window: a square on the nose, shifted (never padded) to lie inside."""
-    if crop == "original":
-        return 0, 0, w, h
-    size = int(crop.split(":")[1]) if ":" in crop else 150
+def square_inside(size, cx, cy, w, h):
+    """A size x size square centred on (cx, cy), shifted (never padded) to lie inside the
+    image and shrunk to it per axis, as retrain's crops are."""
     def axis(centre, extent):
         length = min(size, extent)
         start = min(max(math.floor(centre - length / 2 + 0.5), 0), extent - length)
         return start, length
-    (x, cw), (y, ch) = axis(nose[0], w), axis(nose[1], h)
+    (x, cw), (y, ch) = axis(cx, w), axis(cy, h)
     return x, y, x + cw, y + ch
+
+
+def crop_box(crop, w, h, landmarks):
+    """retrain's crop windows: original, nose[:SIZE] (a square on the nose), face[:SCALE] (a
+    square SCALE eye-to-mouth distances wide on the mean of the five landmarks)."""
+    kind, _, arg = crop.partition(":")
+    if kind == "original":
+        return 0, 0, w, h
+    if landmarks is None:
+        raise ValueError(f"crop {crop} needs landmarks: give an MTFL annotation file as --list")
+    xs, ys = landmarks[:5], landmarks[5:]
+    if kind == "nose":
+        return square_inside(int(arg or 150), xs[2], ys[2], w, h)
+    if kind == "face":
+        eyes = ((xs[0] + xs[1]) / 2, (ys[0] + ys[1]) / 2)
+        mouth = ((xs[3] + xs[4]) / 2, (ys[3] + ys[4]) / 2)
+        distance = math.hypot(mouth[0] - eyes[0], mouth[1] - eyes[1])
+        size = max(math.floor(distance * float(arg or 3.2) + 0.5), 1)
+        return square_inside(size, sum(xs) / 5, sum(ys) / 5, w, h)
+    raise ValueError(f"unknown crop '{crop}'")
 
 
 def main():
@@ -77,9 +95,9 @@ def main():
         for start in range(0, len(items), a.batch):
             chunk = items[start:start + a.batch]
             pixels = []
-            for _, path, nose in chunk:
+            for _, path, landmarks in chunk:
                 im = Image.open(path).convert("RGB")
-                im = im.crop(crop_box(crop, im.width, im.height, nose)).resize(size, FILTERS[meta.get("resize", "bilinear")])
+                im = im.crop(crop_box(crop, im.width, im.height, landmarks)).resize(size, FILTERS[meta.get("resize", "bilinear")])
                 pixels.append((np.asarray(im, np.float32) / 255.0 - mean) / std)
             x = np.stack(pixels).astype(np.float32)
             if layout == "NCHW":

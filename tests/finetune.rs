@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{python, repo, retrain, stderr, stdout, tiny_mtfl};
+use common::{python, repo, retrain, retrain_fault, same_checkpoint_file, same_history, stderr, stdout, tell, tiny_mtfl};
 use retrain::runtime::{Device, SessionConfig};
 use retrain::train::accumulate::Accumulator;
 use retrain::train::artifacts::Artifacts;
@@ -181,10 +181,8 @@ fn resumed_fine_tuning_equals_continuous_fine_tuning() {
     run(&resumed, "2", None);
     let o = run(&resumed, "4", Some(resumed.join("phase2/last.h5")));
     assert!(!stdout(&o).contains("phase 1 step"), "resume repeated phase 1: {}", stdout(&o));
-    let a = Checkpoint::read(&straight.join("phase2/last.h5")).unwrap();
-    let b = Checkpoint::read(&resumed.join("phase2/last.h5")).unwrap();
-    assert_eq!((a.step, b.step), (4, 4));
-    assert_eq!(a.tensors, b.tensors, "resumed fine-tuning differs from continuous fine-tuning");
+    assert_eq!(Checkpoint::read(&straight.join("phase2/last.h5")).unwrap().step, 4);
+    same_fine_tuning(&straight, &resumed);
 
     let mut args = finetune_args(s(&art), s(&mtfl), s(&cache), s(&resumed), "6");
     let last = resumed.join("phase2/last.h5");
@@ -192,6 +190,60 @@ fn resumed_fine_tuning_equals_continuous_fine_tuning() {
     args.extend(["--resume", s(&last)]);
     let o = retrain(&args);
     assert!(!o.status.success() && stderr(&o).contains("other settings"), "{}", stderr(&o));
+}
+
+/// Two fine-tuning runs hold the same result: both phases' last.h5 whole, the same history
+/// but for its wall times, the same test scores.
+fn same_fine_tuning(a: &Path, b: &Path) {
+    for file in ["phase1/last.h5", "phase2/last.h5"] {
+        same_checkpoint_file(&a.join(file), &b.join(file));
+    }
+    same_history(&a.join("history.csv"), &b.join("history.csv"));
+    let test = |d: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap()["test"].clone();
+    assert_eq!(test(a), test(b));
+}
+
+#[test]
+fn sigkill_during_fine_tuning_then_resume_equals_continuous_fine_tuning() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tcdcn_finetune(&py, &tmp.path().join("art"));
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    let cache = tmp.path().join("cache");
+    let args = |out: &Path| {
+        let mut a: Vec<String> = finetune_args(s(&art), s(&mtfl), s(&cache), s(out), "4").into_iter().map(String::from).collect();
+        let every = a.iter().position(|w| w == "--eval-every").unwrap() + 1;
+        a[every] = "1".into(); // a checkpoint after every step
+        a
+    };
+    let straight = tmp.path().join("straight");
+    let o = retrain(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 6 phase-1 steps, then 4 of phase 2. Each run resumes from the newest last.h5 and is
+    // killed the hit-th time it passes a point (steps count from 1 in every run).
+    let killed = tmp.path().join("killed");
+    let plan: [(&str, u64); 7] =
+        [("step", 2), ("checkpoint-partial", 2), ("step", 3), ("checkpoint-written", 1), ("step", 2), ("checkpoint-partial", 2), ("step", 2)];
+    let mut kills = Vec::new();
+    for (point, hit) in plan {
+        let mut a = args(&killed);
+        let newest = ["phase2/last.h5", "phase1/last.h5"].map(|f| killed.join(f)).into_iter().find(|p| p.exists());
+        if let Some(p) = &newest {
+            a.extend(["--resume".to_string(), p.display().to_string()]);
+        }
+        let o = retrain_fault(&a.iter().map(String::as_str).collect::<Vec<_>>(), point, hit, "kill");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&o.status), Some(libc::SIGKILL), "not killed at {point}:{hit}: {}", stderr(&o));
+        let on_disk = |phase: u8| Checkpoint::read(&killed.join(format!("phase{phase}/last.h5"))).ok().map(|c| (phase, c.step));
+        kills.push(on_disk(2).or_else(|| on_disk(1)).expect("a killed run left a damaged checkpoint"));
+    }
+    tell(&format!("finetune kill points (phase, step on disk): {kills:?}"));
+    let interior: std::collections::BTreeSet<(u8, u64)> = kills.iter().copied().filter(|&k| k != (2, 4)).collect();
+    assert!(interior.len() >= 5, "too few distinct interior kill points: {kills:?}");
+    let mut a = args(&killed);
+    a.extend(["--resume".to_string(), killed.join("phase2/last.h5").display().to_string()]);
+    let o = retrain(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    same_fine_tuning(&straight, &killed);
 }
 
 #[test]

@@ -185,3 +185,65 @@ fn export_refuses_heads_it_cannot_join() {
     assert!(err.contains("differently preprocessed"), "{err}");
     assert!(!out.exists());
 }
+
+/// scripts/onnxruntime_predict.py (PIL + onnxruntime, the model's metadata alone) runs a
+/// face-crop model, and places every crop window where retrain does.
+#[test]
+fn the_python_predictor_runs_face_crop_models_and_crops_as_retrain_does() {
+    let Some(python) = python() else { return };
+    let w = world();
+    let crop: Crop = "face:2.5".parse().unwrap();
+    let train = extract_split(&w, &w.backbone, Split::Training, crop);
+    let model_path = w.dir.path().join("face.onnx");
+    export::export(&w.backbone, &paths(&heads(&w, &train, "face")), &model_path).unwrap();
+    let csv = w.dir.path().join("python.csv");
+    let script = common::repo().join("scripts/onnxruntime_predict.py");
+    let o = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&model_path)
+        .arg("--list")
+        .arg(w.mtfl.join("testing.txt"))
+        .arg("--out")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 1 + 120);
+
+    // The windows of both crops on landmarks near the borders, in images larger and smaller than them.
+    let cases: [(u32, u32, [f32; 10]); 3] = [
+        (250, 250, [105.0, 145.0, 125.0, 110.0, 140.0, 100.0, 100.0, 120.0, 140.0, 140.0]),
+        (160, 216, [10.0, 40.0, 20.0, 12.0, 38.0, 30.0, 31.0, 45.0, 60.0, 61.0]),
+        (90, 60, [70.0, 88.0, 80.0, 72.0, 86.0, 40.0, 41.0, 50.0, 58.0, 57.0]),
+    ];
+    let code = r#"
+import sys, json
+sys.path.insert(0, sys.argv[1])
+from onnxruntime_predict import crop_box
+for crop, w, h, l in json.loads(sys.argv[2]):
+    x0, y0, x1, y1 = crop_box(crop, w, h, l)
+    print(x0, y0, x1 - x0, y1 - y0)
+"#;
+    let crops = ["face", "face:2.5", "nose", "nose:40", "original"];
+    let mut asked = Vec::new();
+    let mut ours = Vec::new();
+    for (w_, h_, l) in cases {
+        for c in crops {
+            asked.push(serde_json::json!([c, w_, h_, l]));
+            let window = match c.parse::<Crop>().unwrap() {
+                Crop::Face { scale_percent } => retrain::preprocess::face_window(scale_percent, w_, h_, Some(l)).unwrap(),
+                other => retrain::preprocess::crop_window(other, w_, h_, Some((l[2], l[7]))).unwrap(),
+            };
+            ours.push(format!("{} {} {} {}", window.0, window.1, window.2, window.3));
+        }
+    }
+    let o = std::process::Command::new(&python)
+        .args(["-c", code])
+        .arg(common::repo().join("scripts"))
+        .arg(serde_json::Value::Array(asked).to_string())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
+    assert_eq!(theirs, ours, "crop windows differ between scripts/onnxruntime_predict.py and retrain");
+}

@@ -224,6 +224,10 @@ assert any(k.startswith("opt:square:") for k in tensors)
     let o = Command::new(&py).args(["-c", code, s(&repo()), s(&out), s(&art)]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("epoch 1 optimizer rmsprop"));
+    // its classes are named as heads name them (one table)
+    let bytes = std::fs::read(out.join("model.onnx")).unwrap();
+    let labels = retrain::onnx::read_metadata(&bytes).unwrap().into_iter().find(|(k, _)| k == "retrain.labels").unwrap().1;
+    assert_eq!(labels, retrain::head::classes::Classes::mtfl("smile").unwrap().labels.join(","));
     // and `retrain extract` takes it: its metadata still describes the input
     let cache = tmp.path().join("c.h5");
     let o = retrain(&["extract", "--model", s(&out.join("model.onnx")), "--mtfl", s(&mtfl), "--split", "testing", "--out", s(&cache), "--quiet"]);

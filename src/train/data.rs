@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use crate::dataset::split::{self, Subset};
-use crate::dataset::{Dataset, Sample, MTFL_ATTRIBUTES};
+use crate::dataset::{Dataset, Sample};
 use crate::preprocess::Preprocess;
 use crate::progress;
 
@@ -37,18 +37,6 @@ impl Examples {
     pub fn image(&self, i: usize) -> &[f32] {
         &self.images[i * self.image_len..(i + 1) * self.image_len]
     }
-}
-
-/// Class names of an MTFL attribute, index = class (MTFL code - 1).
-pub fn class_names(attribute: &str) -> Result<Vec<String>> {
-    let names: &[&str] = match attribute {
-        "gender" => &["male", "female"],
-        "smile" => &["smiling", "not smiling"],
-        "glasses" => &["glasses", "no glasses"],
-        "pose" => &["left profile", "left", "frontal", "right", "right profile"],
-        _ => bail!("unknown attribute '{attribute}': expected one of {}", MTFL_ATTRIBUTES.join(", ")),
-    };
-    Ok(names.iter().map(|s| s.to_string()).collect())
 }
 
 /// Column of `attribute` in an MTFL data set's labels.

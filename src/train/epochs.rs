@@ -22,6 +22,7 @@ use super::schedule::Schedule;
 use crate::augment::Distortions;
 use crate::dataset::mtfl::{self, Split};
 use crate::fault::{self, Point};
+use crate::head::classes::Classes;
 use crate::interrupt::{self, Interrupted};
 use crate::preprocess::{Crop, InputSpec, Preprocess};
 use crate::progress;
@@ -119,7 +120,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
     let mut engine = Engine::new(artifacts.clone(), &config)?;
     let start = starting_point(opts, &artifacts)?;
-    let class_names = data::class_names(&opts.attribute)?;
+    // the one class table (MTFL code c is class c - 1), so trained models and heads name classes alike
+    let class_names = Classes::mtfl(&opts.attribute)
+        .ok_or_else(|| anyhow::anyhow!("unknown attribute '{}': expected one of {}", opts.attribute, crate::dataset::MTFL_ATTRIBUTES.join(", ")))?
+        .labels;
     if class_names.len() != m.classes {
         bail!("attribute '{}' has {} classes, the artifacts' class layer has {}", opts.attribute, class_names.len(), m.classes);
     }
