@@ -466,8 +466,9 @@ def write_checkpoint(path, tensors, *, artifact_sha256, seed, optimizer):
         f.attrs["tool_version"] = "retrain scripts/make_artifacts.py"
         group = f.create_group("tensors")
         for i, (name, value) in enumerate(tensors):
-            # gzip: fresh optimizer slots are all zeros, and big artifacts travel
-            ds = group.create_dataset(f"{i:05d}", data=value, compression="gzip", compression_opts=1)
+            # gzip: fresh optimizer slots are all zeros, and big artifacts travel; fletcher32:
+            # a changed byte is an error when read, never a weight (as in retrain's own files)
+            ds = group.create_dataset(f"{i:05d}", data=value, compression="gzip", compression_opts=1, fletcher32=True)
             ds.attrs["name"] = name
 
 
