@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{
-    exited_with, folder_dataset, python, retrain, retrain_fault, run_printed_resume, same_cache_file, same_checkpoint_file, same_history, stderr, stdout,
-    test_model, tiny_mtfl,
+    exited_with, folder_dataset, make_artifacts, python, retrain, retrain_fault, run_printed_resume, same_cache_file, same_fine_tuning_run, same_training_run,
+    stderr, stdout, tcdcn_finetune, test_model, tiny_mtfl,
 };
 use retrain::cache::Cache;
 use retrain::train::checkpoint::Checkpoint;
@@ -74,29 +74,11 @@ fn sigterm_while_a_batch_decodes_stops_at_the_next_boundary() {
 
 /// Artifacts and a tiny MTFL folder for `retrain train` (TCDCN, Adam, batch 4).
 fn training_setup(py: &Path, dir: &Path) -> (PathBuf, PathBuf) {
-    let art = dir.join("art");
-    let made = Command::new(py)
-        .arg(common::repo().join("scripts/make_artifacts.py"))
-        .arg(common::repo().join("onnx/tcdcn.onnx"))
-        .args(["--out", s(&art), "--batch", "4", "--optimizer", "adam"])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    (art, tiny_mtfl(&dir.join("mtfl"), 40))
+    (make_artifacts(py, &dir.join("art"), 4, "adam"), tiny_mtfl(&dir.join("mtfl"), 40))
 }
 
 fn train_args(art: &Path, mtfl: &Path, out: &Path, epochs: u32) -> Vec<String> {
-    let e = epochs.to_string();
-    ["train", "--artifacts", s(art), "--mtfl", s(mtfl), "--attribute", "smile", "--epochs", &e, "--out", s(out), "--threads", "1", "--quiet"]
-        .map(String::from)
-        .to_vec()
-}
-
-fn same_training(a: &Path, b: &Path) {
-    for file in ["last.h5", "best.h5"] {
-        same_checkpoint_file(&a.join(file), &b.join(file));
-    }
-    same_history(&a.join("history.csv"), &b.join("history.csv"));
+    common::train_args(s(art), s(mtfl), s(out), &epochs.to_string()).into_iter().map(String::from).collect()
 }
 
 #[test]
@@ -120,58 +102,19 @@ fn sigint_or_sigterm_during_training_checkpoints_the_step_and_resumes_exactly() 
         assert_eq!((c.epoch, c.step, c.partial.steps), (0, hit, hit), "the checkpoint holds the steps done");
         let resumed = run_printed_resume(&o);
         assert!(resumed.status.success(), "{}", stderr(&resumed));
-        same_training(&straight, &out);
+        same_training_run(&straight, &out);
     }
 }
 
-/// Fine-tuning artifacts of TCDCN (batch 8, micro-batches 8 and 4).
-fn finetune_setup(py: &Path, dir: &Path) -> (PathBuf, PathBuf) {
-    let art = dir.join("ft");
-    let made = Command::new(py)
-        .args(["scripts/make_finetune.py", "onnx/tcdcn.onnx", "--classes", "2", "--batch", "8", "--micro-batches", "8,4", "--out", s(&art)])
-        .current_dir(common::repo())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    (art, tiny_mtfl(&dir.join("mtfl"), 24))
-}
-
 fn finetune_args(art: &Path, mtfl: &Path, cache: &Path, out: &Path) -> Vec<String> {
-    let words = [
-        "finetune",
-        "--artifacts",
-        s(art),
-        "--model",
-        "onnx/tcdcn.onnx",
-        "--mtfl",
-        s(mtfl),
-        "--attribute",
-        "smile",
-        "--phase1-steps",
-        "6",
-        "--phase2-steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--micro-batch",
-        "4",
-        "--flip",
-        "--threads",
-        "1",
-        "--cache-dir",
-        s(cache),
-        "--out",
-        s(out),
-        "--quiet",
-    ];
-    words.map(String::from).to_vec()
+    common::finetune_args(s(art), s(mtfl), s(cache), s(out), "4").into_iter().map(String::from).collect()
 }
 
 #[test]
 fn a_signal_during_either_fine_tuning_phase_checkpoints_the_step_and_resumes_exactly() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (art, mtfl) = finetune_setup(&py, dir.path());
+    let (art, mtfl) = (tcdcn_finetune(&py, &dir.path().join("ft")), tiny_mtfl(&dir.path().join("mtfl"), 24));
     let cache = dir.path().join("cache");
     let straight = dir.path().join("straight");
     let o = retrain(&strs(&finetune_args(&art, &mtfl, &cache, &straight)));
@@ -187,10 +130,7 @@ fn a_signal_during_either_fine_tuning_phase_checkpoints_the_step_and_resumes_exa
         assert_eq!(Checkpoint::read(&last).unwrap().step, step);
         let resumed = run_printed_resume(&o);
         assert!(resumed.status.success(), "{}", stderr(&resumed));
-        same_checkpoint_file(&straight.join("phase2/last.h5"), &out.join("phase2/last.h5"));
-        same_history(&straight.join("history.csv"), &out.join("history.csv"));
-        let test = |d: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap()["test"].clone();
-        assert_eq!(test(&straight), test(&out));
+        same_fine_tuning_run(&straight, &out);
     }
 }
 
@@ -255,7 +195,7 @@ fn a_full_disk_during_training_keeps_the_last_checkpoint_and_resumes() {
     assert_eq!(Checkpoint::read(&last).unwrap().epoch, 1, "the checkpoint before must stay whole");
     let o = retrain(&strs(&args));
     assert!(o.status.success(), "{}", stderr(&o));
-    same_training(&straight, &out);
+    same_training_run(&straight, &out);
 }
 
 // ---- damaged files ------------------------------------------------------------------------------

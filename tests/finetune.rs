@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{python, repo, retrain, retrain_fault, same_checkpoint_file, same_history, stderr, stdout, tell, tiny_mtfl};
+use common::{finetune_args, make_artifacts, python, repo, retrain, retrain_fault, same_fine_tuning_run, stderr, stdout, tcdcn_finetune, tell, tiny_mtfl};
 use retrain::runtime::{Device, SessionConfig};
 use retrain::train::accumulate::Accumulator;
 use retrain::train::artifacts::Artifacts;
@@ -18,51 +18,6 @@ use retrain::train::engine::{Batch, Engine};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn run_script(py: &Path, args: &[&str]) {
-    let o = Command::new(py).args(args).current_dir(repo()).output().expect("run python");
-    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// Fine-tuning artifacts of TCDCN with a new 2-way head, batch 8, micro-batches 8, 4, 2.
-fn tcdcn_finetune(py: &Path, out: &Path) -> PathBuf {
-    run_script(py, &["scripts/make_finetune.py", "onnx/tcdcn.onnx", "--classes", "2", "--batch", "8", "--micro-batches", "8,4,2", "--out", s(out)]);
-    out.to_path_buf()
-}
-
-fn finetune_args<'a>(art: &'a str, mtfl: &'a str, cache: &'a str, out: &'a str, phase2_steps: &'a str) -> Vec<&'a str> {
-    vec![
-        "finetune",
-        "--artifacts",
-        art,
-        "--model",
-        "onnx/tcdcn.onnx",
-        "--mtfl",
-        mtfl,
-        "--attribute",
-        "smile",
-        "--phase1-steps",
-        "6",
-        "--phase2-steps",
-        phase2_steps,
-        "--eval-every",
-        "2",
-        "--micro-batch",
-        "4",
-        "--flip",
-        "--random-crop",
-        "10",
-        "--random-brightness",
-        "10",
-        "--threads",
-        "1",
-        "--cache-dir",
-        cache,
-        "--out",
-        out,
-        "--quiet",
-    ]
 }
 
 #[test]
@@ -182,7 +137,7 @@ fn resumed_fine_tuning_equals_continuous_fine_tuning() {
     let o = run(&resumed, "4", Some(resumed.join("phase2/last.h5")));
     assert!(!stdout(&o).contains("phase 1 step"), "resume repeated phase 1: {}", stdout(&o));
     assert_eq!(Checkpoint::read(&straight.join("phase2/last.h5")).unwrap().step, 4);
-    same_fine_tuning(&straight, &resumed);
+    same_fine_tuning_run(&straight, &resumed);
 
     let mut args = finetune_args(s(&art), s(&mtfl), s(&cache), s(&resumed), "6");
     let last = resumed.join("phase2/last.h5");
@@ -190,17 +145,6 @@ fn resumed_fine_tuning_equals_continuous_fine_tuning() {
     args.extend(["--resume", s(&last)]);
     let o = retrain(&args);
     assert!(!o.status.success() && stderr(&o).contains("other settings"), "{}", stderr(&o));
-}
-
-/// Two fine-tuning runs hold the same result: both phases' last.h5 whole, the same history
-/// but for its wall times, the same test scores.
-fn same_fine_tuning(a: &Path, b: &Path) {
-    for file in ["phase1/last.h5", "phase2/last.h5"] {
-        same_checkpoint_file(&a.join(file), &b.join(file));
-    }
-    same_history(&a.join("history.csv"), &b.join("history.csv"));
-    let test = |d: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap()["test"].clone();
-    assert_eq!(test(a), test(b));
 }
 
 #[test]
@@ -243,7 +187,7 @@ fn sigkill_during_fine_tuning_then_resume_equals_continuous_fine_tuning() {
     a.extend(["--resume".to_string(), killed.join("phase2/last.h5").display().to_string()]);
     let o = retrain(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
-    same_fine_tuning(&straight, &killed);
+    same_fine_tuning_run(&straight, &killed);
 }
 
 #[test]
@@ -265,7 +209,7 @@ fn wrong_model_batch_micro_batch_or_checkpoint_is_refused_before_training() {
     refused(with("onnx/tcdcn.onnx", "onnx/cascade_cnn.onnx"), "is not the model the fine-tuning artifacts");
     refused([base.clone(), vec!["--batch", "16"]].concat(), "were made for batch 8");
     refused(with("4", "3"), "--micro-batch 3");
-    run_script(&py, &["scripts/make_artifacts.py", "onnx/tcdcn.onnx", "--out", s(&tmp.path().join("other")), "--batch", "8"]);
+    make_artifacts(&py, &tmp.path().join("other"), 8, "adam");
     std::fs::copy(tmp.path().join("other/init.h5"), &foreign).unwrap();
     refused([base.clone(), vec!["--resume", s(&foreign)]].concat(), "belongs to other training artifacts");
 }

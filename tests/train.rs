@@ -4,28 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{python, repo, retrain, retrain_fault, same_checkpoint_file, same_history, stderr, stdout, tell, tiny_mtfl};
+use common::{make_artifacts, python, repo, retrain, retrain_fault, same_training_run, stderr, stdout, tell, tiny_mtfl, train_args};
 use retrain::train::checkpoint::Checkpoint;
-
-/// `scripts/make_artifacts.py onnx/tcdcn.onnx` into `out` with a small batch (`py` from
-/// [`python`], which the test checked first).
-fn make_artifacts(py: &Path, out: &Path, batch: usize, optimizer: &str) -> PathBuf {
-    let status = Command::new(py)
-        .arg(repo().join("scripts/make_artifacts.py"))
-        .arg(repo().join("onnx/tcdcn.onnx"))
-        .args(["--out", out.to_str().unwrap(), "--batch", &batch.to_string(), "--optimizer", optimizer])
-        .output()
-        .expect("run make_artifacts.py");
-    assert!(status.status.success(), "make_artifacts.py failed: {}", String::from_utf8_lossy(&status.stderr));
-    out.to_path_buf()
-}
-
-fn train_args<'a>(artifacts: &'a str, mtfl: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec!["train", "--artifacts", artifacts, "--mtfl", mtfl, "--attribute", "smile", "--epochs", epochs, "--out", out, "--threads", "1", "--quiet"]
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -68,16 +51,7 @@ fn assert_resume_equals_continuous(extra: &[&str]) {
     assert!(!stdout(&o).contains("epoch 1/2"), "resume repeated epoch 1: {}", stdout(&o));
 
     assert_eq!(Checkpoint::read(&straight.join("last.h5")).unwrap().epoch, 2);
-    same_run(&straight, &resumed);
-}
-
-/// Two run folders hold the same training: last.h5 and best.h5 whole (parameters, optimizer
-/// state, counters, best scores), and the same history but for its wall times.
-fn same_run(a: &Path, b: &Path) {
-    for file in ["last.h5", "best.h5"] {
-        same_checkpoint_file(&a.join(file), &b.join(file));
-    }
-    same_history(&a.join("history.csv"), &b.join("history.csv"));
+    same_training_run(&straight, &resumed);
 }
 
 #[test]
@@ -294,5 +268,5 @@ fn sigkill_during_training_then_resume_equals_continuous_training() {
     args.extend(["--resume", s(&last)]);
     let o = retrain(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    same_run(&straight, &killed);
+    same_training_run(&straight, &killed);
 }

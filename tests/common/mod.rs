@@ -8,10 +8,13 @@ use image::{Rgb, RgbImage};
 
 mod h5;
 mod synth;
+mod training;
 #[allow(unused_imports)] // each test file uses some of them
 pub use h5::*;
 #[allow(unused_imports)] // used by the head and pipeline tests only
 pub use synth::*;
+#[allow(unused_imports)]
+pub use training::*;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
