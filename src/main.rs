@@ -738,3 +738,18 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     println!("{}", report.markdown);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn words_are_quoted_as_a_shell_reads_them_back() {
+        for word in ["plain/path.h5", "with space", "it's", "", "$HOME", "a\"b", "semi;colon"] {
+            let quoted = shell_quote(word);
+            let o = std::process::Command::new("sh").args(["-c", &format!("printf %s {quoted}")]).output().unwrap();
+            assert_eq!(String::from_utf8(o.stdout).unwrap(), word, "{quoted}");
+        }
+        assert_eq!(shell_quote("runs/train/last.h5"), "runs/train/last.h5");
+    }
+}

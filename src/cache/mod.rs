@@ -372,7 +372,7 @@ pub fn damaged(path: &Path, e: anyhow::Error) -> anyhow::Error {
     let text = format!("{e:#}");
     let what = if text.contains("truncated file") {
         "is cut short (truncated)"
-    } else if text.contains("checksum") || text.contains("Fletcher32") || text.contains("filter") {
+    } else if text.contains("checksum") || text.contains("Fletcher32") {
         "fails its checksums (bytes were changed after it was written)"
     } else {
         "cannot be read"

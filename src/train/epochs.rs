@@ -300,7 +300,7 @@ fn train_epoch(
         if let Some(signal) = interrupt::requested() {
             bar.finish_and_clear();
             let last = opts.out.join("last.h5");
-            state.partial = Partial { seconds: state.partial.seconds + t0.elapsed().as_secs_f64(), ..sums };
+            state.partial = Partial { seconds: sums.seconds + t0.elapsed().as_secs_f64(), ..sums };
             state.tensors = engine.snapshot()?;
             state.train_seconds = clock.seconds();
             state.write(&last)?;
