@@ -36,7 +36,7 @@ for c in "${candidates[@]}"; do
     --lr 1e-4 --seed 0 --device "$device" --out "$out" --no-test --quiet $flags "${resume[@]}" "${extra[@]}"
 done
 
-echo "| candidate | flags | best epoch | best validation accuracy | validation loss (best) |"
+echo "| candidate | flags | best epoch | best validation accuracy | lowest validation loss |"
 echo "|---|---|---:|---:|---:|"
 best=; best_acc=0
 for c in "${candidates[@]}"; do
