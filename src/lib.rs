@@ -47,16 +47,19 @@ pub fn create_parent_dir(path: &Path) -> Result<()> {
 /// Writes a whole file, creating its folder; errors name the file.
 pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     create_parent_dir(path)?;
-    std::fs::write(path, contents).map_err(|e| {
-        let e = anyhow::Error::new(e);
-        let hint = write_failure_hint(&e);
-        e.context(format!("cannot write {}{hint}", path.display()))
-    })
+    std::fs::write(path, contents).map_err(|e| write_failed(e.into(), &format!("cannot write {}", path.display()), ""))
+}
+
+/// A failed write's error as `what`, why (when the disk is full or a file size limit is
+/// reached: what to do about it), then `kept` (what is still safe), e.g. "; 40 rows are kept".
+pub fn write_failed(e: anyhow::Error, what: &str, kept: &str) -> anyhow::Error {
+    let hint = write_failure_hint(&e);
+    e.context(format!("{what}{hint}{kept}"))
 }
 
 /// Words that tell a user why a write failed when the cause is the disk or a file size limit
 /// (with a leading "; "), else nothing.
-pub fn write_failure_hint(e: &anyhow::Error) -> &'static str {
+fn write_failure_hint(e: &anyhow::Error) -> &'static str {
     let text = format!("{e:#}");
     if text.contains("No space left") || text.contains("errno = 28") {
         "; the disk is full: free some space and run the same command again"

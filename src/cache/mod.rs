@@ -14,9 +14,10 @@
 //! ...) and how far the extraction got. Rows are appended a batch at a time; a batch counts only
 //! once the file has been flushed and `rows_committed` / `skipped_committed` say so, so a killed
 //! run resumes from the last committed batch and rows past it are dropped. A lock file
-//! `<cache>.lock` keeps a second process from writing the same cache. Every dataset carries
-//! HDF5's Fletcher-32 checksum per chunk, so bytes changed on disk are an error when read,
-//! never wrong numbers; a resumed run reads the committed rows back once to check them.
+//! `<cache>.lock` keeps a second process from writing the same cache. Every numeric dataset
+//! carries HDF5's Fletcher-32 checksum per chunk (HDF5 refuses it on the variable-length
+//! strings), so bytes changed on disk are an error when read, never wrong numbers; a resumed
+//! run reads the committed rows back once to check them.
 
 mod merge;
 mod read;
@@ -34,7 +35,7 @@ use crate::fault::{self, Point};
 use hdf5::types::VarLenUnicode;
 use ndarray::{Array1, Array2, ArrayView2};
 
-/// Bumped when the layout changes incompatibly (2: Fletcher-32 checksums on every dataset).
+/// Bumped when the layout changes incompatibly (2: Fletcher-32 checksums on the numeric datasets).
 pub const FORMAT_VERSION: i64 = 2;
 const CHUNK_ROWS: usize = 64;
 const STRING_CHUNK: usize = 1024;
@@ -136,8 +137,7 @@ impl CacheWriter {
         let partial = PathBuf::from(format!("{}.partial", path.display()));
         let file = write_layout(&partial, id, dim).map_err(|e| {
             let _ = std::fs::remove_file(&partial);
-            let hint = crate::write_failure_hint(&e);
-            e.context(format!("cannot create cache {}{hint}", path.display()))
+            crate::write_failed(e, &format!("cannot create cache {}", path.display()), "")
         })?;
         std::fs::rename(&partial, path).with_context(|| format!("cannot move {} to {}", partial.display(), path.display()))?;
         Ok(CacheWriter { path: path.to_path_buf(), file, _lock: lock, dim, label_width: id.label_columns.len(), rows: 0, next_source: 0, skipped: 0 })
@@ -210,8 +210,7 @@ impl CacheWriter {
         let (end, skipped_end) = (self.rows + n, self.skipped + skipped.len());
         self.commit(rows, skipped, next_source, sources_total).map_err(|e| {
             let (path, start) = (self.path.display(), self.rows);
-            let hint = crate::write_failure_hint(&e);
-            e.context(format!("cannot write rows {start}..{end} to cache {path}{hint}; the {start} rows committed before are kept"))
+            crate::write_failed(e, &format!("cannot write rows {start}..{end} to cache {path}"), &format!("; the {start} rows committed before are kept"))
         })?;
         self.rows = end;
         self.skipped = skipped_end;
@@ -471,5 +470,9 @@ pub fn read_str_attr(loc: &hdf5::Location, name: &str) -> Result<String> {
 }
 
 pub fn read_i64_attr(loc: &hdf5::Location, name: &str) -> Result<i64> {
+    Ok(loc.attr(name).with_context(|| format!("attribute '{name}' missing"))?.read_scalar()?)
+}
+
+pub fn read_f64_attr(loc: &hdf5::Location, name: &str) -> Result<f64> {
     Ok(loc.attr(name).with_context(|| format!("attribute '{name}' missing"))?.read_scalar()?)
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::fault;
-use crate::interrupt::{self, Interrupted};
+use crate::interrupt;
 use crate::progress;
 use crate::train::checkpoint::{Checkpoint, Partial, TrainClock};
 use crate::train::engine::{Engine, StepResult};
@@ -55,7 +55,7 @@ pub struct Outcome {
 /// Runs steps `start.step + 1 ..= steps`; `step_fn(engine, step)` takes one optimizer step,
 /// `validate(engine)` gives (loss, accuracy) on the validation subset. Stopped by a signal,
 /// it writes `last.h5` at the step it reached (with the sums since the last validation, so
-/// the resumed run's curve is the uninterrupted one's) and returns [`Interrupted`].
+/// the resumed run's curve is the uninterrupted one's) and returns [`interrupt::Interrupted`].
 pub fn run(
     s: &Schedule,
     engine: &mut Engine,
@@ -97,12 +97,10 @@ pub fn run(
             interrupt::check(|| (format!("phase {} stopped after step {step} of {}; checkpoint {}", s.phase, s.steps, last.display()), Some(last.clone())))?;
         } else if let Some(signal) = interrupt::requested() {
             bar.finish_and_clear();
-            (start.step, start.partial) = (step, Partial { seconds: sums.seconds + since.elapsed().as_secs_f64(), ..sums });
-            start.tensors = engine.snapshot()?;
-            start.train_seconds = clock.seconds();
-            start.write(&last)?;
+            start.step = step;
+            let partial = Partial { seconds: sums.seconds + since.elapsed().as_secs_f64(), ..sums };
             let progress = format!("phase {} stopped after step {step} of {}; checkpoint {}", s.phase, s.steps, last.display());
-            return Err(Interrupted { signal, progress, checkpoint: Some(last) }.into());
+            return Err(start.stopped(partial, engine.snapshot()?, &clock, last, signal, progress));
         }
     }
     bar.finish_and_clear();

@@ -18,13 +18,14 @@
 //!
 //! In Python: `{d.attrs["name"]: d[()] for d in h5py.File(p)["tensors"].values()}`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use super::artifacts::Artifacts;
-use crate::cache::{read_i64_attr, read_str_attr, write_str_attr};
+use crate::cache::{read_f64_attr, read_i64_attr, read_str_attr, write_str_attr};
 use crate::fault::{self, Point};
+use crate::interrupt::Interrupted;
 
 pub const FORMAT: &str = "retrain-train-checkpoint";
 pub const FORMAT_VERSION: i64 = 1;
@@ -113,8 +114,8 @@ impl Checkpoint {
             step: read_i64_attr(file, "step")? as u64,
             epoch: read_i64_attr(file, "epoch")? as u64,
             seed: read_i64_attr(file, "seed")? as u64,
-            best_val_accuracy: file.attr("best_val_accuracy")?.read_scalar()?,
-            best_val_loss: file.attr("best_val_loss").and_then(|a| a.read_scalar()).unwrap_or(f64::INFINITY),
+            best_val_accuracy: read_f64_attr(file, "best_val_accuracy")?,
+            best_val_loss: read_f64_attr(file, "best_val_loss").unwrap_or(f64::INFINITY),
             best_val_loss_epoch: read_i64_attr(file, "best_val_loss_epoch").map_or(0, |e| e as u64),
             distortions: read_str_attr(file, "distortions").unwrap_or_else(|_| "none".to_string()),
             schedule: read_str_attr(file, "schedule").unwrap_or_default(),
@@ -130,8 +131,7 @@ impl Checkpoint {
         let tmp = path.with_extension("h5.partial");
         self.write_file(&tmp).map_err(|e| {
             let _ = std::fs::remove_file(&tmp); // free what the failed write took
-            let hint = crate::write_failure_hint(&e);
-            e.context(format!("cannot write checkpoint {}{hint}; {} is left as it was", tmp.display(), path.display()))
+            crate::write_failed(e, &format!("cannot write checkpoint {}", tmp.display()), &format!("; {} is left as it was", path.display()))
         })?;
         fault::reached(Point::CheckpointPartial);
         std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
@@ -187,6 +187,17 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Ends a run that a signal stopped between two boundaries: this state at the step it
+    /// reached (`tensors`, the sums since the boundary in `partial`) is written to `path`, and
+    /// the error returned says so and how to resume.
+    pub fn stopped(&mut self, partial: Partial, tensors: Vec<NamedTensor>, clock: &TrainClock, path: PathBuf, signal: i32, progress: String) -> anyhow::Error {
+        (self.partial, self.tensors, self.train_seconds) = (partial, tensors, clock.seconds());
+        match self.write(&path) {
+            Ok(()) => Interrupted { signal, progress, checkpoint: Some(path) }.into(),
+            Err(e) => e,
+        }
+    }
+
     /// Refuses a checkpoint of other artifacts, or one missing a tensor the graphs need.
     pub fn check_fits(&self, artifacts: &Artifacts, path: &Path) -> Result<()> {
         if self.artifact_sha256 != artifacts.sha256 {
@@ -240,10 +251,6 @@ fn check_format(file: &hdf5::File) -> Result<()> {
         bail!("format '{format}' v{version}, expected '{FORMAT}' v{FORMAT_VERSION}");
     }
     Ok(())
-}
-
-fn read_f64_attr(file: &hdf5::File, key: &str) -> Result<f64> {
-    Ok(file.attr(key)?.read_scalar()?)
 }
 
 /// The partial sums, zero where absent (checkpoints written at a boundary by older versions,

@@ -23,7 +23,7 @@ use crate::augment::Distortions;
 use crate::dataset::mtfl::{self, Split};
 use crate::fault::{self, Point};
 use crate::head::classes::Classes;
-use crate::interrupt::{self, Interrupted};
+use crate::interrupt;
 use crate::preprocess::{Crop, InputSpec, Preprocess};
 use crate::progress;
 use crate::runtime::{self, Device, SessionConfig};
@@ -300,12 +300,9 @@ fn train_epoch(
         if let Some(signal) = interrupt::requested() {
             bar.finish_and_clear();
             let last = opts.out.join("last.h5");
-            state.partial = Partial { seconds: sums.seconds + t0.elapsed().as_secs_f64(), ..sums };
-            state.tensors = engine.snapshot()?;
-            state.train_seconds = clock.seconds();
-            state.write(&last)?;
+            let partial = Partial { seconds: sums.seconds + t0.elapsed().as_secs_f64(), ..sums };
             let progress = format!("epoch {}: stopped after step {} of {}; checkpoint {}", epoch + 1, k + 1, chunks.len(), last.display());
-            return Err(Interrupted { signal, progress, checkpoint: Some(last) }.into());
+            return Err(state.stopped(partial, engine.snapshot()?, clock, last, signal, progress));
         }
     }
     bar.finish_and_clear();
