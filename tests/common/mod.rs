@@ -97,7 +97,7 @@ pub fn retrain_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// The `RETRAIN_FAULT` setting that stops a run the `hit`-th time it passes `point`
 /// (see src/fault.rs), e.g. `fault("cache-committed", 3, "kill")`.
 pub fn fault(point: &str, hit: u64, action: &str) -> (&'static str, String) {
-    ("RETRAIN_FAULT", format!("{point}:{hit}:{action}"))
+    (retrain::fault::VARIABLE, format!("{point}:{hit}:{action}"))
 }
 
 /// Runs `retrain` with `RETRAIN_FAULT` set.
