@@ -1,12 +1,20 @@
 //! Training benchmark: forward-only vs train-step images/s for each network, same batch, one run.
 //!
 //! cargo bench --bench train -- [--batch 64] [--repeats 5] [--device cpu|cuda] [--threads N]
+//!                              [--micro 8,32] [--only tcdcn|cascade_cnn|inception]
 //!
 //! For TCDCN and Cascade-CNN (onnx/*.onnx) it makes Adam training artifacts if missing
 //! (target/bench-artifacts/), then on one random batch measures the eval graph (forward only)
 //! and the train step (forward + loss + backward + Adam update), and prints images/s of both,
 //! their ratio, and the backward pass's cost in forwards: (step - forward) / forward; and the
 //! images/s of the training distortions (all four on, rayon over the batch, as `retrain train`).
+//!
+//! For InceptionV3 (onnx/inception_v3.onnx, from `scripts/setup.sh --model`) it makes the
+//! fine-tuning artifacts (scripts/make_finetune.py, micro-batches --micro) and measures phase 2
+//! as `retrain finetune` runs it: one optimizer step over a batch of 100 images, cut into
+//! micro-batches whose gradients are summed (accumulate_bM.onnx) before one RMSprop update
+//! (update.onnx), against the eval graph's forward at the micro-batch; images/s of both, their
+//! ratio, and the seconds of the batch-100 step.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +23,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use retrain::augment::Distortions;
 use retrain::runtime::{Device, SessionConfig};
+use retrain::train::accumulate::Accumulator;
 use retrain::train::artifacts::Artifacts;
 use retrain::train::checkpoint::Checkpoint;
 use retrain::train::engine::{Batch, Engine};
@@ -25,10 +34,12 @@ struct Args {
     repeats: usize,
     device: Device,
     threads: Option<usize>,
+    micro: Vec<usize>,
+    only: Option<String>,
 }
 
 fn args() -> Args {
-    let mut a = Args { batch: 64, repeats: 5, device: Device::Cpu, threads: None };
+    let mut a = Args { batch: 64, repeats: 5, device: Device::Cpu, threads: None, micro: vec![8, 32], only: None };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -38,6 +49,8 @@ fn args() -> Args {
             "--repeats" => a.repeats = value().parse().expect("--repeats N"),
             "--device" => a.device = value().parse().expect("--device cpu|cuda"),
             "--threads" => a.threads = Some(value().parse().expect("--threads N")),
+            "--micro" => a.micro = value().split(',').map(|m| m.parse().expect("--micro M1,M2")).collect(),
+            "--only" => a.only = Some(value()),
             _ => {
                 i += 1; // cargo's own flags, such as --bench
                 continue;
@@ -48,19 +61,65 @@ fn args() -> Args {
     a
 }
 
+/// What the artifacts are made by: the generating scripts' hashes and the settings. Artifacts
+/// made by other scripts or settings are made again, so a changed backward rule is measured.
+fn generator_stamp(settings: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let hashes: Vec<String> = ["make_artifacts.py", "fast_rules.py", "make_finetune.py"]
+        .iter()
+        .map(|f| retrain::model::file_sha256(&root.join("scripts").join(f)).expect("hash a script"))
+        .collect();
+    format!("{settings} {}\n", hashes.join(" "))
+}
+
+/// Whether `dir` holds artifacts of `stamp`; if not, `make` writes them and the stamp.
+fn ensure_artifacts(dir: &Path, stamp: &str, make: impl FnOnce() -> bool) {
+    let file = dir.join("bench-stamp");
+    if std::fs::read_to_string(&file).ok().as_deref() == Some(stamp) {
+        return;
+    }
+    assert!(make(), "making the bench artifacts in {} failed", dir.display());
+    std::fs::write(&file, stamp).expect("write the bench stamp");
+}
+
 fn artifacts_for(net: &str, batch: usize) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join(format!("target/bench-artifacts/{net}-adam-b{batch}"));
-    if !dir.join("manifest.json").exists() {
-        let status = Command::new(root.join(".venv/bin/python"))
+    ensure_artifacts(&dir, &generator_stamp(&format!("{net} adam batch {batch}")), || {
+        Command::new(root.join(".venv/bin/python"))
             .arg(root.join("scripts/make_artifacts.py"))
             .arg(root.join(format!("onnx/{net}.onnx")))
             .args(["--out", dir.to_str().unwrap(), "--batch", &batch.to_string(), "--optimizer", "adam"])
             .status()
-            .expect("run scripts/make_artifacts.py (scripts/setup.sh makes .venv)");
-        assert!(status.success(), "make_artifacts.py failed");
-    }
+            .expect("run scripts/make_artifacts.py (scripts/setup.sh makes .venv)")
+            .success()
+    });
     dir
+}
+
+/// Median seconds of `forward` and of `step` over `repeats` rounds, after one warm-up call of
+/// each. A round calls `forward` twice (the first warms the caches that the step before it
+/// cleared, and is not timed) and `step` once: on a shared machine whose speed drifts, both
+/// see the same moments, so their ratio holds where two separate timing loops would not.
+fn interleaved(repeats: usize, mut forward: impl FnMut(), mut step: impl FnMut()) -> (f64, f64) {
+    forward();
+    step();
+    let (mut f, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        forward();
+        let t = Instant::now();
+        forward();
+        f.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        step();
+        s.push(t.elapsed().as_secs_f64());
+    }
+    (median(f), median(s))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn seconds_per_call(repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -85,14 +144,18 @@ fn bench(net: &str, a: &Args) {
     let images: Vec<f32> = (0..a.batch * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();
     let masks: Vec<Vec<f32>> = m.dropout_masks.iter().map(|d| rng::dropout_mask(d.shape.iter().product(), d.ratio, 1, 1, 0)).collect();
     let batch = Batch { images: images.clone(), labels: (0..a.batch as i64).map(|i| i % 2).collect(), weights: vec![1.0; a.batch], masks: &masks };
-    let forward = seconds_per_call(a.repeats, || {
-        engine.logits(images.clone(), a.batch).expect("forward");
-    });
     let mut step = 0;
-    let train = seconds_per_call(a.repeats, || {
-        step += 1;
-        engine.step(&batch, 1e-4, step).expect("train step");
-    });
+    let engine = std::cell::RefCell::new(engine);
+    let (forward, train) = interleaved(
+        a.repeats,
+        || {
+            engine.borrow_mut().logits(images.clone(), a.batch).expect("forward");
+        },
+        || {
+            step += 1;
+            engine.borrow_mut().step(&batch, 1e-4, step).expect("train step");
+        },
+    );
     let all = Distortions { flip: true, crop_percent: 10.0, scale_percent: 10.0, brightness_percent: 10.0 };
     let mut distorted = images.clone();
     let distort = seconds_per_call(a.repeats, || {
@@ -111,14 +174,87 @@ fn bench(net: &str, a: &Args) {
     );
 }
 
+/// Phase 2 of the InceptionV3 fine-tuning: a batch-100 optimizer step at micro-batch `micro`.
+fn bench_inception(micro: usize, a: &Args) {
+    const BATCH: usize = 100;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/bench-artifacts/inception-finetune");
+    let micro_list = a.micro.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(",");
+    ensure_artifacts(&dir, &generator_stamp(&format!("inception_v3 micro-batches {micro_list}")), || {
+        Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("scripts/make_finetune.py"))
+            .arg(root.join("onnx/inception_v3.onnx"))
+            .args(["--out", dir.to_str().unwrap(), "--micro-batches", &micro_list])
+            .status()
+            .expect("run scripts/make_finetune.py")
+            .success()
+    });
+    let artifacts = Artifacts::open(&dir.join("phase2")).expect("phase-2 artifacts");
+    let m = artifacts.manifest.clone();
+    let init = Checkpoint::read(&artifacts.dir.join(&m.checkpoint)).expect("init.h5");
+    let config = SessionConfig { intra_threads: a.threads, ..SessionConfig::new(a.device) };
+    let mut engine = Engine::with_step(artifacts, &config, false).expect("sessions");
+    engine.load(&init).expect("upload");
+    let mut acc = Accumulator::new(&engine, micro, &config).expect("accumulation graphs");
+    let spec = retrain::model::input_spec(&m.description).unwrap();
+    let image_len = spec.image_len();
+    let mut r = SplitMix64::stream(1, 0, 0);
+    let images: Vec<f32> = (0..micro * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();
+    let masks: Vec<Vec<f32>> = m.dropout_masks.iter().map(|d| rng::dropout_mask(micro * d.shape.iter().skip(1).product::<usize>(), d.ratio, 1, 1, 0)).collect();
+    let pieces = BATCH.div_ceil(micro);
+    // as phase 2 cuts a batch: full micro-batches, the last one padded with weight-0 rows
+    let batches: Vec<Batch> = (0..pieces)
+        .map(|k| Batch {
+            images: images.clone(),
+            labels: (0..micro as i64).map(|i| i % 2).collect(),
+            weights: (0..micro).map(|j| if k * micro + j < BATCH { 1.0 } else { 0.0 }).collect(),
+            masks: &masks,
+        })
+        .collect();
+    let mut step = 0;
+    let engine = std::cell::RefCell::new(engine);
+    // forward: as many micro-batches as one step has, so each pair of calls weighs the same
+    let (forward, train) = interleaved(
+        a.repeats.min(3),
+        || {
+            for _ in 0..pieces {
+                engine.borrow_mut().logits(images.clone(), micro).expect("forward");
+            }
+        },
+        || {
+            step += 1;
+            acc.step(&mut engine.borrow_mut(), &batches, 1e-4, step).expect("phase-2 step");
+        },
+    );
+    let forward = forward / pieces as f64;
+    let (forward_rate, train_rate) = (micro as f64 / forward, BATCH as f64 / train);
+    println!(
+        "{:12} micro {micro:3}: forward {forward_rate:8.1} images/s | train step {train_rate:7.1} images/s | step/forward {:.2} | batch-{BATCH} step {train:.1} s ({pieces} micro-batches + update)",
+        "inception_v3",
+        forward_rate / train_rate,
+    );
+}
+
 fn main() {
     let a = args();
-    if !Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python").exists() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if !root.join(".venv/bin/python").exists() {
         println!("SKIP train bench: needs .venv (scripts/setup.sh)");
         return;
     }
     println!("device {}, {} repeats after one warm-up, same random batch for both", a.device, a.repeats);
-    for net in ["tcdcn", "cascade_cnn"] {
+    let wanted = |net: &str| a.only.as_deref().is_none_or(|o| o == net);
+    for net in ["tcdcn", "cascade_cnn"].into_iter().filter(|n| wanted(n)) {
         bench(net, &a);
+    }
+    if !wanted("inception") {
+        return;
+    }
+    if !root.join("onnx/inception_v3.onnx").exists() {
+        println!("SKIP inception_v3: needs onnx/inception_v3.onnx (scripts/setup.sh --model)");
+        return;
+    }
+    for &micro in &a.micro {
+        bench_inception(micro, &a);
     }
 }

@@ -76,37 +76,126 @@ def _row_patches(ctx, x, shape_w, shape_y, width):
     return ctx.b.op("Reshape", [patches, ctx.b.ints([b, -1, oh * width])], stem="patches")
 
 
-def _conv_weight_grad(ctx, node, attrs, shape_x, shape_w, shape_y, dy):
+
+def _im2col_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y):
     b, _, h, w = shape_x
     o, c, kh, kw = shape_w
     _, _, oh, ow = shape_y
     pads = attrs["pads"]
-    unit = attrs["strides"] == [1, 1] and attrs["dilations"] == [1, 1]
-    # one extra zero row at the bottom keeps the last row-patch slice inside the tensor
-    bottom = pads[2] + (1 if unit else 0)
-    x = node.input[0]
-    if any(pads) or bottom:
-        x = ctx.b.op("Pad", [x, ctx.b.ints([0, 0, pads[0], pads[1], 0, 0, bottom, pads[3]])],
-                     stem="im2col_pad")
-    if unit:
-        width = w + pads[1] + pads[3]
-        patches = _row_patches(ctx, x, shape_w, shape_y, width)
-        if width != ow:
-            dy = ctx.b.op("Pad", [dy, ctx.b.ints([0, 0, 0, 0, 0, 0, 0, width - ow])], stem="dy_wide")
-    else:
-        patches, width = _strided_patches(ctx, x, shape_w, shape_y, attrs)
+    x = ctx.b.op("Pad", [x, ctx.b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2] + 1, pads[3]])], stem="im2col_pad")
+    width = w + pads[1] + pads[3]
+    patches = _row_patches(ctx, x, shape_w, shape_y, width)
+    if width != ow:
+        dy = ctx.b.op("Pad", [dy, ctx.b.ints([0, 0, 0, 0, 0, 0, 0, width - ow])], stem="dy_wide")
+    dy_t = ctx.b.op("Transpose", [ctx.b.op("Reshape", [dy, ctx.b.ints([b, o, oh * width])])], perm=[0, 2, 1], stem="dy_t")
+    per_image = ctx.b.op("MatMul", [patches, dy_t], stem="dw_batch")
+    summed = ctx.reduce_sum(per_image, [0], keepdims=0)
+    return ctx.b.op("Reshape", [ctx.b.op("Transpose", [summed], perm=[1, 0]), ctx.b.ints([o, c, kh, kw])], stem="a_conv_weight")
+
+
+def _offset_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y):
+    b, c, h, w = shape_x
+    o, _, kh, kw = shape_w
+    _, _, oh, ow = shape_y
+    pads = attrs["pads"]
+    width = w + pads[1] + pads[3]
+    extra = 1 if kw > 1 else 0
+    rows = h + pads[0] + pads[2] + extra
+    if any(pads) or extra:
+        x = ctx.b.op("Pad", [x, ctx.b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2] + extra, pads[3]])], stem="x_pad")
+    flat_x = ctx.b.op("Reshape", [x, ctx.b.ints([b, c, rows * width])], stem="x_flat")
+    if width != ow:
+        dy = ctx.b.op("Pad", [dy, ctx.b.ints([0, 0, 0, 0, 0, 0, 0, width - ow])], stem="dy_wide")
+    length = oh * width
+    dy_3 = ctx.b.op("Reshape", [dy, ctx.b.ints([b, o, length])])
+    per_offset = []
+    for i in range(kh):
+        for j in range(kw):
+            start = i * width + j
+            block = ctx.b.op("Slice", [flat_x, ctx.b.ints([start]), ctx.b.ints([start + length]), ctx.b.ints([2])], stem="x_block")
+            product = ctx.b.op("MatMul", [dy_3, ctx.b.op("Transpose", [block], perm=[0, 2, 1])], stem="dw_offset")
+            per_offset.append(ctx.unsqueeze(ctx.reduce_sum(product, [0], keepdims=0), [2]))
+    stacked = per_offset[0] if len(per_offset) == 1 else ctx.b.op("Concat", per_offset, axis=2, stem="dw_offsets")
+    return ctx.b.op("Reshape", [stacked, ctx.b.ints(list(shape_w))], stem="a_conv_weight")
+
+
+def _pointwise_weight_grad(ctx, x, dy, shape_x, shape_w):
+    """1x1, stride 1, no padding: dW = sum over images of dy[b] @ x[b]^T, no im2col at all.
+
+    Per image, then summed: folding the batch into one GEMM needs two transposed copies of
+    activations, which cost more than the [B, O, C] products they save."""
+    b, c, h, w = shape_x
+    o = shape_w[0]
+    flat_dy = ctx.b.op("Reshape", [dy, ctx.b.ints([b, o, h * w])], stem="dy_flat")
+    flat_x = ctx.b.op("Reshape", [x, ctx.b.ints([b, c, h * w])], stem="x_flat")
+    per_image = ctx.b.op("MatMul", [flat_dy, ctx.b.op("Transpose", [flat_x], perm=[0, 2, 1])], stem="dw_batch")
+    return ctx.b.op("Reshape", [ctx.reduce_sum(per_image, [0], keepdims=0), ctx.b.ints(list(shape_w))],
+                    stem="a_conv_weight")
+
+
+def _strided_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y):
+    """Strided or dilated kernels: strided-slice im2col, per-image MatMul, sum over images."""
+    b = shape_x[0]
+    o, c, kh, kw = shape_w
+    _, _, oh, _ = shape_y
+    pads = attrs["pads"]
+    if any(pads):
+        x = ctx.b.op("Pad", [x, ctx.b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]])], stem="im2col_pad")
+    patches, width = _strided_patches(ctx, x, shape_w, shape_y, attrs)
     dy_t = ctx.b.op("Transpose", [ctx.b.op("Reshape", [dy, ctx.b.ints([b, o, oh * width])])],
                     perm=[0, 2, 1], stem="dy_t")
     per_image = ctx.b.op("MatMul", [patches, dy_t], stem="dw_batch")  # [B, C*k*k, O]
     summed = ctx.reduce_sum(per_image, [0], keepdims=0)
-    dw = ctx.b.op("Reshape", [ctx.b.op("Transpose", [summed], perm=[1, 0]),
-                              ctx.b.ints([o, c, kh, kw])], stem="a_conv_weight")
+    return ctx.b.op("Reshape", [ctx.b.op("Transpose", [summed], perm=[1, 0]),
+                                ctx.b.ints([o, c, kh, kw])], stem="a_conv_weight")
+
+
+# Below this many input channels a per-offset GEMM is too narrow ([O, L] x [L, C]) and one
+# im2col GEMM per image ([C*k*k, L] x [L, O]) wins despite its copies (measured on the first
+# layers of TCDCN and Cascade-CNN, C = 3 and 20: 1.1-1.5x faster); from 32 on (Cascade-CNN's
+# 40, InceptionV3's 32-2048) the per-offset form is 2-25% faster and never materialises im2col.
+OFFSET_MIN_CHANNELS = 32
+
+
+def _conv_weight_grad(ctx, node, attrs, shape_x, shape_w, shape_y, dy):
+    x = node.input[0]
+    unit = attrs["strides"] == [1, 1] and attrs["dilations"] == [1, 1]
+    if unit and shape_w[2:] == [1, 1] and not any(attrs["pads"]):
+        dw = _pointwise_weight_grad(ctx, x, dy, shape_x, shape_w)
+    elif unit and shape_x[1] >= OFFSET_MIN_CHANNELS:
+        dw = _offset_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y)
+    elif unit:
+        dw = _im2col_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y)
+    else:
+        dw = _strided_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y)
     return ctx.unsqueeze(dw, [-1])
 
 
+def _flipped_conv_fits(attrs, shape_x, shape_w):
+    """Whether the input gradient runs as a Conv of the adjoint with the flipped kernel.
+
+    Measured per InceptionV3 layer at batch 8 on 2 cores (ONNX Runtime 1.31.1): for stride 1
+    kernels larger than 1x1 on maps of 35x35 and up it beats ConvTranspose by 10-40% (its
+    GEMM runs at the forward's speed; ConvTranspose adds col2im); on smaller maps and for
+    1x1 kernels the two are within noise, or ConvTranspose wins, so it stays there."""
+    (_, _, kh, kw), pads = shape_w, attrs["pads"]
+    return (attrs["strides"] == [1, 1] and attrs["dilations"] == [1, 1] and (kh, kw) != (1, 1)
+            and min(shape_x[2:]) >= 35 and max(pads[0], pads[2]) < kh and max(pads[1], pads[3]) < kw)
+
+
+def _flipped_conv_input_grad(ctx, node, attrs, shape_w, dy):
+    _, _, kh, kw = shape_w
+    pads = attrs["pads"]
+    flipped = ctx.b.op("Slice", [node.input[1], ctx.b.ints([-1, -1]), ctx.b.ints([-2**62, -2**62]),
+                                 ctx.b.ints([2, 3]), ctx.b.ints([-1, -1])], stem="w_flipped")
+    kernel = ctx.b.op("Transpose", [flipped], perm=[1, 0, 2, 3], stem="w_transposed")
+    dx = ctx.b.op("Conv", [dy, kernel], pads=[kh - 1 - pads[0], kw - 1 - pads[1], kh - 1 - pads[2], kw - 1 - pads[3]],
+                  stem="a_conv_flipped")
+    return ctx.unsqueeze(dx, [-1])
+
+
 def _conv_input_grad(ctx, node, grads):
-    """onnx-ad's ConvTranspose, asked for the input only (it beat a Conv with the flipped
-    kernel, 70 ms vs 130 ms, since that kernel is computed and cannot be pre-packed)."""
+    """onnx-ad's ConvTranspose, asked for the input only."""
     wanted = ctx.wanted
     ctx.wanted = {node.input[0]}
     try:
@@ -123,7 +212,10 @@ def conv_reverse(ctx, node, grads):
     dy = _squeeze_seed(ctx, grads[0], node.output[0])
     result = [None, None]
     if ctx.asked_for(node.input[0]):
-        result[0] = _conv_input_grad(ctx, node, grads)
+        if _flipped_conv_fits(attrs, shape_x, shape_w):
+            result[0] = _flipped_conv_input_grad(ctx, node, attrs, shape_w, dy)
+        else:
+            result[0] = _conv_input_grad(ctx, node, grads)
     if ctx.asked_for(node.input[1]):
         result[1] = _conv_weight_grad(ctx, node, attrs, shape_x, shape_w, shape_y, dy)
     if len(node.input) > 2 and node.input[2]:
@@ -172,7 +264,19 @@ def max_pool_reverse(ctx, node, grads):
     return [ctx.unsqueeze(spread, [-1])] + [None] * (len(node.input) - 1)
 
 
-FAST = {"Conv": conv_reverse, "MaxPool": max_pool_reverse}
+def relu_reverse(ctx, node, grads):
+    """dx = dy * sign(y): the derivative read from the output (Relu'(0) = 0 as in onnx-ad).
+
+    onnx-ad's rule reads the input (Greater + Cast + Mul); reading the output instead leaves
+    the producing Conv with one consumer, so ONNX Runtime fuses Conv + Relu in the training
+    graph's forward as it does for inference, and the mask is one op, not two."""
+    y = node.output[0]
+    positive = ctx.b.op("Greater", [y, ctx.constant(0.0, ctx.dtype(y))], stem="relu_positive")
+    mask = ctx.b.op("Cast", [positive], to=ctx.dtype(y), stem="relu_mask")
+    return [ctx.b.op("Mul", [grads[0], ctx.lift(mask)], stem="a_" + node.input[0])]
+
+
+FAST = {"Conv": conv_reverse, "MaxPool": max_pool_reverse, "Relu": relu_reverse}
 
 
 @contextlib.contextmanager

@@ -92,6 +92,22 @@ def case_conv_1x1_stack():
     return t.model(x, 3 * 6 * 6)
 
 
+def case_conv_offsets():
+    """A 3x3 conv over 32 channels: its weight adjoint is the per-offset GEMM form
+    (fast_rules.OFFSET_MIN_CHANNELS), the 1x1 conv below it the pointwise form."""
+    t = Tiny(10)
+    x = t.conv(t.conv(nchw(t), "c1", 2, 32, 1), "c2", 32, 3, 3, pad=1)
+    return t.model(x, 3 * 7 * 7)
+
+
+def case_conv_flipped():
+    """A 3x3 conv on a 35x35 map: its input adjoint is a Conv with the flipped kernel
+    (fast_rules._flipped_conv_fits), checked through the 1x1 conv's parameters below it."""
+    t = Tiny(11)
+    x = t.conv(t.conv(nchw(t), "c1", 2, 2, 1), "c2", 2, 2, 3, pad=1)
+    return t.model(t.op("MaxPool", [x], "pool", kernel_shape=[5, 5], strides=[5, 5]), 2 * 7 * 7, size=35)
+
+
 def case_conv_strided():
     t = Tiny(4)
     return t.model(t.conv(nchw(t), "conv", 2, 3, 3, stride=2), 3 * 3 * 3)
@@ -142,6 +158,8 @@ CASES = {
     "Conv (padded 5x5)": (case_conv_padded, ["Conv", "Pad"]),
     "Conv input adjoint (ConvTranspose)": (case_conv_1x1_stack, ["Conv"]),
     "Conv (stride 2)": (case_conv_strided, ["Conv"]),
+    "Conv weight adjoint per offset (32 channels)": (case_conv_offsets, ["Conv"]),
+    "Conv input adjoint as flipped Conv (35x35)": (case_conv_flipped, ["Conv"]),
     "Relu": (case_relu, ["Relu"]),
     "MaxPool 2x2/2": (case_maxpool_2x2, ["MaxPool"]),
     "MaxPool 3x3/1 pad 1 (on ORT)": (case_maxpool_3x3_same, ["MaxPool"]),
@@ -149,6 +167,14 @@ CASES = {
     "Concat": (case_concat, ["Concat"]),
     "Gemm, Flatten, Dropout mask (Mul)": (case_gemm_relu_dropout, ["Gemm", "Flatten", "Dropout"]),
 }
+# Cases with many parameters check a random sample of coordinates per tensor.
+SAMPLED = {"Conv weight adjoint per offset (32 channels)": 40, "Conv input adjoint as flipped Conv (35x35)": 40}
+# The fast_rules.py form each case is there for, by the name stem of a node it emits: a case
+# whose graph lacks it no longer checks that rule, and fails.
+EXERCISES = {"Conv (valid)": "patches", "Conv input adjoint (ConvTranspose)": "dy_flat",
+             "Conv (stride 2)": "im2col_slice", "Conv weight adjoint per offset (32 channels)": "dw_offset",
+             "Conv input adjoint as flipped Conv (35x35)": "a_conv_flipped", "Relu": "relu_mask",
+             "MaxPool 2x2/2": "is_max"}
 # The loss (LogSoftmax, OneHot, Mul, ReduceSum, Div, Neg) is part of every case.
 LOSS_OPS = ["LogSoftmax", "Mul", "ReduceSum", "Div", "Neg", "Max"]
 
@@ -214,10 +240,14 @@ class OrtEvaluator:
         return self.session.run(outputs, {k: v for k, v in feeds.items() if k in names})
 
 
-def check_case(forward, batch=BATCH, coords=None, seed=0, evaluator=reference_evaluator):
-    """Max relative error of the artifact gradient against central differences (float64)."""
+def check_case(forward, batch=BATCH, coords=None, seed=0, evaluator=reference_evaluator, exercises=None):
+    """Max relative error of the artifact gradient against central differences (float64);
+    infinite if the gradient graph has no node named after `exercises`."""
     trainable = ma.select_trainable(forward, None)
     grad_model, masks, _ = ma.gradient_model(forward, trainable, batch)
+    if exercises and not any(exercises in o for n in grad_model.graph.node for o in n.output):
+        print(f"the gradient graph has no '{exercises}' node: the rule this case checks is not used")
+        return float("inf")
     loss_model, _, _ = ma.loss_model(forward, trainable, batch)
     rng = np.random.default_rng(seed)
     shapes = input_shapes(loss_model)
@@ -309,7 +339,8 @@ def main(argv=None):
     results, failed = [], False
     covered = set(LOSS_OPS)
     for label, (make, ops) in CASES.items():
-        err = check_case(make(), evaluator=OrtEvaluator if "on ORT" in label else reference_evaluator)
+        err = check_case(make(), coords=SAMPLED.get(label), exercises=EXERCISES.get(label),
+                         evaluator=OrtEvaluator if "on ORT" in label else reference_evaluator)
         covered.update(ops)
         results.append({"case": label, "dtype": "float64", "max_rel_error": err, "tolerance": TOLERANCE_F64})
     used = differentiated_ops("tcdcn") | differentiated_ops("cascade_cnn")

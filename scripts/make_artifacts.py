@@ -248,9 +248,10 @@ def prune_unused(model):
 # Backward pass and optimizer update
 # --------------------------------------------------------------------------------------------
 
-def gradient_model(forward, trainable, batch, fast=True):
+def gradient_model(forward, trainable, batch, fast=True, seed_input=None):
     """loss, correct and `grad:<param>` (the parameter's shape), by onnx-ad reverse mode
-    (with the faster Conv/MaxPool rules of fast_rules.py unless `fast` is False)."""
+    (with the faster Conv/MaxPool rules of fast_rules.py unless `fast` is False).  The loss's
+    adjoint seed is 1, or the float scalar input `seed_input` (the gradients come out times it)."""
     import onnx_ad
 
     import fast_rules
@@ -262,9 +263,15 @@ def gradient_model(forward, trainable, batch, fast=True):
     seed = [i for i in graph.input if i.name.startswith("adj_")]
     if len(seed) != 1:
         raise SystemExit(f"onnx-ad gave seed inputs {[i.name for i in seed]}, expected one")
-    # the loss is a scalar: its adjoint seed is the constant [1.0]
-    graph.initializer.append(numpy_helper.from_array(np.ones([1], NUMPY[elem_type(model)]), seed[0].name))
+    # the loss is a scalar: its adjoint seed is the constant [1.0] or the given scalar
     graph.input.remove(seed[0])
+    if seed_input is None:
+        graph.initializer.append(numpy_helper.from_array(np.ones([1], NUMPY[elem_type(model)]), seed[0].name))
+    else:
+        graph.input.append(helper.make_tensor_value_info(seed_input, elem_type(model), []))
+        graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{seed_input}/shape"))
+        graph.node.insert(0, helper.make_node("Reshape", [seed_input, f"{seed_input}/shape"], [seed[0].name],
+                                              name=f"{seed_input}/as_seed"))
     outputs = {o.name: o for o in graph.output}
     shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     del graph.output[:]
@@ -361,27 +368,35 @@ def update_model(forward, trainable, optimizer, hyper):
 
 def accumulate_model(forward, trainable, micro):
     """The gradient graph at batch `micro` that sums: accumulated:<p> = (acc_first ? 0 :
-    acc:<p>) + acc_scale * grad:<p>.  Where, not a multiply by 0, picks the start, so
-    whatever the uninitialised sum buffers hold (NaN too) never leaks in."""
-    model, masks, _ = gradient_model(forward, trainable, micro)
+    acc:<p>) + acc_scale * grad:<p>.
+
+    `acc_scale` is the loss's adjoint seed, so reverse mode emits the scaled gradients at no
+    cost; one If picks the start (the gradients as they are) or the sums (one Add each), so
+    whatever the uninitialised sum buffers hold (NaN too) never leaks in, and no Where
+    broadcasts a scalar condition over every gradient (it cost 10% of an InceptionV3 step)."""
+    model, masks, _ = gradient_model(forward, trainable, micro, seed_input=ACC_SCALE)
     graph = model.graph
     dtype = elem_type(model)
     graph.input.append(helper.make_tensor_value_info(ACC_FIRST, TensorProto.BOOL, []))
-    graph.input.append(helper.make_tensor_value_info(ACC_SCALE, dtype, []))
     outputs = list(graph.output)
     del graph.output[2:]
+    start, add = [], []
+    results = []
     for out in outputs[2:]:
         name = out.name[len(GRAD_PREFIX):]
         shape = [d.dim_value for d in out.type.tensor_type.shape.dim]
         acc = ACC_PREFIX + name
         graph.input.append(helper.make_tensor_value_info(acc, dtype, shape))
-        scaled = f"acc/scaled:{name}"
-        graph.node.append(helper.make_node("Mul", [out.name, ACC_SCALE], [scaled], name=scaled))
-        summed = f"acc/sum:{name}"
-        graph.node.append(helper.make_node("Add", [acc, scaled], [summed], name=summed))
-        result = ACCUMULATED_PREFIX + name
-        graph.node.append(helper.make_node("Where", [ACC_FIRST, scaled, summed], [result], name=result))
-        graph.output.append(helper.make_tensor_value_info(result, dtype, shape))
+        start.append(helper.make_node("Identity", [out.name], [f"acc/start:{name}"]))
+        add.append(helper.make_node("Add", [acc, out.name], [f"acc/sum:{name}"]))
+        results.append(helper.make_tensor_value_info(ACCUMULATED_PREFIX + name, dtype, shape))
+
+    def branch(label, nodes):
+        return helper.make_graph(nodes, label, [], [helper.make_tensor_value_info(n.output[0], dtype, None) for n in nodes])
+
+    graph.node.append(helper.make_node("If", [ACC_FIRST], [r.name for r in results], name="acc/if_first",
+                                       then_branch=branch("start", start), else_branch=branch("add", add)))
+    graph.output.extend(results)
     return model, masks
 
 

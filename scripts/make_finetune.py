@@ -30,7 +30,9 @@ import argparse
 import copy
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,91 @@ def features_of(source, bottleneck):
                      f"{', '.join(o.name for o in source.graph.output)})")
 
 
+def cut_below(model, layer):
+    """The tensor every path from the image to `layer` passes through last: the input of the
+    block `layer` belongs to (for InceptionV3's `mixed9`, the block output `mixed8`; for a
+    chain of layers, the layer's own input).  What is computed before it stays frozen."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    nodes = [n for n in model.graph.node if n.name == layer or layer in n.output]
+    if not nodes:
+        raise SystemExit(f"--train-from {layer}: the graph has no node or tensor of that name")
+    target = nodes[0].output[0]
+    image = model.graph.input[0].name
+    inits = {t.name for t in model.graph.initializer}
+
+    def ancestors(tensor):
+        seen, stack = set(), [tensor]
+        while stack:
+            t = stack.pop()
+            if t in seen or t in inits or t not in producer:
+                continue
+            seen.add(t)
+            stack.extend(i for i in producer[t].input if i)
+        return seen
+
+    def reaches_without(blocked):
+        """Whether the image still reaches `target` when `blocked` is taken out."""
+        reached = {image}
+        for n in model.graph.node:  # topological order
+            if any(i in reached and i != blocked for i in n.input):
+                reached.update(o for o in n.output if o != blocked)
+        return target in reached
+
+    order = {o: k for k, n in enumerate(model.graph.node) for o in n.output}
+    candidates = sorted(ancestors(target) - {target}, key=order.get, reverse=True)
+    for tensor in candidates:
+        if not reaches_without(tensor):
+            return tensor
+    return image
+
+
+def split_at(model, cut, shapes):
+    """(below, above): the graph up to tensor `cut` (its one output, named `cut`; the source's
+    retrain.* description kept, so `retrain extract` caches it like a bottleneck), and the
+    graph from `cut` on (its one input, [N, *shape of cut]) to `logits`."""
+    below = copy.deepcopy(model)
+    del below.graph.output[:]
+    below.graph.output.append(helper.make_tensor_value_info(cut, TensorProto.FLOAT, ["N", *shapes[cut][1:]]))
+    ma.prune_unused(below)
+    above = copy.deepcopy(model)
+    graph = above.graph
+    needed, kept = {"logits"}, []
+    for node in reversed(list(graph.node)):
+        if needed & set(node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i != cut)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(cut, TensorProto.FLOAT, ["N", *shapes[cut][1:]]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", shapes["logits"][-1]]))
+    del above.metadata_props[:]  # its input is no image: nothing may read it as one
+    return below, above
+
+
+def write_partial(out, model, layer, batch, hyper, seed):
+    """phase2-from-LAYER/: below.onnx (frozen, cached once per image by retrain) and the
+    training artifacts of the graph above the cut (its forward.onnx), every parameter there
+    trainable."""
+    cut = cut_below(model, layer)
+    folder = out / f"phase2-from-{layer}"
+    shutil.rmtree(folder, ignore_errors=True)  # no file of another cut stays beside these
+    folder.mkdir(parents=True)
+    shapes = ma.static_shapes(ma.promote_params(model, [], 1))
+    below, above = split_at(model, cut, shapes)
+    onnx.save(below, folder / "below.onnx")
+    with tempfile.TemporaryDirectory() as tmp:  # generate() keeps it as forward.onnx
+        onnx.save(above, Path(tmp) / "above.onnx")
+        _, digest = ma.generate(Path(tmp) / "above.onnx", folder, batch=batch, optimizer="rmsprop", hyper=hyper,
+                                seed=seed, micro_batches=[batch])
+    return {"dir": folder.name, "artifact_sha256": digest, "cut": cut, "below": "below.onnx",
+            "below_sha256": ma.sha256(folder / "below.onnx")}
+
+
 def metadata(source, labels, note):
     props = {p.key: p.value for p in source.metadata_props if p.key.startswith("retrain.")}
     props.update({"retrain.labels": ",".join(labels), "retrain.bottleneck": "bottleneck", "retrain.source": note})
@@ -122,7 +209,7 @@ def head_model(features, classes, dropout, seed, ir_version):
 
 
 def generate(source_path, out, *, classes, labels=None, batch=100, micro_batches=None, seed=0,
-             dropout=0.2, bottleneck="bottleneck", weight_decay=4e-5):
+             dropout=0.2, bottleneck="bottleneck", weight_decay=4e-5, train_from=()):
     source = onnx.load(source_path)
     if any(o.name.startswith("aux") for o in source.graph.output):
         raise SystemExit("the source has an auxiliary head; replacing it is not implemented")
@@ -140,6 +227,7 @@ def generate(source_path, out, *, classes, labels=None, batch=100, micro_batches
                             hyper=hyper, seed=seed)
     _, phase2 = ma.generate(out / "model.onnx", out / "phase2", batch=batch, optimizer="rmsprop",
                             hyper=hyper, seed=seed, micro_batches=micro_batches or [batch])
+    partial = {layer: write_partial(out, model, layer, batch, hyper, seed) for layer in train_from}
     description = {
         "format": "retrain-finetune-artifacts",
         "format_version": 1,
@@ -154,6 +242,7 @@ def generate(source_path, out, *, classes, labels=None, batch=100, micro_batches
         "batch": batch,
         "phase1": {"dir": "phase1", "artifact_sha256": phase1},
         "phase2": {"dir": "phase2", "artifact_sha256": phase2},
+        "phase2_from": partial,
         "seed": seed,
     }
     text = json.dumps(description, indent=2) + "\n"
@@ -174,12 +263,16 @@ def main(argv=None):
     parser.add_argument("--weight-decay", type=float, default=4e-5)
     parser.add_argument("--bottleneck", default="bottleneck")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-from", action="append", default=[], metavar="LAYER",
+                        help="also write phase2-from-LAYER/: phase 2 trains LAYER's block and every layer "
+                             "above it, the layers below stay frozen (repeatable; `mixed9` for "
+                             "InceptionV3's top two blocks, Keras' fine-tuning recipe)")
     args = parser.parse_args(argv)
     micro = [m for m in ma.parse_micro(args.micro_batches) if m <= args.batch]
     description, digest = generate(
         args.source, args.out, classes=args.classes, labels=args.labels and args.labels.split(","),
         batch=args.batch, micro_batches=micro, seed=args.seed, dropout=args.dropout,
-        bottleneck=args.bottleneck, weight_decay=args.weight_decay)
+        bottleneck=args.bottleneck, weight_decay=args.weight_decay, train_from=args.train_from)
     print(f"wrote {args.out}: {description['classes']}-way head on {description['features']} features, "
           f"batch {args.batch}, micro-batches {','.join(map(str, micro))}, finetune sha256 {digest[:12]}")
     return 0

@@ -104,14 +104,98 @@ fn both_phases_export_a_model_and_head_that_extract_and_eval_read() {
     let history = std::fs::read_to_string(out.join("history.csv")).unwrap();
     assert_eq!(history.lines().count(), 1 + 3 + 2, "{history}");
 
-    let features = tmp.path().join("features.h5");
-    let o = retrain(&["extract", "--model", s(&out.join("model.onnx")), "--mtfl", s(&mtfl), "--split", "testing", "--out", s(&features), "--quiet"]);
+    assert_eq!(exported_confusion(tmp.path(), &out, &mtfl), result["test"]["confusion"], "eval of the exported head disagrees with finetune's own test scores");
+}
+
+/// The test confusion matrix of OUT/model.onnx + OUT/smile.head.onnx through `extract` and `eval`.
+fn exported_confusion(tmp: &Path, out: &Path, mtfl: &Path) -> serde_json::Value {
+    let features = tmp.join("features.h5");
+    let _ = std::fs::remove_file(&features);
+    let o = retrain(&["extract", "--model", s(&out.join("model.onnx")), "--mtfl", s(mtfl), "--split", "testing", "--out", s(&features), "--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let json = tmp.path().join("eval.json");
+    let json = tmp.join("eval.json");
     let o = retrain(&["eval", "--head", s(&out.join("smile.head.onnx")), "--cache", s(&features), "--json", s(&json)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(eval["metrics"]["confusion"], result["test"]["confusion"], "eval of the exported head disagrees with finetune's own test scores");
+    eval["metrics"]["confusion"].clone()
+}
+
+#[test]
+fn phase_one_head_trained_on_standardised_bottlenecks_exports_with_the_statistics_folded_in() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tcdcn_finetune(&py, &tmp.path().join("art"));
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("run"));
+    let mut args = vec!["finetune", "--artifacts", s(&art), "--model", "onnx/tcdcn.onnx", "--mtfl", s(&mtfl), "--attribute", "smile"];
+    args.extend([
+        "--phase1-steps",
+        "20",
+        "--phase1-lr",
+        "0.01",
+        "--phase2-steps",
+        "0",
+        "--threads",
+        "1",
+        "--cache-dir",
+        s(&cache),
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    let o = retrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["settings"]["phase1_standardized"], true);
+    // phase 1 scored the test set on standardised rows; the exported network and head take raw
+    // images, so they agree only if the statistics were folded into the kernel and bias right
+    assert_eq!(exported_confusion(tmp.path(), &out, &mtfl), result["test"]["confusion"], "the folded head scores differently");
+    // both classes predicted: a constant answer would agree whatever the kernel held
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(result["test"]["confusion"].clone()).unwrap();
+    for class in 0..2 {
+        assert!(confusion.iter().any(|row| row[class] > 0), "class {class} is never predicted: {confusion:?}");
+    }
+}
+
+#[test]
+fn training_from_a_layer_up_freezes_below_it_and_exports_the_whole_network() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tmp.path().join("art");
+    let o = Command::new(&py)
+        .args(["scripts/make_finetune.py", "onnx/tcdcn.onnx", "--classes", "2", "--batch", "8", "--micro-batches", "8", "--train-from", "conv4"])
+        .args(["--out", s(&art)])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("run"));
+    // no distortions: phase 2 reads the cached activations at the cut
+    let mut args = vec!["finetune", "--artifacts", s(&art), "--model", "onnx/tcdcn.onnx", "--mtfl", s(&mtfl), "--attribute", "smile"];
+    args.extend(["--phase1-steps", "6", "--phase2-steps", "4", "--eval-every", "2", "--threads", "1"]);
+    args.extend(["--cache-dir", s(&cache), "--out", s(&out), "--quiet", "--train-from", "conv4"]);
+    let o = retrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("phase 2 step 4/4"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("conv4 and up (6 parameter tensors) on the cached 'pool3' tensor"), "{}", stderr(&o));
+
+    // phase 2 trained conv4 and above, nothing below the cut
+    let trained: Vec<String> = Checkpoint::read(&out.join("phase2/last.h5")).unwrap().tensors.iter().map(|t| t.name.clone()).collect();
+    for name in ["conv4/kernel", "bottleneck/kernel", "Logits/kernel"] {
+        assert!(trained.iter().any(|t| t == name), "{name} did not train: {trained:?}");
+    }
+    assert!(!trained.iter().any(|t| t.starts_with("conv3")), "a frozen layer trained: {trained:?}");
+    // the exported network (cached cut + trained top, joined) gives finetune's own test scores
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["settings"]["train_from"], "conv4");
+    assert_eq!(exported_confusion(tmp.path(), &out, &mtfl), result["test"]["confusion"], "the exported model disagrees with finetune's scores");
+
+    // a layer the artifacts were not made for is refused with the command that makes them
+    args.retain(|a| *a != "conv4");
+    args.push("conv3");
+    let o = retrain(&args);
+    assert!(!o.status.success() && stderr(&o).contains("--train-from conv3"), "{}", stderr(&o));
 }
 
 #[test]

@@ -31,13 +31,14 @@ pub(super) fn write(
     let model = out.join("model.onnx");
     let s = &job.settings;
     let source = format!(
-        "fine-tuned by retrain finetune: MTFL {} ({} crop), phase 1 {} steps lr {}, phase 2 {} steps lr {}, distortions {}, seed {}, artifacts {}",
+        "fine-tuned by retrain finetune: MTFL {} ({} crop), phase 1 {} steps lr {}, phase 2 {} steps lr {} ({}), distortions {}, seed {}, artifacts {}",
         s.attribute,
         s.crop,
         s.phase1_steps,
         s.phase1_lr,
         s.phase2_steps,
         s.phase2_lr,
+        s.train_from.as_ref().map_or("every layer".to_string(), |l| format!("{l} and up")),
         s.distortions,
         s.seed,
         &a.sha256[..12]
@@ -47,7 +48,8 @@ pub(super) fn write(
         ("retrain.attribute".to_string(), classes.attribute.clone()),
         ("retrain.source".to_string(), source),
     ];
-    crate::train::export::export(&a.verified_file("forward")?, &params, &metadata, &model)?;
+    // the whole network, also when phase 2 trained only the layers above a cut
+    crate::train::export::export(&job.set.every_layer.verified_file("forward")?, &params, &metadata, &model)?;
     let head = out.join(format!("{}.head.onnx", classes.attribute));
     head_of(job, &params, &model, decoder, classes, outcome, train_rows, val_rows)?.save(&head, &[])?;
     Ok((model, head))

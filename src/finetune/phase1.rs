@@ -3,6 +3,9 @@
 //! costs nothing per step and 1,000 steps take seconds. With distortions every training batch
 //! must go through the backbone (a distorted image has no cached bottleneck), as in
 //! TensorFlow's retrain.py; validation still reads the cache.
+//!
+//! The same loop trains phase 2 from a layer up (`--train-from`): there the cached rows are
+//! the activations at the cut and the "backbone" is the frozen graph below it.
 
 use std::collections::HashSet;
 
@@ -13,6 +16,7 @@ use super::images::{self, Decoded, Decoder, LabeledImages};
 use super::steps::{self, Outcome, Schedule};
 use crate::cache::Cache;
 use crate::head::classes::{Classes, Labeled};
+use crate::head::standardize::Standardizer;
 use crate::model::Model;
 use crate::train::batches::dropout_masks;
 use crate::train::checkpoint::Checkpoint;
@@ -38,6 +42,11 @@ impl Rows {
         })
     }
 
+    /// The rows standardised by `s`.
+    pub fn standardized(&self, s: &Standardizer) -> Rows {
+        Rows { x: s.apply(self.x.view()), y: self.y.clone() }
+    }
+
     pub fn examples(&self) -> Examples {
         Examples { images: self.x.iter().copied().collect(), labels: self.y.clone(), image_len: self.x.ncols(), skipped: Vec::new() }
     }
@@ -59,11 +68,12 @@ pub fn cached_rows(cache: &Cache, classes: &Classes, seed: u64, split: bool, ima
 /// Where phase 1's training batches come from.
 pub enum Source<'a> {
     Cached(&'a Rows),
-    /// Distorted images through the backbone.
+    /// Distorted images through the backbone, its output standardised as the cached rows are.
     Backbone {
         model: &'a mut Model,
         decoder: &'a Decoder,
         images: &'a LabeledImages,
+        standardizer: Option<&'a Standardizer>,
     },
 }
 
@@ -79,9 +89,14 @@ impl Source<'_> {
     fn batch(&mut self, rows: &[usize], step: u64) -> Result<(Vec<f32>, Vec<i64>, Vec<f32>)> {
         match self {
             Source::Cached(r) => Ok((rows.iter().flat_map(|&i| r.x.row(i).to_vec()).collect(), rows.iter().map(|&i| r.y[i]).collect(), vec![1.0; rows.len()])),
-            Source::Backbone { model, decoder, images } => {
+            Source::Backbone { model, decoder, images, standardizer } => {
                 let d = decoder.batch(images, rows, step, true)?;
-                Ok((model.run(d.images, rows.len())?, d.labels, d.weights))
+                let mut features = model.run(d.images, rows.len())?;
+                if let Some(s) = standardizer {
+                    let x = Array2::from_shape_vec((rows.len(), s.mean.len()), features)?;
+                    features = s.apply(x.view()).into_raw_vec_and_offset().0;
+                }
+                Ok((features, d.labels, d.weights))
             }
         }
     }

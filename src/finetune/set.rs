@@ -1,6 +1,8 @@
 //! The fine-tuning artifacts of scripts/make_finetune.py: `finetune.json` and its two
-//! training-artifacts folders (phase 1: the new head on bottlenecks; phase 2: every layer).
+//! training-artifacts folders (phase 1: the new head on bottlenecks; phase 2: every layer),
+//! and any `phase2-from-LAYER` folders (phase 2 with the layers below LAYER's block frozen).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +19,26 @@ struct PhaseEntry {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+struct PartialEntry {
+    #[serde(flatten)]
+    phase: PhaseEntry,
+    /// The tensor below which everything stays frozen.
+    cut: String,
+    /// The frozen graph up to `cut`, in the phase's folder.
+    below: String,
+    below_sha256: String,
+}
+
+/// Phase 2 from a layer up: the frozen graph below it runs once per image (its output is
+/// cached like a bottleneck) and the artifacts train the rest.
+#[derive(Debug, Clone)]
+pub struct TrainFrom {
+    pub layer: String,
+    pub cut: String,
+    pub below: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 struct Description {
     format: String,
     format_version: i64,
@@ -28,6 +50,8 @@ struct Description {
     batch: usize,
     phase1: PhaseEntry,
     phase2: PhaseEntry,
+    #[serde(default)]
+    phase2_from: BTreeMap<String, PartialEntry>,
 }
 
 /// An opened fine-tuning set whose parts were checked against each other.
@@ -42,11 +66,18 @@ pub struct FinetuneSet {
     pub head_params: Vec<String>,
     pub batch: usize,
     pub phase1: Artifacts,
+    /// Every layer, or those from `train_from`'s block up.
     pub phase2: Artifacts,
+    /// Phase 2 of every layer: its forward graph is the whole network that export writes.
+    pub every_layer: Artifacts,
+    /// Where phase 2 trains from (None: every layer trains).
+    pub train_from: Option<TrainFrom>,
 }
 
 impl FinetuneSet {
-    pub fn open(dir: &Path) -> Result<FinetuneSet> {
+    /// Opens the set in `dir`, with the phase 2 that trains from `train_from` (a layer the
+    /// set was made with `--train-from` for) or every layer (None).
+    pub fn open(dir: &Path, train_from: Option<&str>) -> Result<FinetuneSet> {
         let path = dir.join("finetune.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {} (make it with scripts/make_finetune.py MODEL.onnx --out {})", path.display(), dir.display()))?;
@@ -67,6 +98,26 @@ impl FinetuneSet {
             }
             Ok(artifacts)
         };
+        let every_layer = phase(&d.phase2)?;
+        let (phase2, train_from) = match train_from {
+            None => (every_layer.clone(), None),
+            Some(layer) => {
+                let entry = partial(&d, layer, dir)?;
+                let artifacts = phase(&entry.phase)?;
+                let below = artifacts.dir.join(&entry.below);
+                let digest = crate::model::file_sha256(&below)?;
+                if digest != entry.below_sha256 {
+                    bail!(
+                        "{} is not the file {} names (sha256 {} vs {}): regenerate the set",
+                        below.display(),
+                        path.display(),
+                        short(&digest),
+                        short(&entry.below_sha256)
+                    );
+                }
+                (artifacts, Some(TrainFrom { layer: layer.to_string(), cut: entry.cut.clone(), below }))
+            }
+        };
         let set = FinetuneSet {
             dir: dir.to_path_buf(),
             source_sha256: d.source_sha256,
@@ -76,7 +127,9 @@ impl FinetuneSet {
             head_params: d.head_params,
             batch: d.batch,
             phase1: phase(&d.phase1)?,
-            phase2: phase(&d.phase2)?,
+            phase2,
+            every_layer,
+            train_from,
         };
         set.check_heads()?;
         Ok(set)
@@ -111,6 +164,18 @@ impl FinetuneSet {
         }
         Ok(())
     }
+}
+
+fn partial<'a>(d: &'a Description, layer: &str, dir: &Path) -> Result<&'a PartialEntry> {
+    d.phase2_from.get(layer).with_context(|| {
+        let made: Vec<&str> = d.phase2_from.keys().map(String::as_str).collect();
+        format!(
+            "the fine-tuning artifacts in {} have no phase 2 from '{layer}' (they have {}): make them with scripts/make_finetune.py MODEL.onnx --out {} --train-from {layer}",
+            dir.display(),
+            if made.is_empty() { "only the all-layers one".to_string() } else { format!("from {}", made.join(", ")) },
+            dir.display()
+        )
+    })
 }
 
 fn short(hash: &str) -> &str {
