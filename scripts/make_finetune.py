@@ -32,7 +32,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +162,10 @@ def write_partial(out, model, layer, batch, hyper, seed):
     shapes = ma.static_shapes(ma.promote_params(model, [], 1))
     below, above = split_at(model, cut, shapes)
     onnx.save(below, folder / "below.onnx")
-    with tempfile.TemporaryDirectory() as tmp:  # generate() keeps it as forward.onnx
-        onnx.save(above, Path(tmp) / "above.onnx")
-        _, digest = ma.generate(Path(tmp) / "above.onnx", folder, batch=batch, optimizer="rmsprop", hyper=hyper,
-                                seed=seed, micro_batches=[batch])
+    # the graph above the cut is the artifacts' forward graph (generate() writes it back there)
+    onnx.save(above, folder / "forward.onnx")
+    _, digest = ma.generate(folder / "forward.onnx", folder, batch=batch, optimizer="rmsprop", hyper=hyper,
+                            seed=seed, micro_batches=[batch])
     return {"dir": folder.name, "artifact_sha256": digest, "cut": cut, "below": "below.onnx",
             "below_sha256": ma.sha256(folder / "below.onnx")}
 
