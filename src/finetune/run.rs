@@ -505,9 +505,10 @@ fn score(engine: &mut Engine, classes: &Classes, parts: impl Iterator<Item = Res
 /// The closing lines of `retrain finetune`.
 pub fn report(s: &FinetuneSummary) -> String {
     let test1 = s.phase1.test_accuracy.map_or("-".into(), |a| format!("{:.4}", a));
+    let trains = s.settings.train_from.as_ref().map_or("all layers".to_string(), |l| format!("{l} and up"));
     let phase2 = match s.phase2.test_accuracy {
         Some(a) => format!(
-            "phase 2 (all layers, {} steps, {:.1} s, {:.2} s/step, {}): test accuracy {a:.4} on {} MTFL test images",
+            "phase 2 ({trains}, {} steps, {:.1} s, {:.2} s/step, {}): test accuracy {a:.4} on {} MTFL test images",
             s.phase2.steps,
             s.phase2.seconds,
             s.phase2.seconds_per_step,
