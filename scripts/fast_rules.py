@@ -77,9 +77,20 @@ def _row_patches(ctx, x, shape_w, shape_y, width):
 
 
 
+def _patch_gemm(ctx, patches, dy, batch, length, shape_w):
+    """dW from im2col patches [B, C*k*k, L] and the output adjoint (L values per channel and
+    image): one [C*k*k, L] x [L, O] MatMul per image, summed over the images."""
+    o = shape_w[0]
+    dy_t = ctx.b.op("Transpose", [ctx.b.op("Reshape", [dy, ctx.b.ints([batch, o, length])])], perm=[0, 2, 1], stem="dy_t")
+    per_image = ctx.b.op("MatMul", [patches, dy_t], stem="dw_batch")  # [B, C*k*k, O]
+    summed = ctx.reduce_sum(per_image, [0], keepdims=0)
+    return ctx.b.op("Reshape", [ctx.b.op("Transpose", [summed], perm=[1, 0]), ctx.b.ints(list(shape_w))], stem="a_conv_weight")
+
+
 def _im2col_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y):
-    b, _, h, w = shape_x
-    o, c, kh, kw = shape_w
+    """Stride 1, few input channels: im2col by contiguous row slices of the padded input (one
+    extra zero row keeps the last slice inside it), one GEMM per image."""
+    b, _, _, w = shape_x
     _, _, oh, ow = shape_y
     pads = attrs["pads"]
     x = ctx.b.op("Pad", [x, ctx.b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2] + 1, pads[3]])], stem="im2col_pad")
@@ -87,13 +98,17 @@ def _im2col_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y):
     patches = _row_patches(ctx, x, shape_w, shape_y, width)
     if width != ow:
         dy = ctx.b.op("Pad", [dy, ctx.b.ints([0, 0, 0, 0, 0, 0, 0, width - ow])], stem="dy_wide")
-    dy_t = ctx.b.op("Transpose", [ctx.b.op("Reshape", [dy, ctx.b.ints([b, o, oh * width])])], perm=[0, 2, 1], stem="dy_t")
-    per_image = ctx.b.op("MatMul", [patches, dy_t], stem="dw_batch")
-    summed = ctx.reduce_sum(per_image, [0], keepdims=0)
-    return ctx.b.op("Reshape", [ctx.b.op("Transpose", [summed], perm=[1, 0]), ctx.b.ints([o, c, kh, kw])], stem="a_conv_weight")
+    return _patch_gemm(ctx, patches, dy, b, oh * width, shape_w)
 
 
 def _offset_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y):
+    """Stride 1, 32 or more input channels: one GEMM per kernel offset, no im2col tensor.
+
+    Offset (i, j) of the kernel reads the flat padded input from i*Wp + j on, H'*Wp values
+    long: one contiguous block per (image, channel), so dW[:, :, i, j] is one [O, L] x [L, C]
+    MatMul per image, summed at once (the [B, O, C] products of one offset live only until
+    their sum). The Wp - W' values per row past the real output columns meet zero columns of
+    the padded adjoint; one extra zero row keeps the last block inside the tensor."""
     b, c, h, w = shape_x
     o, _, kh, kw = shape_w
     _, _, oh, ow = shape_y
@@ -134,20 +149,12 @@ def _pointwise_weight_grad(ctx, x, dy, shape_x, shape_w):
 
 
 def _strided_weight_grad(ctx, x, dy, attrs, shape_x, shape_w, shape_y):
-    """Strided or dilated kernels: strided-slice im2col, per-image MatMul, sum over images."""
-    b = shape_x[0]
-    o, c, kh, kw = shape_w
-    _, _, oh, _ = shape_y
+    """Strided or dilated kernels: strided-slice im2col, one GEMM per image."""
     pads = attrs["pads"]
     if any(pads):
         x = ctx.b.op("Pad", [x, ctx.b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]])], stem="im2col_pad")
     patches, width = _strided_patches(ctx, x, shape_w, shape_y, attrs)
-    dy_t = ctx.b.op("Transpose", [ctx.b.op("Reshape", [dy, ctx.b.ints([b, o, oh * width])])],
-                    perm=[0, 2, 1], stem="dy_t")
-    per_image = ctx.b.op("MatMul", [patches, dy_t], stem="dw_batch")  # [B, C*k*k, O]
-    summed = ctx.reduce_sum(per_image, [0], keepdims=0)
-    return ctx.b.op("Reshape", [ctx.b.op("Transpose", [summed], perm=[1, 0]),
-                                ctx.b.ints([o, c, kh, kw])], stem="a_conv_weight")
+    return _patch_gemm(ctx, patches, dy, shape_x[0], shape_y[2] * width, shape_w)
 
 
 # Below this many input channels a per-offset GEMM is too narrow ([O, L] x [L, C]) and one
