@@ -22,12 +22,12 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use retrain::augment::Distortions;
+use retrain::rng::{self, Rng};
 use retrain::runtime::{Device, SessionConfig};
 use retrain::train::accumulate::Accumulator;
 use retrain::train::artifacts::Artifacts;
 use retrain::train::checkpoint::Checkpoint;
 use retrain::train::engine::{Batch, Engine};
-use retrain::train::rng::{self, SplitMix64};
 
 struct Args {
     batch: usize,
@@ -140,7 +140,7 @@ fn bench(net: &str, a: &Args) {
     engine.load(&init).expect("upload");
     let spec = retrain::model::input_spec(&m.description).unwrap();
     let image_len = spec.image_len();
-    let mut r = SplitMix64::stream(1, 0, 0);
+    let mut r = Rng::stream(1, 0, 0);
     let images: Vec<f32> = (0..a.batch * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();
     let masks: Vec<Vec<f32>> = m.dropout_masks.iter().map(|d| rng::dropout_mask(d.shape.iter().product(), d.ratio, 1, 1, 0)).collect();
     let batch = Batch { images: images.clone(), labels: (0..a.batch as i64).map(|i| i % 2).collect(), weights: vec![1.0; a.batch], masks: &masks };
@@ -198,7 +198,7 @@ fn bench_inception(micro: usize, a: &Args) {
     let mut acc = Accumulator::new(&engine, micro, &config).expect("accumulation graphs");
     let spec = retrain::model::input_spec(&m.description).unwrap();
     let image_len = spec.image_len();
-    let mut r = SplitMix64::stream(1, 0, 0);
+    let mut r = Rng::stream(1, 0, 0);
     let images: Vec<f32> = (0..micro * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();
     let masks: Vec<Vec<f32>> = m.dropout_masks.iter().map(|d| rng::dropout_mask(micro * d.shape.iter().skip(1).product::<usize>(), d.ratio, 1, 1, 0)).collect();
     let pieces = BATCH.div_ceil(micro);

@@ -24,7 +24,7 @@ def main(argv=None):
         rows = list(csv.DictReader(f))
     if not rows:
         raise SystemExit(f"{args.history} has no epochs")
-    epoch = [int(r["epoch"]) for r in rows]
+    epoch = [float(r["epoch"]) for r in rows]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train", "training"), ("val", "validation (20% hold-out)")):
         loss_ax.plot(epoch, [float(r[f"{key}_loss"]) for r in rows], label=label)

@@ -35,8 +35,8 @@ struct Draws {
 
 impl Draws {
     fn new(seed: u64) -> Self {
-        let mut state = seed;
-        let mut unit = || (crate::rng::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut unit = || rng.next_f32();
         Draws { flip: unit() < 0.5, zoom: unit(), x: unit(), y: unit(), brightness: unit() }
     }
 }

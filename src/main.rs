@@ -373,6 +373,9 @@ struct TrainArgs {
     /// Do not read the test list: for runs that choose settings, which validation alone decides.
     #[arg(long)]
     no_test: bool,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    strict: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -629,6 +632,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         resume: a.resume,
         limit: a.limit,
         eval_batch: a.eval_batch,
+        strict: a.strict,
         score_test: !a.no_test,
         show_progress: !a.quiet,
     };

@@ -129,13 +129,13 @@ fn hash_split_is_stable_and_near_the_percentage() {
 /// The train/validation subsets of an MTFL folder as `retrain train` and `retrain finetune`
 /// read them: (train keys, validation keys).
 fn subsets(root: &std::path::Path) -> [(Vec<String>, Vec<String>); 2] {
-    let training = retrain::dataset::mtfl::load(root, retrain::dataset::mtfl::Split::Training).unwrap();
-    let (train, val) = retrain::train::data::hold_out(&training.samples, 7);
-    let keys = |v: &[&Sample]| v.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
     let classes = retrain::head::classes::Classes::mtfl("smile").unwrap();
-    let [ft_train, ft_val, _] = retrain::finetune::images::mtfl_subsets(root, &classes, 7, None).unwrap();
-    let names = |l: &retrain::finetune::images::LabeledImages| l.samples.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
-    [(keys(&train), keys(&val)), (names(&ft_train), names(&ft_val))]
+    let names = |l: &retrain::train::data::LabeledImages| l.samples.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+    [retrain::train::epochs::VALIDATION_PERCENT, retrain::finetune::phases::VALIDATION_PERCENT].map(|validation_percent| {
+        let subsets = retrain::train::data::Subsets { validation_percent, seed: 7, limit: None, test: false };
+        let [train, val, _] = subsets.of_mtfl(root, &classes).unwrap();
+        (names(&train), names(&val))
+    })
 }
 
 #[test]

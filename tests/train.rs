@@ -109,8 +109,7 @@ fn patience_stops_when_validation_loss_stalls() {
     assert_eq!(result["stopped_early"], true);
     assert_eq!(done, best_loss_epoch + 2, "stopped {done} epochs in, best loss at {best_loss_epoch}");
     // the history agrees: the best validation loss is at best_val_loss_epoch, none lower after it
-    let history = std::fs::read_to_string(out.join("history.csv")).unwrap();
-    let losses: Vec<f64> = history.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().parse().unwrap()).collect();
+    let losses: Vec<f64> = retrain::train::history::read(&out.join("history.csv")).unwrap().iter().map(|p| p.val_loss).collect();
     assert_eq!(losses.len() as u64, done);
     let min = losses.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(losses[best_loss_epoch as usize - 1], min);
@@ -269,4 +268,42 @@ fn sigkill_during_training_then_resume_equals_continuous_training() {
     let o = retrain(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     same_training_run(&straight, &killed);
+}
+
+/// One policy for an unreadable image in every training command: reported once by name, left
+/// out of the batches and scores (the run finishes on the others), fatal under --strict.
+#[test]
+fn an_unreadable_training_image_is_skipped_once_by_train_and_finetune_and_fatal_under_strict() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    std::fs::write(mtfl.join("training/img005.jpg"), b"not a JPEG").unwrap();
+    let skipped = |o: &std::process::Output| stderr(o).matches("skipped training/img005.jpg").count();
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "adam");
+    let out = tmp.path().join("train");
+    let o = retrain(&train_args(s(&art), s(&mtfl), s(&out), "2"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(skipped(&o), 1, "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["train_images"].as_u64().unwrap() + result["val_images"].as_u64().unwrap(), 23, "{result}");
+    let strict_out = tmp.path().join("strict");
+    let mut strict = train_args(s(&art), s(&mtfl), s(&strict_out), "2");
+    strict.push("--strict");
+    let o = retrain(&strict);
+    assert!(!o.status.success() && stderr(&o).contains("training/img005.jpg"), "{}", stderr(&o));
+
+    // fine-tuning with distortions decodes the images in both phases: still one report
+    let ft = common::tcdcn_finetune(&py, &tmp.path().join("ft"));
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("finetune"));
+    let o = retrain(&common::finetune_args(s(&ft), s(&mtfl), s(&cache), s(&out), "4"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["skipped"].as_array().unwrap().len(), 1, "{result}");
+    let reports = skipped(&o);
+    assert!((1..=2).contains(&reports), "the bottleneck cache may report it once, training once more: {}", stderr(&o));
+    let strict_out = tmp.path().join("ft-strict");
+    let mut strict = common::finetune_args(s(&ft), s(&mtfl), s(&cache), s(&strict_out), "4");
+    strict.push("--strict");
+    let o = retrain(&strict);
+    assert!(!o.status.success() && stderr(&o).contains("training/img005.jpg"), "{}", stderr(&o));
 }

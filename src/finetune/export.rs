@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 use ndarray::Array2;
 
-use super::images::{Decoder, VALIDATION_PERCENT};
+use super::phases::VALIDATION_PERCENT;
 use super::run::Job;
-use super::steps::Outcome;
 use crate::head::classes::Classes;
 use crate::head::standardize::Standardizer;
 use crate::head::{onnx as head_onnx, CacheOrigin, ClassWeight, Head, HeadInfo, Solver};
 use crate::train::checkpoint::NamedTensor;
+use crate::train::decode::Decoder;
+use crate::train::steps::Outcome;
 
 /// Writes both files; returns their paths.
 pub(super) fn write(

@@ -2,17 +2,15 @@
 //! head, which trains alone first (phase 1, on bottlenecks), then with every layer (phase 2),
 //! through the artifacts of scripts/make_finetune.py on stock ONNX Runtime.
 //!
-//! Data flow: MTFL -> bottleneck cache ([`crate::extract`]) -> phase 1 ([`phase1`]) -> phase 2
-//! on images ([`images`], [`phase2`], micro-batches chosen by [`plan`]) -> test metrics ->
-//! exported model and head ([`export`]).
+//! Data flow: MTFL -> bottleneck cache ([`crate::extract`]) -> phase 1 on cached rows ->
+//! phase 2 on images (micro-batches chosen by [`plan`]) or, from a layer up, on cached
+//! activations at the cut -> test metrics -> exported model and head ([`export`]). Both
+//! phases run the training loop of [`crate::train::steps`] ([`phases`]).
 
 pub mod export;
-pub mod images;
-pub mod phase1;
-pub mod phase2;
+pub mod phases;
 pub mod plan;
 pub mod run;
 pub mod set;
-pub mod steps;
 
 pub use run::{finetune, report, FinetuneOptions, FinetuneSummary};

@@ -8,12 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::ArrayView1;
 use serde::{Deserialize, Serialize};
 
-use super::images::{self, Decoded, Decoder, LabeledImages};
-use super::phase1::{self, Phase1, Rows, Source};
-use super::phase2::{self, Phase2};
+use super::phases::{self, Phase, VALIDATION_PERCENT};
 use super::plan::{self, Plan};
 use super::set::FinetuneSet;
-use super::steps::{self, Outcome, Point, Schedule};
 use crate::augment::Distortions;
 use crate::cache::Cache;
 use crate::dataset::mtfl::Split;
@@ -25,8 +22,13 @@ use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
 use crate::runtime::{self, Device, SessionConfig};
 use crate::train::accumulate::Accumulator;
+use crate::train::batches::Source;
 use crate::train::checkpoint::Checkpoint;
+use crate::train::data::{Examples, LabeledImages, Subsets};
+use crate::train::decode::Decoder;
 use crate::train::engine::Engine;
+use crate::train::history::{self, Point};
+use crate::train::steps::{Outcome, Stepper};
 
 /// Everything `retrain finetune` takes.
 #[derive(Debug, Clone)]
@@ -121,6 +123,7 @@ pub(super) struct Job {
     pub config: SessionConfig,
     pub settings: Settings,
     pub history: PathBuf,
+    pub subsets: Subsets,
 }
 
 pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
@@ -130,7 +133,7 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     let mut model = Model::load(&opts.model, &ctx.config, Some(&ctx.set.bottleneck))?;
     ctx.set.check_source(&model.sha256, &opts.model)?;
     let pre = Preprocess { crop: opts.crop, input: model.input.clone() };
-    let [train, val, test] = images::mtfl_subsets(&opts.mtfl, &ctx.classes, opts.seed, opts.limit)?;
+    let [train, val, test] = ctx.subsets.of_mtfl(&opts.mtfl, &ctx.classes)?;
     let decoder = Decoder::new(pre, opts.distortions, opts.seed, opts.strict, opts.decode_threads)?;
     eprintln!("{}", runtime::describe_provider(&ctx.config));
     eprintln!(
@@ -155,7 +158,7 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     match phase1_test {
         // --phase2-steps 0: the new head alone (transfer learning with the fine-tuning recipe)
         Some(test) if opts.phase2_steps == 0 => {
-            let outcome = Outcome { last: start2, points: Vec::new(), steps_run: 0, seconds: 0.0 };
+            let outcome = Outcome { last: start2, points: Vec::new(), steps_run: 0, seconds: 0.0, stopped: false };
             finish(opts, &ctx, &decoder, sets, &outcome, phase1_summary, plan, test)
         }
         _ if ctx.set.train_from.is_some() => run_phase2_above_cut(opts, &ctx, &decoder, sets, start2, phase1_summary, plan),
@@ -179,7 +182,8 @@ fn prepare(opts: &FinetuneOptions) -> Result<(Job, Plan)> {
     let budget = opts.memory_budget.or_else(|| plan::free_memory(opts.device));
     let plan = plan::choose(a.batch, &a.micro_batches, a.memory.as_ref(), budget, opts.micro_batch)?;
     let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
-    Ok((Job { set, classes, config, settings: settings_of(opts), history: opts.out.join("history.csv") }, plan))
+    let subsets = Subsets { validation_percent: VALIDATION_PERCENT, seed: opts.seed, limit: opts.limit, test: true };
+    Ok((Job { set, classes, config, settings: settings_of(opts), history: opts.out.join("history.csv"), subsets }, plan))
 }
 
 /// A --resume checkpoint of phase 1 or of phase 2 (checked against those artifacts).
@@ -226,13 +230,15 @@ fn check_settings(out: &Path, settings: &Settings, resuming: bool) -> Result<()>
     crate::write_file(&path, serde_json::to_string_pretty(settings)? + "\n")
 }
 
-fn schedule<'a>(opts: &FinetuneOptions, ctx: &'a Job, phase: u8, steps: u64) -> Schedule<'a> {
-    Schedule {
-        phase,
+fn phase<'a>(opts: &'a FinetuneOptions, ctx: &'a Job, number: u8) -> Phase<'a> {
+    let (steps, lr) = if number == 1 { (opts.phase1_steps, opts.phase1_lr) } else { (opts.phase2_steps, opts.phase2_lr) };
+    Phase {
+        number,
         steps,
-        eval_every: opts.eval_every.max(1),
-        batch: ctx.set.batch,
-        out_dir: opts.out.join(format!("phase{phase}")),
+        lr,
+        eval_every: opts.eval_every,
+        eval_batch: opts.eval_batch,
+        out: &opts.out,
         history: &ctx.history,
         show_progress: opts.show_progress,
     }
@@ -253,7 +259,7 @@ fn run_phase1(
     // accuracy 60%, validation 60% for smile, where `train-head --solver sgd` reaches 73% / 66%
     // standardised and 61% / 60% with --no-standardize). phase2_start folds the statistics
     // into the kernel and bias, so the network that phase 2 and export see takes raw ones.
-    let standardizer = Standardizer::fit(train_rows.x.view());
+    let standardizer = Standardizer::fit(train_rows.view());
     let [train_rows, val_rows, test_rows] = [&train_rows, &val_rows, &test_rows].map(|r| r.standardized(&standardizer));
     let artifacts = &ctx.set.phase1;
     // one thread: the head's ops are too small to split, and idle spinning workers only slow
@@ -263,16 +269,15 @@ fn run_phase1(
         Some(c) => c,
         None => initial(artifacts.dir.join(&artifacts.manifest.checkpoint), artifacts, opts.seed)?,
     };
-    steps::prepare_history(&ctx.history, 1, start.step)?;
+    history::prepare(&ctx.history, 1, start.step)?;
     engine.load(&start)?;
-    let p = Phase1 { schedule: schedule(opts, ctx, 1, opts.phase1_steps), lr: opts.phase1_lr, eval_batch: opts.eval_batch };
     let source = if opts.distortions.is_off() {
-        Source::Cached(&train_rows)
+        Source::Memory { rows: &train_rows, distort: None }
     } else {
         Source::Backbone { model, decoder, images: train, standardizer: Some(&standardizer) }
     };
-    let outcome = phase1::run(&p, &mut engine, source, &val_rows, start)?;
-    let test_metrics = score(&mut engine, &ctx.classes, test_rows.chunks(opts.eval_batch).map(Ok))?;
+    let outcome = phases::run(&phase(opts, ctx, 1), &mut engine, Stepper::Fused, start, source, &val_rows)?;
+    let test_metrics = score(&mut engine, &ctx.classes, chunks(&test_rows, opts.eval_batch))?;
     let test_accuracy = test_metrics.accuracy;
     let summary = phase_summary(&outcome, opts.phase1_steps, opts.phase1_lr, Some(test_accuracy));
     crate::write_file(&opts.out.join("phase1/summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
@@ -284,12 +289,12 @@ fn run_phase1(
 }
 
 /// `model`'s cached outputs for the training, validation and test images of `sets`.
-fn cached_subsets(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, sets: [&LabeledImages; 3]) -> Result<[Rows; 3]> {
+fn cached_subsets(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, sets: [&LabeledImages; 3]) -> Result<[Examples; 3]> {
     let [train, val, test] = sets;
     let train_cache = Cache::read(&mtfl_cache(opts, model, Split::Training)?)?;
     let test_cache = Cache::read(&mtfl_cache(opts, model, Split::Testing)?)?;
-    let (train_rows, val_rows) = phase1::cached_rows(&train_cache, &ctx.classes, opts.seed, true, &keys(&[train, val]))?;
-    let (test_rows, _) = phase1::cached_rows(&test_cache, &ctx.classes, opts.seed, false, &keys(&[test]))?;
+    let (train_rows, val_rows) = phases::cached_rows(&train_cache, &ctx.classes, Some(&ctx.subsets), &keys(&[train, val]))?;
+    let (test_rows, _) = phases::cached_rows(&test_cache, &ctx.classes, None, &keys(&[test]))?;
     Ok([train_rows, val_rows, test_rows])
 }
 
@@ -367,14 +372,14 @@ fn run_phase2(
     eprintln!("phase 2: {}", plan.describe(a.manifest.batch));
     let mut engine = Engine::with_step(a.clone(), &ctx.config, false)?;
     let mut acc = Accumulator::new(&engine, plan.micro, &ctx.config)?;
-    steps::prepare_history(&ctx.history, 2, start.step)?;
+    history::prepare(&ctx.history, 2, start.step)?;
     engine.load(&start)?;
-    let val_examples = decode_all(decoder, val, opts.eval_batch)?;
-    let p = Phase2 { schedule: schedule(opts, ctx, 2, opts.phase2_steps), lr: opts.phase2_lr, eval_batch: opts.eval_batch };
-    let outcome = phase2::run(&p, &mut engine, &mut acc, decoder, train, &val_examples, start)?;
+    let val_examples = decoder.all(val, "validation", opts.show_progress)?;
+    let source = Source::Files { decoder, images: train };
+    let outcome = phases::run(&phase(opts, ctx, 2), &mut engine, Stepper::Accumulate(&mut acc), start, source, &val_examples)?;
     drop(val_examples);
     let index: Vec<usize> = (0..test.len()).collect();
-    let test_metrics = score(&mut engine, &ctx.classes, index.chunks(opts.eval_batch.max(1)).map(|part| decoder.batch(test, part, 0, false)))?;
+    let test_metrics = score(&mut engine, &ctx.classes, index.chunks(opts.eval_batch.max(1)).map(|part| decoder.plain(test, part)))?;
     finish(opts, ctx, decoder, sets, &outcome, phase1, plan, test_metrics)
 }
 
@@ -406,16 +411,15 @@ fn run_phase2_above_cut(
         a.manifest.batch
     );
     let mut engine = Engine::new(a.clone(), &ctx.config)?;
-    steps::prepare_history(&ctx.history, 2, start.step)?;
+    history::prepare(&ctx.history, 2, start.step)?;
     engine.load(&start)?;
-    let p = Phase1 { schedule: schedule(opts, ctx, 2, opts.phase2_steps), lr: opts.phase2_lr, eval_batch: opts.eval_batch };
     let source = if opts.distortions.is_off() {
-        Source::Cached(&train_rows)
+        Source::Memory { rows: &train_rows, distort: None }
     } else {
         Source::Backbone { model: &mut below, decoder, images: train, standardizer: None }
     };
-    let outcome = phase1::run(&p, &mut engine, source, &val_rows, start)?;
-    let test_metrics = score(&mut engine, &ctx.classes, test_rows.chunks(opts.eval_batch).map(Ok))?;
+    let outcome = phases::run(&phase(opts, ctx, 2), &mut engine, Stepper::Fused, start, source, &val_rows)?;
+    let test_metrics = score(&mut engine, &ctx.classes, chunks(&test_rows, opts.eval_batch))?;
     finish(opts, ctx, decoder, sets, &outcome, phase1, plan, test_metrics)
 }
 
@@ -468,35 +472,22 @@ fn phase_summary(o: &Outcome, steps: u64, lr: f32, test_accuracy: Option<f64>) -
     }
 }
 
-/// Every image of `set`, undistorted, as one block of examples (the validation subset).
-fn decode_all(decoder: &Decoder, set: &LabeledImages, chunk: usize) -> Result<crate::train::data::Examples> {
-    let index: Vec<usize> = (0..set.len()).collect();
-    let mut ex = crate::train::data::Examples { images: Vec::new(), labels: Vec::new(), image_len: decoder.pre.input.image_len(), skipped: Vec::new() };
-    for part in index.chunks(chunk.max(1)) {
-        let d = decoder.batch(set, part, 0, false)?;
-        for (k, w) in d.weights.iter().enumerate() {
-            if *w > 0.0 {
-                ex.images.extend_from_slice(&d.images[k * ex.image_len..(k + 1) * ex.image_len]);
-                ex.labels.push(d.labels[k]);
-            }
-        }
-    }
-    Ok(ex)
+/// `rows` in blocks of `n`.
+fn chunks(rows: &Examples, n: usize) -> impl Iterator<Item = Result<Examples>> + '_ {
+    (0..rows.len()).step_by(n.max(1)).map(move |i| Ok(rows.part(i..i + n.max(1))))
 }
 
-/// Test metrics of the current parameters over batches of inputs (rows of weight 0, images
-/// that could not be read, are not scored).
-fn score(engine: &mut Engine, classes: &Classes, parts: impl Iterator<Item = Result<Decoded>>) -> Result<Metrics> {
+/// Test metrics of the current parameters over blocks of rows (an image that could not be
+/// read has none, so it is not scored).
+fn score(engine: &mut Engine, classes: &Classes, parts: impl Iterator<Item = Result<Examples>>) -> Result<Metrics> {
     let (mut truth, mut predicted) = (Vec::new(), Vec::new());
     let k = classes.len();
     for part in parts {
-        let d = part?;
-        let logits = engine.logits(d.images, d.labels.len())?;
-        for ((row, &label), &w) in logits.chunks(k).zip(&d.labels).zip(&d.weights) {
-            if w > 0.0 {
-                truth.push(label as usize);
-                predicted.push(argmax(ArrayView1::from(row)));
-            }
+        let ex = part?;
+        let logits = engine.logits(ex.images, ex.labels.len())?;
+        for (row, &label) in logits.chunks(k).zip(&ex.labels) {
+            truth.push(label as usize);
+            predicted.push(argmax(ArrayView1::from(row)));
         }
     }
     Ok(metrics::score(&truth, &predicted, &classes.labels))

@@ -8,7 +8,6 @@
 pub mod classes;
 pub mod linfa;
 pub mod onnx;
-pub mod rng;
 pub mod sgd;
 pub mod softmax;
 pub mod standardize;

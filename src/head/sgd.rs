@@ -11,8 +11,8 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use super::classes::Labeled;
-use super::rng::Rng;
 use super::softmax::{accuracy, cross_entropy};
+use crate::rng::Rng;
 
 /// Hyperparameters; the defaults are the study's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
+use super::batches::{dropout_masks, Prepared};
 use super::engine::{bind_batch, ort_err, run_for_scalars, scalar, split_pair, Batch, Engine, StepResult};
 use crate::runtime::{self, SessionConfig};
 
@@ -50,6 +51,30 @@ impl Accumulator {
             sums,
             current: 0,
         })
+    }
+
+    /// One optimizer step over `batch`, cut into micro-batches (the last filled with weight-0
+    /// copies of its first row), each with its own dropout masks.
+    pub fn step_batch(&mut self, engine: &mut Engine, batch: &Prepared, lr: f32, seed: u64, step: u64) -> Result<StepResult> {
+        let (micro, rows) = (self.micro, batch.labels.len());
+        let image_len = batch.images.len() / rows;
+        let pieces: Vec<(Vec<usize>, Vec<Vec<f32>>)> = (0..rows.div_ceil(micro))
+            .map(|k| {
+                let index: Vec<usize> = (0..micro).map(|j| if k * micro + j < rows { k * micro + j } else { k * micro }).collect();
+                (index, dropout_masks(&engine.artifacts.manifest, seed, step, k, micro))
+            })
+            .collect();
+        let parts: Vec<Batch> = pieces
+            .iter()
+            .enumerate()
+            .map(|(k, (index, masks))| Batch {
+                images: index.iter().flat_map(|&r| batch.images[r * image_len..(r + 1) * image_len].iter().copied()).collect(),
+                labels: index.iter().map(|&r| batch.labels[r]).collect(),
+                weights: index.iter().enumerate().map(|(j, &r)| if k * micro + j < rows { batch.weights[r] } else { 0.0 }).collect(),
+                masks,
+            })
+            .collect();
+        self.step(engine, &parts, lr, step)
     }
 
     /// One optimizer step over `micro_batches` (each of exactly `self.micro` rows). The loss

@@ -1,62 +1,182 @@
-//! Training batches from the decoded images: fixed size, padded, optionally distorted, with
-//! their dropout masks.
+//! The one batch source of every training loop (`retrain train`, both phases of `retrain
+//! finetune`): which rows step s takes ([`Order`]), where their values come from ([`Source`]:
+//! rows in memory, image files, or image files through a frozen network), distorted with a
+//! seed of (seed, epoch, image), and filled up to the graph's fixed batch with weight-0 rows.
 //!
-//! The stored tensors are never changed: each batch gets copies, distorted per image with a
-//! seed from (seed, epoch, image index), so epoch e sees the same pixels whether the run was
-//! resumed or not, and whatever the batch order or thread count. Everything here depends only
-//! on its arguments, so the epoch loop prepares batch k + 1 on another thread while step k runs.
+//! Everything depends on (seed, step) alone, so a resumed run draws exactly the batches and
+//! pixels a continuous one would, and the loop builds batch s + 1 on another thread while
+//! step s runs.
 
 use rayon::prelude::*;
 
 use super::artifacts::Manifest;
-use super::data::Examples;
-use super::engine::Batch;
-use super::rng;
+use super::data::{Examples, LabeledImages};
+use super::decode::Decoder;
 use crate::augment::Distortions;
+use crate::head::standardize::Standardizer;
+use crate::model::Model;
 use crate::preprocess::InputSpec;
+use crate::rng;
+use anyhow::Result;
 
-/// How training images are distorted, and the draws' origin.
+/// A row of a step: its image and the epoch (pass over the rows) it is drawn in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub index: usize,
+    pub epoch: u64,
+}
+
+impl Pick {
+    /// The seed of this row's distortion.
+    pub fn distortion_seed(&self, seed: u64) -> u64 {
+        rng::distortion_seed(seed, self.epoch, self.index)
+    }
+}
+
+/// How the steps walk through the rows; every epoch is a new seeded shuffle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Each epoch cut into batches, its last one short (`retrain train`: validation after every
+    /// epoch).
+    Epochs,
+    /// Full batches over consecutive epochs, a batch spanning two at their seam (`retrain
+    /// finetune`: the study's and retrain.py's fixed number of steps).
+    Stream,
+}
+
+impl Order {
+    /// Optimizer steps of one epoch of `n` rows.
+    pub fn steps_per_epoch(n: usize, batch: usize) -> u64 {
+        n.div_ceil(batch.max(1)) as u64
+    }
+
+    /// The rows of optimizer step `step` (counted from 1) over `n` rows.
+    pub fn picks(self, n: usize, batch: usize, seed: u64, step: u64) -> Vec<Pick> {
+        let all: Vec<usize> = (0..n).collect();
+        match self {
+            Order::Epochs => {
+                let per_epoch = Self::steps_per_epoch(n, batch);
+                let (epoch, k) = ((step - 1) / per_epoch, ((step - 1) % per_epoch) as usize);
+                let order = rng::shuffled(&all, seed, epoch);
+                order[k * batch..((k + 1) * batch).min(n)].iter().map(|&index| Pick { index, epoch }).collect()
+            }
+            Order::Stream => {
+                let start = (step - 1) as usize * batch;
+                let mut shuffles: Vec<(u64, Vec<usize>)> = Vec::new();
+                (start..start + batch)
+                    .map(|k| {
+                        let epoch = (k / n) as u64;
+                        if shuffles.last().map(|(e, _)| *e) != Some(epoch) {
+                            shuffles.push((epoch, rng::shuffled(&all, seed, epoch)));
+                        }
+                        Pick { index: shuffles.last().expect("pushed").1[k % n], epoch }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A training batch of exactly the graph's rows: real ones of weight 1, then weight-0 copies.
+pub struct Prepared {
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub weights: Vec<f32>,
+}
+
+impl Prepared {
+    /// `ex`'s rows, filled up to `size` with weight-0 copies of them in turn.
+    pub fn filled(ex: &Examples, size: usize) -> Prepared {
+        let mut b = Prepared { images: Vec::with_capacity(size * ex.image_len), labels: Vec::with_capacity(size), weights: Vec::with_capacity(size) };
+        for k in 0..size.max(ex.len()) {
+            let i = k % ex.len();
+            b.images.extend_from_slice(ex.image(i));
+            b.labels.push(ex.labels[i]);
+            b.weights.push(if k < ex.len() { 1.0 } else { 0.0 });
+        }
+        b
+    }
+
+    /// How many rows count (weight > 0).
+    pub fn rows(&self) -> u64 {
+        self.weights.iter().filter(|&&w| w > 0.0).count() as u64
+    }
+}
+
+/// Distortions of rows held in memory (decoded images).
 pub struct Distort<'a> {
     pub distortions: Distortions,
     pub spec: &'a InputSpec,
     pub seed: u64,
-    pub epoch: u64,
 }
 
-/// A batch that owns its dropout masks ([`Batch`] borrows them).
-pub struct Prepared {
-    images: Vec<f32>,
-    labels: Vec<i64>,
-    weights: Vec<f32>,
-    masks: Vec<Vec<f32>>,
+/// Where the training rows' values come from.
+pub enum Source<'a> {
+    /// Rows held in memory: decoded images (distorted per batch when `distort` is given) or
+    /// cached features.
+    Memory { rows: &'a Examples, distort: Option<Distort<'a>> },
+    /// Image files decoded (and distorted) per batch.
+    Files { decoder: &'a Decoder, images: &'a LabeledImages },
+    /// Image files decoded and distorted per batch, then run through a frozen network whose
+    /// output is standardised as the cached rows it stands in for.
+    Backbone { decoder: &'a Decoder, images: &'a LabeledImages, model: &'a mut Model, standardizer: Option<&'a Standardizer> },
 }
 
-impl Prepared {
-    /// Runs `f` on the batch as the engine takes it.
-    pub fn with_batch<R>(self, f: impl FnOnce(&Batch) -> R) -> R {
-        f(&Batch { images: self.images, labels: self.labels, weights: self.weights, masks: &self.masks })
+impl Source<'_> {
+    /// Rows in one epoch.
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Memory { rows, .. } => rows.len(),
+            Source::Files { images, .. } | Source::Backbone { images, .. } => images.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The picked rows as a batch of `size`.
+    pub fn batch(&mut self, picks: &[Pick], size: usize) -> Result<Prepared> {
+        let ex = match self {
+            Source::Memory { rows, distort } => gather(rows, picks, distort.as_ref()),
+            Source::Files { decoder, images } => decoder.training(images, picks)?,
+            Source::Backbone { decoder, images, model, standardizer } => {
+                let decoded = decoder.training(images, picks)?;
+                let n = decoded.len();
+                let values = model.run(decoded.images, n)?;
+                let features = Examples { image_len: values.len() / n, images: values, labels: decoded.labels };
+                match standardizer {
+                    Some(s) => features.standardized(s),
+                    None => features,
+                }
+            }
+        };
+        Ok(Prepared::filled(&ex, size))
     }
 }
 
-/// The dropout masks of optimizer step `step` (counted from 1), one per Dropout node.
-pub fn dropout_masks(m: &Manifest, seed: u64, step: u64) -> Vec<Vec<f32>> {
-    m.dropout_masks.iter().enumerate().map(|(i, d)| rng::dropout_mask(d.shape.iter().product(), d.ratio, seed, step, i as u64)).collect()
-}
-
-/// `chunk`'s images, padded to `size` rows by repeating them with weight 0, distorted by `distort`.
-pub fn prepare(ex: &Examples, chunk: &[usize], size: usize, masks: Vec<Vec<f32>>, distort: &Distort) -> Prepared {
-    let mut batch = Prepared { images: Vec::with_capacity(size * ex.image_len), labels: Vec::with_capacity(size), weights: Vec::with_capacity(size), masks };
-    let rows: Vec<usize> = (0..size).map(|k| chunk[k % chunk.len()]).collect();
-    for (k, &i) in rows.iter().enumerate() {
-        batch.images.extend_from_slice(ex.image(i));
-        batch.labels.push(ex.labels[i]);
-        batch.weights.push(if k < chunk.len() { 1.0 } else { 0.0 });
+/// Copies of the picked rows, distorted in parallel (distorting 64 150x150 images one after
+/// another costs about a GPU train step).
+fn gather(rows: &Examples, picks: &[Pick], distort: Option<&Distort>) -> Examples {
+    let mut ex = Examples::new(rows.image_len);
+    for p in picks {
+        ex.push(rows.image(p.index), rows.labels[p.index]);
     }
-    if !distort.distortions.is_off() {
-        // Parallel: distorting 64 150x150 images one after another costs about a GPU train step.
-        batch.images.par_chunks_mut(ex.image_len).zip(rows.par_iter()).for_each(|(image, &i)| {
-            distort.distortions.apply(image, distort.spec, rng::distortion_seed(distort.seed, distort.epoch, i));
+    if let Some(d) = distort.filter(|d| !d.distortions.is_off()) {
+        ex.images.par_chunks_mut(rows.image_len).zip(picks.par_iter()).for_each(|(image, p)| {
+            d.distortions.apply(image, d.spec, p.distortion_seed(d.seed));
         });
     }
-    batch
+    ex
+}
+
+/// The dropout masks of micro-batch `k` (of `rows` rows) of optimizer step `step` (from 1),
+/// one per Dropout node.
+pub fn dropout_masks(m: &Manifest, seed: u64, step: u64, k: usize, rows: usize) -> Vec<Vec<f32>> {
+    let n = m.dropout_masks.len();
+    m.dropout_masks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| rng::dropout_mask(rows * d.shape.iter().skip(1).product::<usize>(), d.ratio, seed, step, (k * n + i) as u64))
+        .collect()
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use retrain::cache::{CacheWriter, Identity, Rows, Shard};
-use retrain::head::rng::Rng;
 use retrain::onnx::{self, int_attribute, node, tensor_f32, value_info, Dim, Graph};
+use retrain::rng::Rng;
 
 pub const IMAGE_SIZE: u32 = 24;
 pub const INPUT_SIZE: i64 = 16;
