@@ -30,11 +30,20 @@ pub struct Evaluation {
 
 /// Scores the head at `head_path` on every labelled row of the cache at `cache_path`.
 pub fn evaluate(head_path: &Path, cache_path: &Path, config: &SessionConfig) -> Result<Evaluation> {
-    let head = HeadFile::read(head_path)?;
+    Ok(evaluate_all(&[head_path], cache_path, config)?.remove(0))
+}
+
+/// Scores each head on the cache (read once).
+pub fn evaluate_all(head_paths: &[&Path], cache_path: &Path, config: &SessionConfig) -> Result<Vec<Evaluation>> {
     let cache = Cache::read(cache_path)?;
-    check_compatible(&head.info, &cache, head_path, cache_path)?;
+    head_paths.iter().map(|h| evaluate_on(h, &cache, cache_path, config)).collect()
+}
+
+fn evaluate_on(head_path: &Path, cache: &Cache, cache_path: &Path, config: &SessionConfig) -> Result<Evaluation> {
+    let head = HeadFile::read(head_path)?;
+    check_compatible(&head.info, cache, head_path, cache_path)?;
     let classes = Classes { attribute: head.info.attribute.clone(), labels: head.info.labels.clone(), codes: head.info.codes.clone() };
-    let rows = Labeled::from_cache(&cache, &classes).with_context(|| format!("cache {}", cache_path.display()))?;
+    let rows = Labeled::from_cache(cache, &classes).with_context(|| format!("cache {}", cache_path.display()))?;
     let probs = run_head(head_path, &head.info, rows.x.view(), config)?;
     let predicted = crate::head::softmax::predictions(probs.view());
     let mut predictions = PredictionTable::new(vec![Attribute { name: classes.attribute.clone(), labels: classes.labels.clone() }]);
@@ -45,7 +54,7 @@ pub fn evaluate(head_path: &Path, cache_path: &Path, config: &SessionConfig) -> 
         head_path: head_path.display().to_string(),
         metrics: metrics::score(&rows.y, &predicted, &classes.labels),
         head: head.info,
-        cache: CacheOrigin::of(&cache, cache_path),
+        cache: CacheOrigin::of(cache, cache_path),
         unlabeled: rows.unlabeled,
         predictions,
     })
@@ -112,4 +121,38 @@ impl Evaluation {
         }
         Ok(())
     }
+}
+
+/// One row per evaluation: attribute, head, accuracy, balanced accuracy and each class's
+/// recall (the imbalanced attributes, glasses and pose, read off the last two).
+pub fn summary_table(evaluations: &[Evaluation]) -> String {
+    let mut s = String::from("| attribute | head | images | accuracy | balanced accuracy | recall per class |\n|---|---|---:|---:|---:|---|\n");
+    for e in evaluations {
+        let m = &e.metrics;
+        let recalls: Vec<String> = m.classes.iter().map(|c| format!("{} {}", c.label, metrics::percent(c.recall))).collect();
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            e.head.attribute,
+            e.head.solver.name(),
+            m.rows,
+            metrics::percent(Some(m.accuracy)),
+            metrics::percent(Some(m.balanced_accuracy)),
+            recalls.join(", ")
+        ));
+    }
+    s
+}
+
+/// The evaluations' per-image predictions as one table (every head scored the same rows).
+pub fn merged_predictions(evaluations: &[Evaluation]) -> Result<PredictionTable> {
+    let first = &evaluations[0].predictions;
+    if let Some(e) = evaluations.iter().find(|e| e.predictions.paths != first.paths) {
+        bail!("heads {} and {} score different rows (unlabelled ones differ): write their predictions one head at a time", evaluations[0].head_path, e.head_path);
+    }
+    let mut table = PredictionTable::new(evaluations.iter().flat_map(|e| e.predictions.attributes.clone()).collect());
+    for (i, path) in first.paths.iter().enumerate() {
+        let rows: Vec<&[f32]> = evaluations.iter().map(|e| e.predictions.row(0, i)).collect();
+        table.push(path, &rows);
+    }
+    Ok(table)
 }

@@ -117,10 +117,12 @@ struct TrainHeadArgs {
     /// The training cache (HDF5 from `retrain extract`).
     #[arg(long)]
     cache: PathBuf,
-    /// gender, smile, glasses, pose (MTFL), or class (class folders).
+    /// gender, smile, glasses, pose (MTFL), or class (class folders); several comma-separated,
+    /// or `all` (every attribute of the cache), for a head each on one standardisation.
     #[arg(long)]
     attribute: String,
-    /// Where to write the head (ONNX); its history goes next to it.
+    /// Where to write the head (ONNX; its history goes next to it); with several attributes a
+    /// folder that gets ATTRIBUTE.onnx for each.
     #[arg(long)]
     out: PathBuf,
     /// linfa (L-BFGS, linfa-logistic) or sgd (the study's mini-batch recipe).
@@ -166,10 +168,11 @@ struct EvalArgs {
     /// The test cache.
     #[arg(long)]
     cache: PathBuf,
-    /// The head (ONNX from `retrain train-head`).
-    #[arg(long)]
-    head: PathBuf,
-    /// Write the scores as JSON here (and the confusion matrix as PNG beside it).
+    /// The head (ONNX from `retrain train-head`); repeat for several attributes.
+    #[arg(long = "head", required = true)]
+    heads: Vec<PathBuf>,
+    /// Write the scores as JSON here (and the confusion matrix as PNG beside it; with several
+    /// heads a list, and NAME-ATTRIBUTE.png).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the confusion matrix PNG here [default: beside --json].
@@ -663,6 +666,7 @@ fn run_info(path: &std::path::Path) -> Result<()> {
 
 fn run_train_head(a: TrainHeadArgs) -> Result<()> {
     let cache = Cache::read(&a.cache)?;
+    let attributes: Vec<String> = if a.attribute == "all" { head::attributes_of(&cache) } else { a.attribute.split(',').map(str::to_string).collect() };
     let opts = TrainOptions {
         seed: a.seed,
         standardize: !a.no_standardize,
@@ -670,27 +674,60 @@ fn run_train_head(a: TrainHeadArgs) -> Result<()> {
         validation_percent: a.validation_percent,
         linfa: LinfaParams { c: a.c, max_iterations: a.max_iterations, ..LinfaParams::default() },
         sgd: SgdParams { learning_rate: a.learning_rate, batch: a.batch, steps: a.steps, validation_batch: a.validation_batch, ..SgdParams::default() },
-        ..TrainOptions::new(&a.attribute, a.solver)
+        ..TrainOptions::new(&attributes[0], a.solver)
     };
-    let every = a.print_every.max(1);
-    let mut print_point = |p: &head::sgd::CurvePoint| {
+    let outs = head_paths(&a.out, &attributes)?;
+    let (every, several) = (a.print_every.max(1), attributes.len() > 1);
+    let mut print_point = |attribute: &str, p: &head::sgd::CurvePoint| {
         if p.step.is_multiple_of(every) || p.step == opts.sgd.steps {
-            eprintln!("{}", p.describe());
+            eprintln!("{}{}", if several { format!("{attribute}: ") } else { String::new() }, p.describe());
         }
     };
-    let trained = head::train(&cache, &a.cache, &opts, &mut print_point)?;
-    trained.head.save(&a.out, &trained.curve)?;
-    println!("{}\nwrote {} and {}", trained.head.info.summary(), a.out.display(), head::history_path(&a.out).display());
+    let trained = head::train_all(&cache, &a.cache, &attributes, &opts, &mut print_point)?;
+    for (t, out) in trained.iter().zip(&outs) {
+        t.head.save(out, &t.curve)?;
+        println!("{}\nwrote {} and {}", t.head.info.summary(), out.display(), head::history_path(out).display());
+    }
     Ok(())
 }
 
+/// `out` itself for one attribute; `out/ATTRIBUTE.onnx` for several.
+fn head_paths(out: &Path, attributes: &[String]) -> Result<Vec<PathBuf>> {
+    if attributes.len() == 1 {
+        return Ok(vec![out.to_path_buf()]);
+    }
+    if out.extension().is_some_and(|e| e == "onnx") {
+        anyhow::bail!("--out {}: {} attributes need a folder (one ATTRIBUTE.onnx each), not a file name", out.display(), attributes.len());
+    }
+    Ok(attributes.iter().map(|a| out.join(format!("{a}.onnx"))).collect())
+}
+
 fn run_eval(a: EvalArgs) -> Result<()> {
-    let evaluation = retrain::eval::evaluate(&a.head, &a.cache, &a.run.config())?;
+    let heads: Vec<&Path> = a.heads.iter().map(PathBuf::as_path).collect();
+    let evaluations = retrain::eval::evaluate_all(&heads, &a.cache, &a.run.config())?;
     let png = a.png.or_else(|| a.json.as_ref().map(|j| j.with_extension("png")));
-    evaluation.write(a.json.as_deref(), png.as_deref(), a.predictions.as_deref())?;
-    println!("{}", evaluation.markdown());
-    if evaluation.unlabeled > 0 {
-        println!("({} rows without a {} label were not scored)", evaluation.unlabeled, evaluation.head.attribute);
+    if let [evaluation] = evaluations.as_slice() {
+        evaluation.write(a.json.as_deref(), png.as_deref(), a.predictions.as_deref())?;
+    } else {
+        for e in &evaluations {
+            let beside = png.as_ref().map(|p| p.with_file_name(format!("{}-{}.png", p.file_stem().unwrap_or_default().to_string_lossy(), e.head.attribute)));
+            e.write(None, beside.as_deref(), None)?;
+        }
+        if let Some(json) = &a.json {
+            retrain::write_file(json, serde_json::to_string_pretty(&evaluations)?)?;
+        }
+        if let Some(path) = &a.predictions {
+            retrain::eval::merged_predictions(&evaluations)?.write(path)?;
+        }
+    }
+    for e in &evaluations {
+        println!("{}", e.markdown());
+        if e.unlabeled > 0 {
+            println!("({} rows without a {} label were not scored)", e.unlabeled, e.head.attribute);
+        }
+    }
+    if evaluations.len() > 1 {
+        println!("{}", retrain::eval::summary_table(&evaluations));
     }
     Ok(())
 }

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub labels: Vec<String>,
     pub rows: usize,
     pub accuracy: f64,
+    /// Mean recall over the classes that have rows: what accuracy would be if every class had
+    /// as many rows (a head that always answers a 92% majority class scores 50% on two classes).
+    #[serde(default)]
+    pub balanced_accuracy: f64,
     pub classes: Vec<ClassScores>,
     /// `confusion[true][predicted]` counts.
     pub confusion: Vec<Vec<usize>>,
@@ -39,7 +43,7 @@ pub fn score(truth: &[usize], predicted: &[usize], labels: &[String]) -> Metrics
         confusion[t][p] += 1;
     }
     let ratio = |a: usize, b: usize| if b == 0 { None } else { Some(a as f64 / b as f64) };
-    let classes = (0..k)
+    let classes: Vec<ClassScores> = (0..k)
         .map(|c| {
             let support: usize = confusion[c].iter().sum();
             let predicted: usize = confusion.iter().map(|row| row[c]).sum();
@@ -54,7 +58,17 @@ pub fn score(truth: &[usize], predicted: &[usize], labels: &[String]) -> Metrics
         })
         .collect();
     let right = (0..k).map(|c| confusion[c][c]).sum();
-    Metrics { labels: labels.to_vec(), rows: truth.len(), accuracy: ratio(right, truth.len()).unwrap_or(0.0), classes, confusion, confusion_normalized }
+    let recalls: Vec<f64> = classes.iter().filter_map(|c| c.recall).collect();
+    let balanced_accuracy = if recalls.is_empty() { 0.0 } else { recalls.iter().sum::<f64>() / recalls.len() as f64 };
+    Metrics {
+        labels: labels.to_vec(),
+        rows: truth.len(),
+        accuracy: ratio(right, truth.len()).unwrap_or(0.0),
+        balanced_accuracy,
+        classes,
+        confusion,
+        confusion_normalized,
+    }
 }
 
 /// `86.3%`, or `-` for an undefined ratio.
@@ -66,7 +80,12 @@ impl Metrics {
     /// The study's layout: rows = true class, columns = predicted class (row-normalised), then
     /// recall per row and precision per column.
     pub fn markdown(&self, title: &str) -> String {
-        let mut s = format!("#### {title}\n\nAccuracy **{}** on {} images.\n\n", percent(Some(self.accuracy)), self.rows);
+        let mut s = format!(
+            "#### {title}\n\nAccuracy **{}** on {} images (balanced accuracy {}).\n\n",
+            percent(Some(self.accuracy)),
+            self.rows,
+            percent(Some(self.balanced_accuracy))
+        );
         s.push_str(&format!("| true \\ predicted | {} | recall | images |\n", self.labels.join(" | ")));
         s.push_str(&format!("|---|{}---:|---:|\n", "---:|".repeat(self.labels.len())));
         for (c, row) in self.confusion_normalized.iter().enumerate() {
@@ -95,6 +114,7 @@ mod tests {
         assert_eq!(m.classes[1].recall, Some(0.5));
         assert_eq!(m.classes[1].precision, Some(0.5));
         assert_eq!(m.confusion_normalized[1], vec![0.5, 0.5]);
+        assert!((m.balanced_accuracy - (2.0 / 3.0 + 0.5) / 2.0).abs() < 1e-12);
         let md = m.markdown("gender");
         assert!(md.contains("| **male** | 66.7% | 33.3% | 66.7% | 3 |"), "{md}");
         assert!(md.contains("| precision | 66.7% | 50.0% | | |"), "{md}");
@@ -107,5 +127,9 @@ mod tests {
         assert_eq!(m.classes[1].recall, None);
         assert_eq!(m.classes[1].precision, None);
         assert_eq!(m.confusion_normalized[1], vec![0.0, 0.0]);
+        assert_eq!(m.balanced_accuracy, 1.0, "a class without rows does not count");
+        // always the majority class: accuracy 0.9, balanced accuracy 0.5
+        let m = score(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1], &[0; 10], &labels);
+        assert_eq!((m.accuracy, m.balanced_accuracy), (0.9, 0.5));
     }
 }

@@ -142,3 +142,60 @@ fn linfa_agrees_with_scikit_learn() {
     let theirs = sklearn["accuracy"].as_f64().unwrap();
     assert!((ours - theirs).abs() <= 0.005, "linfa {ours}, scikit-learn {theirs}");
 }
+
+/// `train-head --attribute all`: a head per attribute on one standardisation in one call;
+/// `eval` with every head scores each (balanced accuracy and per-class recall beside
+/// accuracy), writes them as one JSON list and one predictions table; balanced class weights
+/// lift the rare classes of the imbalanced attributes.
+#[test]
+fn every_attribute_from_one_call_is_scored_with_its_balanced_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_cache = common::synthetic_attributes_cache(&dir.path().join("train.h5"), 1500, 8, 1);
+    let test_cache = common::synthetic_attributes_cache(&dir.path().join("test.h5"), 600, 8, 2);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let train_all = |out: &Path, weight: &str| {
+        let o = common::retrain(&["train-head", "--cache", &s(&train_cache), "--attribute", "all", "--solver", "sgd", "--class-weight", weight, "--out", &s(out)]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        retrain::dataset::MTFL_ATTRIBUTES.map(|a| out.join(format!("{a}.onnx")))
+    };
+    let heads = train_all(&dir.path().join("plain"), "none");
+    let infos: Vec<_> = heads.iter().map(|h| HeadFile::read(h).unwrap()).collect();
+    assert_eq!(infos.iter().map(|h| h.info.attribute.as_str()).collect::<Vec<_>>(), retrain::dataset::MTFL_ATTRIBUTES);
+    // one standardisation for all four: the same mean and scale in every head
+    let trained: Vec<Trained> = infos.iter().map(|h| train(&train_cache, &TrainOptions { seed: h.info.seed, ..quick_sgd(&h.info.attribute) }).unwrap()).collect();
+    assert!(trained.windows(2).all(|w| w[0].head.standardizer == w[1].head.standardizer));
+
+    let json = dir.path().join("eval/scores.json");
+    let predictions = dir.path().join("eval/predictions.csv");
+    let mut args = vec!["eval".to_string(), "--cache".into(), s(&test_cache), "--json".into(), s(&json), "--predictions".into(), s(&predictions)];
+    args.extend(heads.iter().flat_map(|h| ["--head".to_string(), s(h)]));
+    let o = common::retrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let table = common::stdout(&o);
+    for a in retrain::dataset::MTFL_ATTRIBUTES {
+        assert!(table.contains(&format!("| {a} | sgd | 600 |")), "{table}");
+    }
+    let scores: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(scores.len(), 4);
+    for (a, e) in retrain::dataset::MTFL_ATTRIBUTES.iter().zip(&scores) {
+        let m = &e["metrics"];
+        let recalls: Vec<f64> = m["classes"].as_array().unwrap().iter().map(|c| c["recall"].as_f64().unwrap()).collect();
+        let mean = recalls.iter().sum::<f64>() / recalls.len() as f64;
+        assert!((m["balanced_accuracy"].as_f64().unwrap() - mean).abs() < 1e-12, "{a}: {m}");
+        if ["gender", "smile"].contains(a) {
+            assert!(m["accuracy"].as_f64().unwrap() > 0.8, "{a}: two standard deviations between the classes: {m}");
+        }
+        assert!(dir.path().join(format!("eval/scores-{a}.png")).exists());
+    }
+    let csv = std::fs::read_to_string(&predictions).unwrap();
+    assert!(csv.lines().next().unwrap().contains("p_pose_right_profile") && csv.lines().count() == 601, "{}", &csv[..200]);
+
+    // balanced weights: the rare classes of glasses and pose are found more often
+    let weighted = train_all(&dir.path().join("balanced"), "balanced");
+    let balanced_accuracy = |head: &Path| eval::evaluate(head, &test_cache, &cpu()).unwrap().metrics.balanced_accuracy;
+    for k in [2, 3] {
+        let (plain, balanced) = (balanced_accuracy(&heads[k]), balanced_accuracy(&weighted[k]));
+        eprintln!("{}: balanced accuracy {plain:.3} -> {balanced:.3} with balanced class weights", infos[k].info.attribute);
+        assert!(balanced > plain + 0.05, "{}: balanced accuracy {plain} -> {balanced} with balanced class weights", infos[k].info.attribute);
+    }
+}

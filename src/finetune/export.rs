@@ -91,6 +91,7 @@ fn head_of(
         class_counts: Vec::new(),
         train_accuracy: outcome.points.last().map_or(0.0, |p| p.train_accuracy),
         validation_accuracy: outcome.points.last().map(|p| p.val_accuracy),
+        validation_balanced_accuracy: None,
         train_seconds: outcome.seconds,
         cache: CacheOrigin {
             path: String::new(),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
@@ -177,7 +177,12 @@ pub struct HeadInfo {
     pub class_counts: Vec<usize>,
     pub train_accuracy: f64,
     pub validation_accuracy: Option<f64>,
-    /// Standardisation plus solver, excluding reading the cache.
+    /// Mean recall over the classes on the validation rows: what class weighting is chosen by
+    /// for an imbalanced attribute.
+    #[serde(default)]
+    pub validation_balanced_accuracy: Option<f64>,
+    /// Applying the standardisation plus the solver, excluding reading the cache (and fitting
+    /// the standardisation, done once for every head of a call).
     pub train_seconds: f64,
     pub cache: CacheOrigin,
     pub created: String,
@@ -187,7 +192,9 @@ pub struct HeadInfo {
 impl HeadInfo {
     /// One line: solver, attribute, rows, accuracies, time and seed.
     pub fn summary(&self) -> String {
-        let validation = self.validation_accuracy.map_or(String::new(), |v| format!(", validation accuracy {:.1}% ({} rows)", 100.0 * v, self.validation_rows));
+        let balanced = self.validation_balanced_accuracy.map_or(String::new(), |b| format!(", balanced {:.1}%", 100.0 * b));
+        let validation =
+            self.validation_accuracy.map_or(String::new(), |v| format!(", validation accuracy {:.1}%{balanced} ({} rows)", 100.0 * v, self.validation_rows));
         format!(
             "{} head for {} ({}) on {} rows: train accuracy {:.1}%{validation}; fitted in {:.2} s; seed {}",
             self.solver.name(),
@@ -238,6 +245,39 @@ pub struct Trained {
 
 /// Trains a head for `opts.attribute` on the rows of `cache` that have a label for it.
 pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
+    let standardizer = standardizer_of(cache, opts);
+    train_on(cache, cache_path, opts, &standardizer, on_point)
+}
+
+/// A head for each of `attributes` (`opts.attribute` aside) on one standardisation, fitted once
+/// on the cache's training rows; `on_point(attribute, point)` sees every learning curve.
+pub fn train_all(cache: &Cache, cache_path: &Path, attributes: &[String], opts: &TrainOptions, on_point: &mut dyn FnMut(&str, &CurvePoint)) -> Result<Vec<Trained>> {
+    let standardizer = standardizer_of(cache, opts);
+    attributes
+        .iter()
+        .map(|a| train_on(cache, cache_path, &TrainOptions { attribute: a.clone(), ..opts.clone() }, &standardizer, &mut |p| on_point(a, p)))
+        .collect()
+}
+
+/// The attributes of a cache that a head can be trained for (every MTFL attribute, or the
+/// class folders' `class`).
+pub fn attributes_of(cache: &Cache) -> Vec<String> {
+    cache.label_columns.iter().filter(|a| Classes::of(cache, a).is_ok()).cloned().collect()
+}
+
+/// Mean and scale of the features over the training rows (those the validation split
+/// leaves), or the identity with standardisation off. The split goes by file name, so the
+/// training rows are the same for every attribute.
+fn standardizer_of(cache: &Cache, opts: &TrainOptions) -> Standardizer {
+    if !opts.standardize {
+        return Standardizer::identity(cache.features.ncols());
+    }
+    let percent = opts.validation_percent.unwrap_or(opts.solver.default_validation_percent());
+    let rows: Vec<usize> = (0..cache.paths.len()).filter(|&i| percent <= 0.0 || assign(&cache.paths[i], opts.seed, percent) == Subset::Train).collect();
+    Standardizer::fit(cache.features.select(Axis(0), &rows).view())
+}
+
+fn train_on(cache: &Cache, cache_path: &Path, opts: &TrainOptions, standardizer: &Standardizer, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
     if opts.solver == Solver::Linfa && opts.class_weight != ClassWeight::None {
         bail!("class weighting needs --solver sgd: linfa-logistic takes no sample weights");
     }
@@ -251,12 +291,16 @@ pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &m
     }
     let class_weights = opts.class_weight.weights(&counts);
     let started = Instant::now();
-    let standardizer = if opts.standardize { Standardizer::fit(train.x.view()) } else { Standardizer::identity(train.x.ncols()) };
     let train = Labeled { x: standardizer.apply(train.x.view()), ..train };
     let validation = validation.map(|v| Labeled { x: standardizer.apply(v.x.view()), ..v });
     let fit = fit(opts, &train, validation.as_ref(), &class_weights, on_point)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let score = |d: &Labeled| softmax::accuracy(softmax::probabilities(d.x.view(), fit.weights.view(), &fit.bias).view(), &d.y);
+    let metrics = |d: &Labeled| {
+        let predicted = softmax::predictions(softmax::probabilities(d.x.view(), fit.weights.view(), &fit.bias).view());
+        crate::metrics::score(&d.y, &predicted, &classes.labels)
+    };
+    let train_accuracy = metrics(&train).accuracy;
+    let validation_metrics = validation.as_ref().map(metrics);
     let info = HeadInfo {
         attribute: classes.attribute.clone(),
         output: onnx::output_name(&classes.attribute),
@@ -266,7 +310,7 @@ pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &m
         input: onnx::INPUT.to_string(),
         solver: opts.solver,
         seed: opts.seed,
-        params: fit.params,
+        params: fit.params.clone(),
         standardized: opts.standardize,
         class_weight: opts.class_weight,
         class_weights,
@@ -274,14 +318,15 @@ pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &m
         train_rows: train.y.len(),
         validation_rows: validation.as_ref().map_or(0, |v| v.y.len()),
         class_counts: counts,
-        train_accuracy: score(&train),
-        validation_accuracy: validation.as_ref().map(score),
+        train_accuracy,
+        validation_accuracy: validation_metrics.as_ref().map(|m| m.accuracy),
+        validation_balanced_accuracy: validation_metrics.as_ref().map(|m| m.balanced_accuracy),
         train_seconds,
         cache: CacheOrigin::of(cache, cache_path),
         created: chrono::Utc::now().to_rfc3339(),
         tool_version: format!("retrain {}", crate::version()),
     };
-    Ok(Trained { head: Head { info, standardizer, weights: fit.weights, bias: fit.bias }, curve: fit.curve })
+    Ok(Trained { head: Head { info, standardizer: standardizer.clone(), weights: fit.weights, bias: fit.bias }, curve: fit.curve })
 }
 
 /// What a solver found, with the parameters it was given (for the record).

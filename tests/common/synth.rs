@@ -85,6 +85,30 @@ pub fn tiny_backbone(path: &Path, seed: u64) -> PathBuf {
 /// A cache of `n` rows of synthetic features: class `c` of gender (1, 2) shifts the first
 /// feature by `separation * c`; smile is random. `male_share` sets the class balance.
 pub fn synthetic_cache(path: &Path, n: usize, dim: usize, separation: f32, male_share: f64, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    write_synthetic(path, n, dim, &mut rng, |rng| {
+        let gender = if rng.uniform() < male_share { 1 } else { 2 };
+        ([gender, 1 + rng.below(2) as i32, 2, 3], [separation * (gender as f32 - 1.5) * 2.0, 0.0, 0.0, 0.0])
+    })
+}
+
+/// A cache with every MTFL attribute learnable, each from its own feature (0 gender, 1 smile,
+/// 2 glasses, 3 pose, two standard deviations per class step), and imbalanced as MTFL's test
+/// set: glasses 10% of the rows, pose mostly frontal (code 3, 60%).
+pub fn synthetic_attributes_cache(path: &Path, n: usize, dim: usize, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    write_synthetic(path, n, dim, &mut rng, |rng| {
+        let (gender, smile) = (1 + rng.below(2) as i32, 1 + rng.below(2) as i32);
+        let glasses = if rng.uniform() < 0.1 { 1 } else { 2 };
+        let u = rng.uniform();
+        let pose = if u < 0.6 { 3 } else { 1 + (((u - 0.6) / 0.1) as i32).min(3) + i32::from(u >= 0.8) };
+        ([gender, smile, glasses, pose], [gender, smile, glasses, pose].map(|c| 2.0 * c as f32))
+    })
+}
+
+/// `n` rows whose labels and per-attribute feature shifts `draw` gives (features 0-3 shifted,
+/// the rest unit noise, all offset by 3 as real activations are).
+fn write_synthetic(path: &Path, n: usize, dim: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> ([i32; 4], [f32; 4])) -> PathBuf {
     let id = Identity {
         model_sha256: "synthetic-model".into(),
         output: "features".into(),
@@ -95,18 +119,15 @@ pub fn synthetic_cache(path: &Path, n: usize, dim: usize, separation: f32, male_
         shard: Shard::WHOLE,
     };
     let mut writer = CacheWriter::open_or_create(path, &id, dim).unwrap();
-    let mut rng = Rng::new(seed);
     let mut features = Vec::with_capacity(n * dim);
     let mut labels = Vec::with_capacity(n);
     let paths: Vec<String> = (0..n).map(|i| format!("synthetic/{i:05}.jpg")).collect();
     for _ in 0..n {
-        let gender = if rng.uniform() < male_share { 1 } else { 2 };
-        let smile = 1 + rng.below(2) as i32;
+        let (codes, shifts) = draw(rng);
         for j in 0..dim {
-            let shift = if j == 0 { separation * (gender as f32 - 1.5) * 2.0 } else { 0.0 };
-            features.push(rng.normal() as f32 + shift + 3.0); // an offset, as real activations have
+            features.push(rng.normal() as f32 + shifts.get(j).copied().unwrap_or(0.0) + 3.0);
         }
-        labels.push([gender, smile, 2, 3]);
+        labels.push(codes);
     }
     let rows = Rows {
         features: &features,
