@@ -13,7 +13,8 @@
 #       [-- any other `retrain finetune` flags]
 # --train-from mixed9: phase 2 trains InceptionV3's top two blocks only (Keras' recipe) on
 # activations cached once per image below them (runs/finetune/<attribute>-<crop>-from-mixed9).
-# A phase-2 step of batch 100 costs ~3 minutes on a 2-core CPU (docs/finetune.md): use a GPU.
+# A phase-2 step of batch 100 costs ~35 s on an idle 2-core CPU with `-- --micro-batch 8` (the
+# fastest there; docs/finetune.md), about 5 hours for the 500 steps: use a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -147,7 +147,11 @@ pub fn summary_table(evaluations: &[Evaluation]) -> String {
 pub fn merged_predictions(evaluations: &[Evaluation]) -> Result<PredictionTable> {
     let first = &evaluations[0].predictions;
     if let Some(e) = evaluations.iter().find(|e| e.predictions.paths != first.paths) {
-        bail!("heads {} and {} score different rows (unlabelled ones differ): write their predictions one head at a time", evaluations[0].head_path, e.head_path);
+        bail!(
+            "heads {} and {} score different rows (unlabelled ones differ): write their predictions one head at a time",
+            evaluations[0].head_path,
+            e.head_path
+        );
     }
     let mut table = PredictionTable::new(evaluations.iter().flat_map(|e| e.predictions.attributes.clone()).collect());
     for (i, path) in first.paths.iter().enumerate() {

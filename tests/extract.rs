@@ -424,7 +424,8 @@ fn the_described_faceres_runs_in_extract_as_it_is() {
     assert!(st.success());
     let out = dir.path().join("c.h5");
     let (m, o) = (model_path.to_str().unwrap(), out.to_str().unwrap());
-    let run = retrain(&["extract", "--model", m, "--mtfl", mtfl.to_str().unwrap(), "--split", "testing", "--crop", "face", "--limit", "3", "--out", o, "--quiet"]);
+    let run =
+        retrain(&["extract", "--model", m, "--mtfl", mtfl.to_str().unwrap(), "--split", "testing", "--crop", "face", "--limit", "3", "--out", o, "--quiet"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let cache = Cache::read(&out).unwrap();
     assert_eq!((cache.features.nrows(), cache.features.ncols(), cache.output.as_str()), (3, 1024, "global_pooling/Mean"));

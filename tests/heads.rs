@@ -154,7 +154,8 @@ fn every_attribute_from_one_call_is_scored_with_its_balanced_accuracy() {
     let test_cache = common::synthetic_attributes_cache(&dir.path().join("test.h5"), 600, 8, 2);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let train_all = |out: &Path, weight: &str| {
-        let o = common::retrain(&["train-head", "--cache", &s(&train_cache), "--attribute", "all", "--solver", "sgd", "--class-weight", weight, "--out", &s(out)]);
+        let o =
+            common::retrain(&["train-head", "--cache", &s(&train_cache), "--attribute", "all", "--solver", "sgd", "--class-weight", weight, "--out", &s(out)]);
         assert!(o.status.success(), "{}", common::stderr(&o));
         retrain::dataset::MTFL_ATTRIBUTES.map(|a| out.join(format!("{a}.onnx")))
     };
@@ -162,7 +163,8 @@ fn every_attribute_from_one_call_is_scored_with_its_balanced_accuracy() {
     let infos: Vec<_> = heads.iter().map(|h| HeadFile::read(h).unwrap()).collect();
     assert_eq!(infos.iter().map(|h| h.info.attribute.as_str()).collect::<Vec<_>>(), retrain::dataset::MTFL_ATTRIBUTES);
     // one standardisation for all four: the same mean and scale in every head
-    let trained: Vec<Trained> = infos.iter().map(|h| train(&train_cache, &TrainOptions { seed: h.info.seed, ..quick_sgd(&h.info.attribute) }).unwrap()).collect();
+    let trained: Vec<Trained> =
+        infos.iter().map(|h| train(&train_cache, &TrainOptions { seed: h.info.seed, ..quick_sgd(&h.info.attribute) }).unwrap()).collect();
     assert!(trained.windows(2).all(|w| w[0].head.standardizer == w[1].head.standardizer));
 
     let json = dir.path().join("eval/scores.json");

@@ -11,12 +11,12 @@ use anyhow::Result;
 
 use crate::cache::Cache;
 use crate::head::classes::{Classes, Labeled};
-use crate::train::batches::{Order, Source};
+use crate::train::batches::{Batches, Order, Source};
 use crate::train::checkpoint::Checkpoint;
 use crate::train::data::{Examples, Subsets};
 use crate::train::engine::Engine;
 use crate::train::epochs::evaluate;
-use crate::train::steps::{self, Batches, Label, Outcome, Points, Stepper, Steps};
+use crate::train::steps::{self, Label, Outcome, Points, Stepper, Steps};
 
 /// The study's validation share for fine-tuning (and `train-head`'s).
 pub const VALIDATION_PERCENT: f64 = 10.0;

@@ -251,7 +251,13 @@ pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &m
 
 /// A head for each of `attributes` (`opts.attribute` aside) on one standardisation, fitted once
 /// on the cache's training rows; `on_point(attribute, point)` sees every learning curve.
-pub fn train_all(cache: &Cache, cache_path: &Path, attributes: &[String], opts: &TrainOptions, on_point: &mut dyn FnMut(&str, &CurvePoint)) -> Result<Vec<Trained>> {
+pub fn train_all(
+    cache: &Cache,
+    cache_path: &Path,
+    attributes: &[String],
+    opts: &TrainOptions,
+    on_point: &mut dyn FnMut(&str, &CurvePoint),
+) -> Result<Vec<Trained>> {
     let standardizer = standardizer_of(cache, opts);
     attributes
         .iter()

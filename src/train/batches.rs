@@ -17,7 +17,7 @@ use crate::head::standardize::Standardizer;
 use crate::model::Model;
 use crate::preprocess::InputSpec;
 use crate::rng;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// A row of a step: its image and the epoch (pass over the rows) it is drawn in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +170,23 @@ fn gather(rows: &Examples, picks: &[Pick], distort: Option<&Distort>) -> Example
     ex
 }
 
+/// Where the batches of a run come from and how they are drawn.
+pub struct Batches<'a> {
+    pub source: Source<'a>,
+    pub order: Order,
+    /// The graph's batch.
+    pub size: usize,
+    pub seed: u64,
+}
+
+impl Batches<'_> {
+    /// The batch of optimizer step `step` (from 1).
+    pub fn step(&mut self, step: u64) -> Result<Prepared> {
+        let picks = self.order.picks(self.source.len(), self.size, self.seed, step);
+        self.source.batch(&picks, self.size).with_context(|| format!("the batch of step {step}"))
+    }
+}
+
 /// The dropout masks of micro-batch `k` (of `rows` rows) of optimizer step `step` (from 1),
 /// one per Dropout node.
 pub fn dropout_masks(m: &Manifest, seed: u64, step: u64, k: usize, rows: usize) -> Vec<Vec<f32>> {
@@ -179,4 +196,51 @@ pub fn dropout_masks(m: &Manifest, seed: u64, step: u64, k: usize, rows: usize) 
         .enumerate()
         .map(|(i, d)| rng::dropout_mask(rows * d.shape.iter().skip(1).product::<usize>(), d.ratio, seed, step, (k * n + i) as u64))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_take_every_row_once_and_end_short() {
+        let (n, batch) = (10, 4);
+        assert_eq!(Order::steps_per_epoch(n, batch), 3);
+        for epoch in 0..2u64 {
+            let picks: Vec<Pick> = (1..=3).flat_map(|k| Order::Epochs.picks(n, batch, 7, epoch * 3 + k)).collect();
+            let mut rows: Vec<usize> = picks.iter().map(|p| p.index).collect();
+            rows.sort();
+            assert_eq!(rows, (0..n).collect::<Vec<_>>());
+            assert!(picks.iter().all(|p| p.epoch == epoch));
+        }
+        assert_eq!(Order::Epochs.picks(n, batch, 7, 3).len(), 2, "the last batch of an epoch is short");
+        assert_ne!(Order::Epochs.picks(n, batch, 7, 1), Order::Epochs.picks(n, batch, 7, 4), "each epoch is a new shuffle");
+    }
+
+    #[test]
+    fn a_stream_takes_full_batches_across_epochs() {
+        let (n, batch) = (10, 4);
+        let picks: Vec<Pick> = (1..=5).flat_map(|s| Order::Stream.picks(n, batch, 7, s)).collect();
+        assert!((1..=5).all(|s| Order::Stream.picks(n, batch, 7, s).len() == batch));
+        // steps 1-5 cover 20 rows: epochs 0 and 1, each row once in each
+        for epoch in 0..2 {
+            let mut rows: Vec<usize> = picks.iter().filter(|p| p.epoch == epoch).map(|p| p.index).collect();
+            rows.sort();
+            assert_eq!(rows, (0..n).collect::<Vec<_>>());
+        }
+        assert_eq!(picks[8..12].iter().map(|p| p.epoch).collect::<Vec<_>>(), vec![0, 0, 1, 1], "step 3 spans the seam");
+        // an epoch's order is the same as Epochs draws it
+        let epoch0: Vec<usize> = (1..=3).flat_map(|k| Order::Epochs.picks(n, batch, 7, k)).map(|p| p.index).collect();
+        assert_eq!(epoch0, picks[..10].iter().map(|p| p.index).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_short_batch_is_filled_with_weight_zero_copies() {
+        let ex = Examples { images: vec![1.0, 1.0, 2.0, 2.0], labels: vec![0, 1], image_len: 2 };
+        let b = Prepared::filled(&ex, 5);
+        assert_eq!(b.labels, vec![0, 1, 0, 1, 0]);
+        assert_eq!(b.weights, vec![1.0, 1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(b.images, vec![1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0]);
+        assert_eq!(b.rows(), 2);
+    }
 }

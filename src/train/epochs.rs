@@ -1,7 +1,7 @@
-//! The training loop: seeded shuffling, fixed-size (optionally distorted) batches, validation
-//! after every epoch, `last.h5` (to resume) and `best.h5` (best validation accuracy)
-//! checkpoints, a history CSV, a learning-rate schedule and early stopping on validation loss,
-//! and at the end the test accuracy and the exported model of the best epoch.
+//! `retrain train`: epochs of the training loop ([`super::steps`]) with a validation point at
+//! each epoch's end, `best.h5` at the best validation accuracy, a learning-rate schedule and
+//! early stopping on validation loss, and at the end the test accuracy and the exported model
+//! of the best epoch.
 
 use std::fs;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::artifacts::Artifacts;
-use super::batches::{Distort, Order, Source};
+use super::batches::{Batches, Distort, Order, Source};
 use super::checkpoint::Checkpoint;
 use super::data::{Examples, Subsets};
 use super::decode::Decoder;
@@ -18,7 +18,7 @@ use super::engine::Engine;
 use super::export;
 use super::history::{self, Point};
 use super::schedule::Schedule;
-use super::steps::{self, Batches, Flow, Label, Points, Stepper, Steps};
+use super::steps::{self, Flow, Label, Points, Stepper, Steps};
 use crate::augment::Distortions;
 use crate::head::classes::Classes;
 use crate::preprocess::{Crop, InputSpec, Preprocess};

@@ -12,29 +12,13 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::accumulate::Accumulator;
-use super::batches::{dropout_masks, Order, Prepared, Source};
+use super::batches::{dropout_masks, Batches, Prepared};
 use super::checkpoint::{Checkpoint, Partial, TrainClock};
 use super::engine::{Batch, Engine};
 use super::history::{self, Point};
 use crate::fault;
 use crate::interrupt;
 use crate::progress;
-
-/// Where the batches of a run come from and how they are drawn.
-pub struct Batches<'a> {
-    pub source: Source<'a>,
-    pub order: Order,
-    /// The graph's batch.
-    pub size: usize,
-    pub seed: u64,
-}
-
-impl Batches<'_> {
-    fn step(&mut self, step: u64) -> Result<Prepared> {
-        let picks = self.order.picks(self.source.len(), self.size, self.seed, step);
-        self.source.batch(&picks, self.size).with_context(|| format!("the batch of step {step}"))
-    }
-}
 
 /// How a step runs: the fused train-step graph, or micro-batches whose gradients the
 /// accumulator sums before one update.
