@@ -2,8 +2,9 @@
 //! gender and smile, evaluation, one exported model per crop, and a report that puts our
 //! numbers beside the study's with the wall time of every stage.
 //!
-//! Every stage resumes or is cheap: extraction continues an existing cache, so a second run
-//! costs only the head training (seconds).
+//! Every stage resumes or is reused: extraction continues an existing cache, and a head whose
+//! cache contents and settings are unchanged is read back instead of refitted
+//! ([`crate::head::reuse`]), so a second run costs the evaluations and exports (seconds).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -99,9 +100,15 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
             for (k, &solver) in opts.solvers.iter().enumerate() {
                 let started = Instant::now();
                 let head_path = crop_dir.join(format!("{attribute}-{}.onnx", solver.name()));
-                let trained = head::train(&train, train_path, &TrainOptions { seed: opts.seed, ..TrainOptions::new(attribute, solver) }, &mut |_| {})?;
-                trained.head.save(&head_path, &trained.curve)?;
-                timed(format!("train {crop} {attribute} {}", solver.name()), started, format!("{:.2} s fitting", trained.head.info.train_seconds));
+                let head_opts = TrainOptions { seed: opts.seed, ..TrainOptions::new(attribute, solver) };
+                let note = if head::reuse::reusable(&head_path, &train, &head_opts).is_some() {
+                    "reused: same cache contents and settings".to_string()
+                } else {
+                    let trained = head::train(&train, train_path, &head_opts, &mut |_| {})?;
+                    trained.head.save(&head_path, &trained.curve)?;
+                    format!("{:.2} s fitting", trained.head.info.train_seconds)
+                };
+                timed(format!("train {crop} {attribute} {}", solver.name()), started, note);
                 let started = Instant::now();
                 let evaluation = eval::evaluate(&head_path, test_path, &opts.session)?;
                 let stem = head_path.with_extension("");

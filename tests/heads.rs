@@ -201,3 +201,30 @@ fn every_attribute_from_one_call_is_scored_with_its_balanced_accuracy() {
         assert!(balanced > plain + 0.05, "{}: balanced accuracy {plain} -> {balanced} with balanced class weights", infos[k].info.attribute);
     }
 }
+
+/// A head file is reusable only for its own recipe: the same cache contents, attribute, seed
+/// and solver settings.
+#[test]
+fn a_head_is_reused_only_for_the_recipe_it_was_made_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = synthetic_cache(&dir.path().join("train.h5"), 300, 8, 1.0, 0.5, 3);
+    let cache = Cache::read(&path).unwrap();
+    let opts = quick_sgd("gender");
+    let head_path = dir.path().join("gender.onnx");
+    assert!(head::reuse::reusable(&head_path, &cache, &opts).is_none(), "no file yet");
+    let trained = train(&path, &opts).unwrap();
+    trained.head.save(&head_path, &trained.curve).unwrap();
+    assert!(head::reuse::reusable(&head_path, &cache, &opts).is_some());
+    let mut fewer_steps = quick_sgd("gender");
+    fewer_steps.sgd.steps = 400;
+    let other_cache = Cache::read(&synthetic_cache(&dir.path().join("other.h5"), 301, 8, 1.0, 0.5, 3)).unwrap();
+    for (what, cache, opts) in [
+        ("seed", &cache, TrainOptions { seed: 1, ..quick_sgd("gender") }),
+        ("attribute", &cache, quick_sgd("smile")),
+        ("solver settings", &cache, fewer_steps),
+        ("class weights", &cache, TrainOptions { class_weight: ClassWeight::Balanced, ..quick_sgd("gender") }),
+        ("cache contents", &other_cache, quick_sgd("gender")),
+    ] {
+        assert!(head::reuse::reusable(&head_path, cache, &opts).is_none(), "reused despite another {what}");
+    }
+}

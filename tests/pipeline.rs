@@ -247,3 +247,29 @@ for crop, w, h, l in json.loads(sys.argv[2]):
     let theirs: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
     assert_eq!(theirs, ours, "crop windows differ between scripts/onnxruntime_predict.py and retrain");
 }
+
+/// A second `retrain reproduce` with nothing changed extracts nothing and fits no head: every
+/// head is read back (the same bytes); a head whose cache grew is fitted again.
+#[test]
+fn a_second_reproduce_reuses_every_head_and_a_changed_cache_refits() {
+    let w = world();
+    let (cache, out) = (w.dir.path().join("cache"), w.dir.path().join("report"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let reproduce = |limit: &str| {
+        let args = ["reproduce", "--mtfl", &s(&w.mtfl), "--model", &s(&w.backbone), "--cache-dir", &s(&cache), "--out", &s(&out)];
+        let o = common::retrain(&[&args[..], &["--crops", "original", "--limit", limit, "--quiet"]].concat());
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::stderr(&o)
+    };
+    let heads = ["gender-sgd", "gender-linfa", "smile-sgd", "smile-linfa"].map(|h| out.join(format!("original/{h}.onnx")));
+    let first = reproduce("100");
+    assert_eq!(first.matches("reused").count(), 0, "{first}");
+    let bytes: Vec<Vec<u8>> = heads.iter().map(|h| std::fs::read(h).unwrap()).collect();
+    let again = reproduce("100");
+    assert_eq!(again.matches("reused: same cache contents and settings").count(), 4, "{again}");
+    assert!(again.contains("0 new rows"), "{again}");
+    assert_eq!(heads.iter().map(|h| std::fs::read(h).unwrap()).collect::<Vec<_>>(), bytes, "a reused head is left as it was");
+    // more images: the caches grow, so every head is fitted again
+    let grown = reproduce("120");
+    assert_eq!(grown.matches("reused").count(), 0, "{grown}");
+}

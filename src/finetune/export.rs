@@ -99,6 +99,8 @@ fn head_of(
             output: job.set.bottleneck.clone(),
             preprocess: decoder.pre.describe(),
             source: "mtfl:training".to_string(),
+            rows: train_rows + val_rows,
+            paths_sha256: String::new(),
         },
         created: chrono::Utc::now().to_rfc3339(),
         tool_version: format!("retrain {}", crate::version()),

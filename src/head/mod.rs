@@ -8,6 +8,7 @@
 pub mod classes;
 pub mod linfa;
 pub mod onnx;
+pub mod reuse;
 pub mod sgd;
 pub mod softmax;
 pub mod standardize;
@@ -136,6 +137,12 @@ pub struct CacheOrigin {
     pub output: String,
     pub preprocess: String,
     pub source: String,
+    /// Rows of the cache and the SHA-256 of their image names, one per line: with the identity
+    /// above, the cache's contents (heads before these fields have 0 and "").
+    #[serde(default)]
+    pub rows: usize,
+    #[serde(default)]
+    pub paths_sha256: String,
 }
 
 impl CacheOrigin {
@@ -146,8 +153,21 @@ impl CacheOrigin {
             output: cache.output.clone(),
             preprocess: cache.preprocess.clone(),
             source: cache.source.clone(),
+            rows: cache.paths.len(),
+            paths_sha256: paths_sha256(&cache.paths),
         }
     }
+}
+
+/// SHA-256 of image names, one per line.
+pub fn paths_sha256(paths: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in paths {
+        h.update(p.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
 }
 
 /// What a head is and how it was made; stored as JSON in the head's ONNX metadata.
