@@ -385,7 +385,7 @@ fn run_phase2(
 
 /// Phase 2 from a layer up (`--train-from`): the frozen graph below the cut runs once per
 /// image into a cache (made, resumed or reused like a bottleneck cache), and the layers above
-/// train on its rows through phase 1's loop, whole batches at once: a step pays only for the
+/// train on its rows as phase 1 does, whole batches at once: a step pays only for the
 /// layers that train. With distortions the frozen part runs on every distorted batch instead.
 #[allow(clippy::too_many_arguments)]
 fn run_phase2_above_cut(
