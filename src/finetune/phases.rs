@@ -16,6 +16,7 @@ use crate::train::checkpoint::Checkpoint;
 use crate::train::data::{Examples, Subsets};
 use crate::train::engine::Engine;
 use crate::train::epochs::evaluate;
+use crate::train::history;
 use crate::train::steps::{self, Label, Outcome, Points, Stepper, Steps};
 
 /// The study's validation share for fine-tuning (and `train-head`'s).
@@ -34,8 +35,11 @@ pub struct Phase<'a> {
     pub show_progress: bool,
 }
 
-/// Runs phase `p` from `start` on `source`'s rows, validated on `val`.
+/// Runs phase `p` from `start` (put on the engine here; the history keeps the lines up to it)
+/// on `source`'s rows, validated on `val`.
 pub fn run(p: &Phase, engine: &mut Engine, stepper: Stepper, start: Checkpoint, source: Source, val: &Examples) -> Result<Outcome> {
+    history::prepare(p.history, p.number, start.step)?;
+    engine.load(&start)?;
     let lr = |_step: u64| p.lr;
     let steps = Steps {
         label: Label::Phase(p.number),

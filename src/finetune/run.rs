@@ -27,7 +27,7 @@ use crate::train::checkpoint::Checkpoint;
 use crate::train::data::{Examples, LabeledImages, Subsets};
 use crate::train::decode::Decoder;
 use crate::train::engine::Engine;
-use crate::train::history::{self, Point};
+use crate::train::history::Point;
 use crate::train::steps::{Outcome, Stepper};
 
 /// Everything `retrain finetune` takes.
@@ -269,8 +269,6 @@ fn run_phase1(
         Some(c) => c,
         None => initial(artifacts.dir.join(&artifacts.manifest.checkpoint), artifacts, opts.seed)?,
     };
-    history::prepare(&ctx.history, 1, start.step)?;
-    engine.load(&start)?;
     let source = if opts.distortions.is_off() {
         Source::Memory { rows: &train_rows, distort: None }
     } else {
@@ -372,8 +370,6 @@ fn run_phase2(
     eprintln!("phase 2: {}", plan.describe(a.manifest.batch));
     let mut engine = Engine::with_step(a.clone(), &ctx.config, false)?;
     let mut acc = Accumulator::new(&engine, plan.micro, &ctx.config)?;
-    history::prepare(&ctx.history, 2, start.step)?;
-    engine.load(&start)?;
     let val_examples = decoder.all(val, "validation", opts.show_progress)?;
     let source = Source::Files { decoder, images: train };
     let outcome = phases::run(&phase(opts, ctx, 2), &mut engine, Stepper::Accumulate(&mut acc), start, source, &val_examples)?;
@@ -411,8 +407,6 @@ fn run_phase2_above_cut(
         a.manifest.batch
     );
     let mut engine = Engine::new(a.clone(), &ctx.config)?;
-    history::prepare(&ctx.history, 2, start.step)?;
-    engine.load(&start)?;
     let source = if opts.distortions.is_off() {
         Source::Memory { rows: &train_rows, distort: None }
     } else {

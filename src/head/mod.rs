@@ -336,7 +336,7 @@ fn train_on(cache: &Cache, cache_path: &Path, opts: &TrainOptions, standardizer:
         input: onnx::INPUT.to_string(),
         solver: opts.solver,
         seed: opts.seed,
-        params: fit.params.clone(),
+        params: fit.params,
         standardized: opts.standardize,
         class_weight: opts.class_weight,
         class_weights,

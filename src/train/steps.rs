@@ -120,7 +120,7 @@ pub fn run(s: &Steps, engine: &mut Engine, stepper: Stepper, start: Checkpoint, 
             bar.set_message(s.label.progress(step));
             let batch = given.recv().map_err(|_| anyhow!("the batch thread ended"))??;
             ask(step + 1);
-            run.step(batch, step, size)?;
+            run.step(batch, step)?;
             bar.inc(1);
             fault::reached(fault::Point::Step);
             if let Some(signal) = interrupt::requested() {
@@ -152,11 +152,11 @@ struct Walk<'a, 'b> {
 }
 
 impl Walk<'_, '_> {
-    fn step(&mut self, batch: Prepared, step: u64, size: usize) -> Result<()> {
+    fn step(&mut self, batch: Prepared, step: u64) -> Result<()> {
         let (lr, seed, rows) = ((self.s.lr)(step), self.state.seed, batch.rows());
         let r = match &mut self.stepper {
             Stepper::Fused => {
-                let masks = dropout_masks(&self.engine.artifacts.manifest, seed, step, 0, size);
+                let masks = dropout_masks(&self.engine.artifacts.manifest, seed, step, 0, batch.labels.len());
                 self.engine.step(&Batch { images: batch.images, labels: batch.labels, weights: batch.weights, masks: &masks }, lr, step)?
             }
             Stepper::Accumulate(acc) => acc.step_batch(self.engine, &batch, lr, seed, step)?,
