@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything retrain needs on a fresh Debian machine with Rust and Python 3.11:
 #   - HDF5 (Debian libhdf5-dev) and pkg-config, for the hdf5-metno crate
+#   - cmake and nasm, to build the libjpeg-turbo 3 that the turbojpeg crate bundles
 #   - .venv: the Python side (scripts/requirements.txt)
 #   - .ort/cpu: the ONNX Runtime C library, taken from the onnxruntime==1.31.1 wheel
 #   - .ort/gpu: the same from onnxruntime-gpu==1.31.1 (only with --gpu)
@@ -30,6 +31,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 pkg-config --exists hdf5 2>/dev/null || [ -e /usr/include/hdf5/serial/hdf5.h ] || need_apt+=(libhdf5-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v nasm >/dev/null || need_apt+=(nasm)  # libjpeg-turbo's SIMD code
 command -v npm >/dev/null || need_apt+=(nodejs npm)  # npm pack fetches the nsfwjs weights
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"

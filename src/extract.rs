@@ -1,25 +1,23 @@
 //! The extraction job: images -> preprocessing (parallel) -> ONNX Runtime -> HDF5 cache.
 //!
-//! Decoding and preprocessing of batch k+1 overlap inference on batch k; a bounded channel
-//! between them keeps memory flat however many images there are. Each batch is committed to
+//! Decoding and preprocessing of batch k+1 overlap inference on batch k ([`crate::stream`]);
+//! memory stays flat however many images there are. Each batch is committed to
 //! the cache as it finishes, so a killed job resumes at the first uncommitted batch, and since
 //! batches are formed from the image list the same way every time, a resumed run produces the
 //! same rows as an uninterrupted one.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use image::imageops::FilterType;
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheWriter, Identity, Rows, Shard, Skip};
-use crate::dataset::{Dataset, Sample};
+use crate::dataset::Dataset;
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
 use crate::progress;
+use crate::stream::{Batches, Decoded};
 
 /// What to extract and how.
 #[derive(Debug, Clone)]
@@ -59,14 +57,6 @@ impl ExtractSummary {
     }
 }
 
-/// A batch ready for the model.
-struct Prepared {
-    tensor: Vec<f32>,
-    good: Vec<usize>,
-    failures: Vec<Skip>,
-    next_source: usize,
-}
-
 /// [`extract`] over one MTFL list (`training.txt` or `testing.txt` under `root`).
 pub fn extract_mtfl(root: &Path, split: crate::dataset::mtfl::Split, model: &mut Model, opts: &ExtractOptions) -> Result<ExtractSummary> {
     let dataset = crate::dataset::mtfl::load(root, split)?;
@@ -101,14 +91,8 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
     let bar = progress::bar(todo.len() as u64, "images", opts.show_progress);
     bar.set_message(format!("extract {}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
 
-    let (tx, rx) = sync_channel::<Result<Prepared>>(2);
-    let ran = std::thread::scope(|scope| -> Result<()> {
-        let producer = scope.spawn(|| produce(dataset, &preprocess, &todo, opts, tx));
-        let consumed = consume(dataset, model, &mut writer, rx, &bar, &mut skipped, total, opts.strict);
-        // The producer stops by itself once the receiver is gone.
-        let produced = producer.join().map_err(|_| anyhow::anyhow!("image decoding thread panicked"))?;
-        consumed.and(produced)
-    });
+    let batches = Batches { samples: &dataset.samples, pre: &preprocess, todo: &todo, size: opts.batch, decode_threads: opts.decode_threads };
+    let ran = batches.for_each(|b| consume(dataset, model, &mut writer, b, &bar, &mut skipped, total, opts.strict));
     bar.finish_and_clear();
     ran?;
     Ok(ExtractSummary { out, rows_before, rows_after: writer.rows(), processed: todo.len(), skipped, seconds: started.elapsed().as_secs_f64() })
@@ -128,104 +112,44 @@ fn record_listing_problems(dataset: &Dataset, writer: &mut CacheWriter, total: u
     Ok(skips.into_iter().map(|s| s.text).collect())
 }
 
-/// Decodes and preprocesses batches in parallel, in list order, into the channel.
-fn produce(dataset: &Dataset, pre: &Preprocess, todo: &[usize], opts: &ExtractOptions, tx: SyncSender<Result<Prepared>>) -> Result<()> {
-    let pool = decode_pool(opts.decode_threads)?;
-    let filter = pre.input.filter()?;
-    for chunk in todo.chunks(opts.batch) {
-        let (tensor, good, failures) = load_batch(&pool, pre, filter, &dataset.samples, chunk);
-        let next_source = chunk.last().map_or(0, |&i| i + 1);
-        crate::fault::reached(crate::fault::Point::BatchDecoded);
-        if tx.send(Ok(Prepared { tensor, good, failures, next_source })).is_err() {
-            return Ok(()); // the consumer stopped (error or strict failure); it reports why
-        }
-    }
-    Ok(())
-}
-
-/// The threads that decode and resize images; `None` = every core.
-pub fn decode_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = threads {
-        pool = pool.num_threads(n);
-    }
-    Ok(pool.thread_name(|i| format!("decode-{i}")).build()?)
-}
-
-/// Loads `samples[i]` for each `i` of `chunk` in parallel. Returns the input tensor of the
-/// images that loaded (in order), their indices, and a [`Skip`] (`key<TAB>reason`) for the others.
-pub fn load_batch(pool: &rayon::ThreadPool, pre: &Preprocess, filter: FilterType, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skip>) {
-    let len = pre.input.image_len();
-    let mut tensor = vec![0f32; chunk.len() * len];
-    let results: Vec<Result<()>> =
-        pool.install(|| tensor.par_chunks_mut(len).zip(chunk.par_iter()).map(|(slot, &i)| pre.load_into(&samples[i], filter, slot)).collect());
-    let mut good = Vec::with_capacity(chunk.len());
-    let mut failures = Vec::new();
-    for (&i, result) in chunk.iter().zip(results) {
-        match result {
-            Ok(()) => good.push(i),
-            Err(e) => failures.push(Skip { source_index: i as i64, text: format!("{}\t{e:#}", samples[i].key) }),
-        }
-    }
-    compact(&mut tensor, chunk, &good, len);
-    (tensor, good, failures)
-}
-
-/// Moves the slots of good images to the front, in order, and drops the rest.
-fn compact(tensor: &mut Vec<f32>, chunk: &[usize], good: &[usize], len: usize) {
-    if good.len() == chunk.len() {
-        return;
-    }
-    let mut w = 0;
-    for (slot, i) in chunk.iter().enumerate() {
-        if good.contains(i) {
-            tensor.copy_within(slot * len..(slot + 1) * len, w * len);
-            w += 1;
-        }
-    }
-    tensor.truncate(w * len);
-}
-
+/// Runs the model on one decoded batch and commits its rows (and skips) to the cache.
 #[allow(clippy::too_many_arguments)]
 fn consume(
     dataset: &Dataset,
     model: &mut Model,
     writer: &mut CacheWriter,
-    rx: Receiver<Result<Prepared>>,
+    batch: Decoded,
     bar: &indicatif::ProgressBar,
     skipped: &mut Vec<String>,
     total: usize,
     strict: bool,
 ) -> Result<()> {
-    for prepared in rx {
-        let Prepared { tensor, mut good, mut failures, next_source } = prepared?;
-        let n_seen = good.len() + failures.len();
-        let mut features = if good.is_empty() { Vec::new() } else { model.run(tensor, good.len())? };
-        drop_non_finite(dataset, model.output_dim, &mut features, &mut good, &mut failures);
-        failures.sort_by_key(|f| f.source_index); // list order, as a merge of shards restores it
-        if strict && !failures.is_empty() {
-            let what: Vec<&str> = failures.iter().map(|f| f.text.as_str()).collect();
-            bail!("--strict: {} (nothing of this batch was written; earlier batches are kept)", what.join("; "));
-        }
-        for f in &failures {
-            bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
-        }
-        let rows = Rows {
-            features: &features,
-            paths: good.iter().map(|&i| dataset.samples[i].key.as_str()).collect(),
-            labels: good.iter().map(|&i| dataset.samples[i].labels.as_slice()).collect(),
-            landmarks: good.iter().map(|&i| dataset.samples[i].landmarks).collect(),
-            source_index: good.iter().map(|&i| i as i64).collect(),
-        };
-        writer.append(&rows, &failures, next_source, total)?;
-        skipped.extend(failures.into_iter().map(|f| f.text));
-        bar.inc(n_seen as u64);
-        crate::interrupt::check(|| {
-            let done = format!("{} images of {total} done, {} rows committed to {}", writer.next_source_index(), writer.rows(), writer.path().display());
-            (done, None)
-        })?;
+    let Decoded { tensor, mut good, mut failures, next_source } = batch;
+    let n_seen = good.len() + failures.len();
+    let mut features = if good.is_empty() { Vec::new() } else { model.run(tensor, good.len())? };
+    drop_non_finite(dataset, model.output_dim, &mut features, &mut good, &mut failures);
+    failures.sort_by_key(|f| f.source_index); // list order, as a merge of shards restores it
+    if strict && !failures.is_empty() {
+        let what: Vec<&str> = failures.iter().map(|f| f.text.as_str()).collect();
+        bail!("--strict: {} (nothing of this batch was written; earlier batches are kept)", what.join("; "));
     }
-    Ok(())
+    for f in &failures {
+        bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
+    }
+    let rows = Rows {
+        features: &features,
+        paths: good.iter().map(|&i| dataset.samples[i].key.as_str()).collect(),
+        labels: good.iter().map(|&i| dataset.samples[i].labels.as_slice()).collect(),
+        landmarks: good.iter().map(|&i| dataset.samples[i].landmarks).collect(),
+        source_index: good.iter().map(|&i| i as i64).collect(),
+    };
+    writer.append(&rows, &failures, next_source, total)?;
+    skipped.extend(failures.into_iter().map(|f| f.text));
+    bar.inc(n_seen as u64);
+    crate::interrupt::check(|| {
+        let done = format!("{} images of {total} done, {} rows committed to {}", writer.next_source_index(), writer.rows(), writer.path().display());
+        (done, None)
+    })
 }
 
 /// Rows whose features contain NaN or Inf are reported like unreadable images, never cached.

@@ -22,9 +22,11 @@ pub mod predict;
 pub mod predictions;
 pub mod preprocess;
 pub mod progress;
+pub mod quantize;
 pub mod reproduce;
 pub mod rng;
 pub mod runtime;
+pub mod stream;
 pub mod train;
 
 use std::path::Path;

@@ -15,6 +15,7 @@ use retrain::interrupt::Interrupted;
 use retrain::model::Model;
 use retrain::predict::{self, PredictOptions};
 use retrain::preprocess::Crop;
+use retrain::quantize;
 use retrain::reproduce::{self, ReproduceOptions};
 use retrain::runtime::{self, Device, SessionConfig};
 use retrain::train;
@@ -59,6 +60,43 @@ enum Command {
     /// alone on cached bottlenecks (phase 1), then every layer on images (phase 2), through the
     /// artifacts of scripts/make_finetune.py. Writes OUT/model.onnx and OUT/ATTRIBUTE.head.onnx.
     Finetune(FinetuneArgs),
+    /// Write an int8 version of a backbone (ONNX Runtime's quantisation tool): with --calibrate,
+    /// static QDQ with activation ranges from N images of the data set, else dynamic.
+    ///
+    /// The description is carried over: extract, export and predict take the result as they
+    /// take the original, and its caches are its own (another SHA-256).
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// The fp32 ONNX backbone (described by retrain.* metadata or a sidecar).
+    #[arg(long)]
+    model: PathBuf,
+    /// Static quantisation calibrated on images of --mtfl/--split or --folders (else dynamic:
+    /// weights only, no images needed).
+    #[arg(long)]
+    calibrate: bool,
+    #[command(flatten)]
+    source: Images,
+    /// Calibration images, drawn with --seed from the list.
+    #[arg(long, default_value_t = 64)]
+    images: usize,
+    /// Seed of the draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The crop the backbone will be used with (as in extract).
+    #[arg(long, default_value = "original")]
+    crop: Crop,
+    /// The int8 model to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Python with onnx and onnxruntime [default: $RETRAIN_PYTHON, else .venv/bin/python, else python3].
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Threads decoding and resizing images [default: every core].
+    #[arg(long)]
+    decode_threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -584,6 +622,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => run_export(args),
         Command::Predict(args) => run_predict(args),
         Command::Reproduce(args) => run_reproduce(args),
+        Command::Quantize(args) => run_quantize(args),
     }
 }
 
@@ -614,6 +653,29 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
     };
     let summary = extract::extract(&dataset, &mut model, &opts)?;
     println!("{}", extract::report(&summary));
+    Ok(())
+}
+
+fn run_quantize(a: QuantizeArgs) -> Result<()> {
+    let model = Model::load(&a.model, &SessionConfig::new(Device::Cpu), None)?;
+    let given = a.source.mtfl.is_some() || a.source.folders.is_some();
+    if given != a.calibrate {
+        anyhow::bail!("--calibrate and images (--mtfl DIR --split S, or --folders DIR) go together: with both, static quantisation; with neither, dynamic");
+    }
+    let dataset = if a.calibrate { Some(a.source.load()?) } else { None };
+    let opts = quantize::QuantizeOptions {
+        out: a.out,
+        images: a.images,
+        crop: a.crop,
+        seed: a.seed,
+        python: a.python.unwrap_or_else(quantize::default_python),
+        decode_threads: a.decode_threads,
+    };
+    let summary = quantize::quantize(&model, dataset.as_ref(), &opts)?;
+    for s in &summary.skipped {
+        eprintln!("skipped {s}");
+    }
+    println!("wrote {}: {} in {:.1} s", opts.out.display(), summary.method, summary.seconds);
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ort::session::Session;
 use sha2::{Digest, Sha256};
 
-use crate::preprocess::{InputSpec, Layout};
+use crate::preprocess::{Filter, InputSpec, Layout};
 use crate::runtime::{self, SessionConfig};
 
 /// A loaded backbone, ready to run.
@@ -151,12 +151,11 @@ pub fn input_spec(d: &HashMap<String, String>) -> Result<InputSpec> {
         width: dim("width")?,
         mean: triple("mean", 0.0)?,
         std: triple("std", 1.0)?,
-        resize: d.get("resize").cloned().unwrap_or_else(|| "bilinear".to_string()),
+        resize: d.get("resize").map_or(Ok(Filter::Bilinear), |f| f.parse())?,
     };
     if spec.std.contains(&0.0) {
         bail!("key 'std' contains 0");
     }
-    spec.filter()?;
     Ok(spec)
 }
 

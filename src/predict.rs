@@ -10,10 +10,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::dataset::{mtfl, Sample};
 use crate::export::{ExportedHead, CROP_KEY, HEADS_KEY};
-use crate::extract::{decode_pool, load_batch};
 use crate::model::{Model, METADATA_PREFIX};
 use crate::predictions::{Attribute, PredictionTable};
 use crate::preprocess::{Crop, Preprocess};
+use crate::stream::{Batches, Decoded};
 use crate::{progress, runtime};
 
 /// How to run.
@@ -81,26 +81,26 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
         (None, None) => Crop::Original,
     };
     let pre = Preprocess { crop, input: model.input.clone() };
-    let filter = pre.input.filter()?;
-    let pool = decode_pool(opts.decode_threads)?;
     let mut table = PredictionTable::new(heads.iter().map(|h| Attribute { name: h.attribute.clone(), labels: h.labels.clone() }).collect());
     let mut skipped = Vec::new();
     let started = Instant::now();
     let bar = progress::bar(samples.len() as u64, "images", opts.show_progress);
     bar.set_message("predict");
     let all: Vec<usize> = (0..samples.len()).collect();
-    for chunk in all.chunks(opts.batch) {
-        let (tensor, good, failures) = load_batch(&pool, &pre, filter, samples, chunk);
+    let batches = Batches { samples, pre: &pre, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
+    // Decoding the next batch overlaps this one's inference, as in extract.
+    batches.for_each(|Decoded { tensor, good, failures, .. }| {
         for f in &failures {
             bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
         }
+        bar.inc((good.len() + failures.len()) as u64);
         skipped.extend(failures.into_iter().map(|f| f.text));
-        if !good.is_empty() {
-            let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
-            run_batch(model, &heads, &pre, tensor, &keys, &mut table)?;
+        if good.is_empty() {
+            return Ok(());
         }
-        bar.inc(chunk.len() as u64);
-    }
+        let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
+        run_batch(model, &heads, &pre, tensor, &keys, &mut table)
+    })?;
     bar.finish_and_clear();
     Ok(PredictSummary { table, skipped, crop, seconds: started.elapsed().as_secs_f64() })
 }

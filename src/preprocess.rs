@@ -11,42 +11,60 @@ use std::fmt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use image::{imageops::FilterType, DynamicImage, RgbImage};
+use image::{DynamicImage, RgbImage};
+use serde::{Deserialize, Serialize};
 
 use crate::dataset::Sample;
 
+mod identity;
 mod jpeg;
+mod pixels;
+
+pub use identity::{Description, PIXELS_VERSION};
 
 /// Memory layout of the input tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Layout {
     Nhwc,
     Nchw,
 }
 
+/// The resize filter a model asks for (key `resize` of its description).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    Lanczos,
+}
+
+impl std::str::FromStr for Filter {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "nearest" => Ok(Filter::Nearest),
+            "bilinear" | "triangle" => Ok(Filter::Bilinear),
+            "bicubic" | "catmullrom" => Ok(Filter::Bicubic),
+            "lanczos" | "lanczos3" => Ok(Filter::Lanczos),
+            other => bail!("unknown resize filter '{other}': expected nearest, bilinear, bicubic or lanczos"),
+        }
+    }
+}
+
 /// How to turn pixels into the model's input: value = (pixel / 255 - mean[c]) / std[c].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
     pub layout: Layout,
     pub height: u32,
     pub width: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    /// Resize filter name as recorded: nearest, bilinear, bicubic or lanczos.
-    pub resize: String,
+    pub resize: Filter,
 }
 
 impl InputSpec {
-    pub fn filter(&self) -> Result<FilterType> {
-        match self.resize.as_str() {
-            "nearest" => Ok(FilterType::Nearest),
-            "bilinear" | "triangle" => Ok(FilterType::Triangle),
-            "bicubic" | "catmullrom" => Ok(FilterType::CatmullRom),
-            "lanczos" | "lanczos3" => Ok(FilterType::Lanczos3),
-            other => bail!("unknown resize filter '{other}': expected nearest, bilinear, bicubic or lanczos"),
-        }
-    }
-
     /// Number of floats one image occupies in the input tensor.
     pub fn image_len(&self) -> usize {
         3 * self.height as usize * self.width as usize
@@ -62,8 +80,9 @@ impl InputSpec {
     }
 }
 
-/// Which part of the image the model sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which part of the image the model sees (recorded by its text, as `--crop` takes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Crop {
     /// The whole image, resized.
     Original,
@@ -103,6 +122,19 @@ impl std::str::FromStr for Crop {
     }
 }
 
+impl From<Crop> for String {
+    fn from(c: Crop) -> String {
+        c.to_string()
+    }
+}
+
+impl TryFrom<String> for Crop {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Crop> {
+        s.parse()
+    }
+}
+
 impl fmt::Display for Crop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -121,35 +153,24 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// A readable, complete description: two caches share it only if their inputs are identical.
+    /// The complete description recorded in every cache, head and exported model: two of
+    /// them share it only if their inputs are identical (JSON of [`Description`]).
     pub fn describe(&self) -> String {
-        let i = &self.input;
-        let layout = match i.layout {
-            Layout::Nhwc => "NHWC",
-            Layout::Nchw => "NCHW",
-        };
-        format!(
-            "crop={} (clamped inside the image); resize={}x{} {} (image crate); color=RGB; layout={}; value=(pixel/255-mean)/std, mean={:?}, std={:?}",
-            self.crop, i.width, i.height, i.resize, layout, i.mean, i.std
-        )
+        Description::of(self).to_json()
     }
 
     /// The crop named by a [`Preprocess::describe`] text (how heads and exported models know
     /// which crop their features came from).
     pub fn crop_of(description: &str) -> Result<Crop> {
-        let word = description.strip_prefix("crop=").and_then(|rest| rest.split_whitespace().next());
-        word.with_context(|| format!("preprocessing '{description}' names no crop"))?.parse()
+        Ok(Description::parse(description)?.crop)
     }
 
     /// Decodes, crops, resizes and scales one image into `out` (length `input.image_len()`).
-    pub fn load_into(&self, sample: &Sample, filter: FilterType, out: &mut [f32]) -> Result<()> {
-        let rgb = decode_rgb(&sample.path)?;
-        let rgb = crop(rgb, self.crop, sample)?;
-        let resized = if rgb.dimensions() == (self.input.width, self.input.height) {
-            rgb
-        } else {
-            image::imageops::resize(&rgb, self.input.width, self.input.height, filter)
-        };
+    pub fn load_into(&self, sample: &Sample, out: &mut [f32]) -> Result<()> {
+        let (w, h) = (self.input.width, self.input.height);
+        let window = |iw, ih| window(self.crop, sample, iw, ih);
+        let source = pixels::decode_window(&sample.path, window, (w, h))?;
+        let resized = pixels::resize(&source, (w, h), self.input.resize).with_context(|| format!("image {}", sample.path.display()))?;
         write_tensor(&resized, &self.input, out);
         Ok(())
     }
@@ -160,13 +181,32 @@ impl Preprocess {
 pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
-/// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included). A JPEG
-/// that stops before its end-of-image marker is an error, not a picture half grey.
+/// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included) with the
+/// image crate. A JPEG that stops before its end-of-image marker is an error, not a picture
+/// half grey.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let data = read_image_file(path)?;
+    decode_with_image_crate(path, data)
+}
+
+/// The file's bytes; a JPEG cut short is refused here, whichever decoder follows.
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let data = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
     if let Some(reason) = jpeg::missing_end(&data) {
         bail!("cannot decode image {}: {reason}", path.display());
     }
+    Ok(data)
+}
+
+fn too_large(path: &Path, why: impl fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "image {} is too large to decode safely ({why}; limits {MAX_SIDE}x{MAX_SIDE} px, {} MiB): a decompression bomb?",
+        path.display(),
+        MAX_DECODE_BYTES >> 20
+    )
+}
+
+fn decode_with_image_crate(path: &Path, data: Vec<u8>) -> Result<RgbImage> {
     let mut reader =
         image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().with_context(|| format!("cannot read image {}", path.display()))?;
     let mut limits = image::Limits::default();
@@ -175,11 +215,7 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let img: DynamicImage = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => anyhow::anyhow!(
-            "image {} is too large to decode safely ({e}; limits {MAX_SIDE}x{MAX_SIDE} px, {} MiB): a decompression bomb?",
-            path.display(),
-            MAX_DECODE_BYTES >> 20
-        ),
+        image::ImageError::Limits(_) => too_large(path, &e),
         other => anyhow::Error::new(other).context(format!("cannot decode image {}", path.display())),
     })?;
     Ok(img.into_rgb8())
@@ -230,17 +266,13 @@ fn square_inside(size: u32, (cx, cy): (f32, f32), w: u32, h: u32) -> (u32, u32, 
     (x, y, cw, ch)
 }
 
-fn crop(rgb: RgbImage, crop: Crop, sample: &Sample) -> Result<RgbImage> {
-    let (w, h) = rgb.dimensions();
+/// The window of `sample` that `crop` keeps, on its image of `w` x `h`.
+fn window(crop: Crop, sample: &Sample, w: u32, h: u32) -> Result<(u32, u32, u32, u32)> {
     let window = match crop {
         Crop::Face { scale_percent } => face_window(scale_percent, w, h, sample.landmarks),
         _ => crop_window(crop, w, h, sample.nose()),
     };
-    let (x, y, cw, ch) = window.with_context(|| format!("image {}", sample.path.display()))?;
-    if (x, y, cw, ch) == (0, 0, w, h) {
-        return Ok(rgb);
-    }
-    Ok(image::imageops::crop_imm(&rgb, x, y, cw, ch).to_image())
+    window.with_context(|| format!("image {}", sample.path.display()))
 }
 
 /// Scales pixels and writes them in the model's layout.

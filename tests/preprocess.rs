@@ -56,7 +56,7 @@ fn face_crop_is_sized_from_the_eye_to_mouth_distance() {
 }
 
 fn spec(layout: Layout, w: u32, h: u32) -> InputSpec {
-    InputSpec { layout, height: h, width: w, mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 1.0], resize: "bilinear".into() }
+    InputSpec { layout, height: h, width: w, mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 1.0], resize: retrain::preprocess::Filter::Bilinear }
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn nose_crop_takes_the_right_pixels() {
     let sample = Sample { path, key: "x.png".into(), labels: vec![], landmarks: Some(lm) };
     let pre = Preprocess { crop: Crop::Nose { size: 4 }, input: InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(Layout::Nhwc, 4, 4) } };
     let mut out = vec![0f32; 48];
-    pre.load_into(&sample, pre.input.filter().unwrap(), &mut out).unwrap();
+    pre.load_into(&sample, &mut out).unwrap();
     // Window (12, 4, 4, 4): first pixel is (12, 4), last is (15, 7).
     assert_eq!((out[0] * 255.0).round(), 120.0);
     assert_eq!((out[1] * 255.0).round(), 40.0);
@@ -111,6 +111,40 @@ fn grayscale_and_cmyk_jpegs_become_rgb() {
     assert!(p[0] == p[1] && p[1] == p[2] && (p[0] as i32 - 200).abs() <= 2, "{p:?}");
     let red = decode_rgb(&dir.path().join("cmyk.jpg")).unwrap().get_pixel(3, 3).0;
     assert!(red[0] > 200 && red[1] < 60 && red[2] < 60, "CMYK (0,255,255,0) is red, got {red:?}");
+    // The model path (libjpeg-turbo for the gray one, the image crate for CMYK) gives the same.
+    let pre = Preprocess { crop: Crop::Original, input: InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(Layout::Nhwc, 8, 6) } };
+    for (name, want) in [("gray.jpg", p), ("cmyk.jpg", red)] {
+        let sample = Sample { path: dir.path().join(name), key: name.into(), labels: vec![], landmarks: None };
+        let mut out = vec![0f32; 8 * 6 * 3];
+        pre.load_into(&sample, &mut out).unwrap();
+        let got: Vec<i32> = out[(3 * 8 + 3) * 3..][..3].iter().map(|v| (v * 255.0).round() as i32).collect();
+        assert!(got.iter().zip(want).all(|(g, w)| (g - w as i32).abs() <= 3), "{name}: {got:?} vs {want:?}");
+    }
+}
+
+/// A camera-size JPEG is decoded by libjpeg-turbo at 1/8 in the DCT and resized the rest of
+/// the way; the model input stays within a few levels of decoding it whole and resizing that.
+#[test]
+fn a_large_jpeg_decoded_at_reduced_scale_matches_the_full_size_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("large.jpg");
+    // Smooth content, as in a photo: stripes a few hundred pixels wide in every channel.
+    let (w, h) = (3000u32, 2000u32);
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        let wave = |period: f32, t: f32| (127.5 + 120.0 * (t / period * std::f32::consts::TAU).sin()) as u8;
+        Rgb([wave(700.0, x as f32), wave(500.0, y as f32), wave(900.0, (x + y) as f32)])
+    });
+    img.save_with_format(&path, image::ImageFormat::Jpeg).unwrap();
+    let (ow, oh) = (180u32, 120u32); // 3000 / 8 = 375 >= 180: decoded at 1/8 (375 x 250)
+    let pre = Preprocess { crop: Crop::Original, input: InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(Layout::Nhwc, ow, oh) } };
+    let sample = Sample { path: path.clone(), key: "large.jpg".into(), labels: vec![], landmarks: None };
+    let mut got = vec![0f32; (ow * oh * 3) as usize];
+    pre.load_into(&sample, &mut got).unwrap();
+    let full = image::imageops::resize(&decode_rgb(&path).unwrap(), ow, oh, image::imageops::FilterType::Triangle);
+    let diffs: Vec<f32> = got.iter().zip(full.as_raw()).map(|(g, &f)| (g * 255.0 - f as f32).abs()).collect();
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    let max = diffs.iter().cloned().fold(0.0, f32::max);
+    assert!(mean < 0.75 && max < 4.0, "reduced-scale decode differs from the full-size one: mean {mean}, max {max} levels");
 }
 
 #[test]

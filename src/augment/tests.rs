@@ -1,7 +1,7 @@
 use super::*;
 
 fn spec(layout: Layout, height: u32, width: u32) -> InputSpec {
-    InputSpec { layout, height, width, mean: [0.5; 3], std: [0.5; 3], resize: "bilinear".into() }
+    InputSpec { layout, height, width, mean: [0.5; 3], std: [0.5; 3], resize: crate::preprocess::Filter::Bilinear }
 }
 
 /// A deterministic image with distinct values in the valid range [-1, 1].

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use anyhow::{bail, Result};
-use image::imageops::FilterType;
 use rayon::prelude::*;
 
 use super::batches::Pick;
@@ -19,7 +18,6 @@ use crate::progress;
 /// Decodes images in parallel; remembers which failed, to report each once.
 pub struct Decoder {
     pub pre: Preprocess,
-    filter: FilterType,
     /// Applied to training batches (never to validation or test rows).
     pub distortions: Distortions,
     seed: u64,
@@ -30,15 +28,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(pre: Preprocess, distortions: Distortions, seed: u64, strict: bool, threads: Option<usize>) -> Result<Decoder> {
-        Ok(Decoder {
-            filter: pre.input.filter()?,
-            pre,
-            distortions,
-            seed,
-            strict,
-            pool: crate::extract::decode_pool(threads)?,
-            failed: Mutex::new(BTreeSet::new()),
-        })
+        Ok(Decoder { pre, distortions, seed, strict, pool: crate::stream::decode_pool(threads)?, failed: Mutex::new(BTreeSet::new()) })
     }
 
     /// The picked images of `set`, distorted with their picks' seeds when distortions are on.
@@ -72,7 +62,7 @@ impl Decoder {
                 .zip(seeds)
                 .map(|(&i, seed)| {
                     let mut out = vec![0f32; len];
-                    self.pre.load_into(&set.samples[i], self.filter, &mut out)?;
+                    self.pre.load_into(&set.samples[i], &mut out)?;
                     if let Some(seed) = seed {
                         self.distortions.apply(&mut out, &self.pre.input, *seed);
                     }

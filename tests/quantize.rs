@@ -1,0 +1,87 @@
+//! `retrain quantize`: ONNX Runtime's int8 tool on a real backbone, its result a backbone like
+//! any other for `extract`.
+
+mod common;
+
+use std::path::Path;
+
+use common::{extract_folders, folder_dataset, python, retrain, stderr, stdout, test_model};
+use retrain::cache::Cache;
+use retrain::model::Model;
+use retrain::runtime::{Device, SessionConfig};
+
+fn quantize(args: &[&str], python: &Path) -> std::process::Output {
+    let model = test_model("tiny_cnn.onnx");
+    let mut all = vec!["quantize", "--model", model.to_str().unwrap(), "--python", python.to_str().unwrap()];
+    all.extend(args);
+    retrain(&all)
+}
+
+/// Mean and smallest cosine between the rows of two caches of the same images.
+fn cosines(a: &Cache, b: &Cache) -> (f64, f64) {
+    assert_eq!(a.paths, b.paths);
+    let cos: Vec<f64> = a
+        .features
+        .rows()
+        .into_iter()
+        .zip(b.features.rows())
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y.iter()).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let norm = |v: ndarray::ArrayView1<f32>| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (norm(x) * norm(y))
+        })
+        .collect();
+    (cos.iter().sum::<f64>() / cos.len() as f64, cos.iter().cloned().fold(f64::INFINITY, f64::min))
+}
+
+#[test]
+fn a_calibrated_int8_backbone_extracts_features_close_to_its_original() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    folder_dataset(&images, &["a", "b"], 12);
+    let int8 = dir.path().join("tiny.int8.onnx");
+    let o = quantize(&["--calibrate", "--folders", images.to_str().unwrap(), "--images", "16", "--out", int8.to_str().unwrap()], &py);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("static int8") && stdout(&o).contains("from 16 images"), "{}", stdout(&o));
+
+    // The description came along, with how the model was made; the graph has int8 weights.
+    let model = Model::load(&int8, &SessionConfig::new(Device::Cpu), None).unwrap();
+    let original = Model::load(&test_model("tiny_cnn.onnx"), &SessionConfig::new(Device::Cpu), None).unwrap();
+    assert_eq!((model.input.clone(), model.output_name.clone()), (original.input.clone(), original.output_name.clone()));
+    assert!(model.description["quantized"].contains("QDQ"), "{:?}", model.description);
+    assert_ne!(model.sha256, original.sha256);
+    let graph = std::fs::read(&int8).unwrap();
+    let needle = b"QuantizeLinear";
+    assert!(graph.windows(needle.len()).any(|w| w == needle), "no QuantizeLinear node in the int8 graph");
+
+    let (fp32_cache, int8_cache) = (dir.path().join("fp32.h5"), dir.path().join("int8.h5"));
+    assert!(extract_folders(&images, &fp32_cache, &[]).status.success());
+    let o = retrain(&["extract", "--quiet", "--model", int8.to_str().unwrap(), "--folders", images.to_str().unwrap(), "--out", int8_cache.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (fp32, int8) = (Cache::read(&fp32_cache).unwrap(), Cache::read(&int8_cache).unwrap());
+    assert_ne!(fp32.model_sha256, int8.model_sha256, "the int8 cache is its own");
+    assert_ne!(fp32.features, int8.features, "quantisation changed nothing: was the fp32 model copied?");
+    let (mean, min) = cosines(&fp32, &int8);
+    assert!(mean >= 0.99 && min >= 0.95, "int8 features: cosine to fp32 mean {mean:.4}, min {min:.4}");
+}
+
+#[test]
+fn dynamic_quantisation_needs_no_images_and_static_needs_them() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dynamic.onnx");
+    let o = quantize(&["--out", out.to_str().unwrap()], &py);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("dynamic int8"), "{}", stdout(&o));
+    assert!(Model::load(&out, &SessionConfig::new(Device::Cpu), None).unwrap().description["quantized"].contains("dynamic"));
+
+    let o = quantize(&["--calibrate", "--out", dir.path().join("x.onnx").to_str().unwrap()], &py);
+    assert!(!o.status.success() && stderr(&o).contains("go together"), "{}", stderr(&o));
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("a")).unwrap();
+    std::fs::write(empty.join("a/broken.jpg"), b"not a jpeg").unwrap();
+    let o = quantize(&["--calibrate", "--folders", empty.to_str().unwrap(), "--out", dir.path().join("y.onnx").to_str().unwrap()], &py);
+    assert!(!o.status.success() && stderr(&o).contains("none of the 1 calibration images") && stderr(&o).contains("broken.jpg"), "{}", stderr(&o));
+    assert!(!dir.path().join("y.onnx").exists());
+}
