@@ -170,7 +170,7 @@ impl Preprocess {
         let (w, h) = (self.input.width, self.input.height);
         let window = |iw, ih| window(self.crop, sample, iw, ih);
         let source = pixels::decode_window(&sample.path, window, (w, h))?;
-        let resized = pixels::resize(&source, (w, h), self.input.resize).with_context(|| format!("image {}", sample.path.display()))?;
+        let resized = pixels::resize(source, (w, h), self.input.resize).with_context(|| format!("image {}", sample.path.display()))?;
         write_tensor(&resized, &self.input, out);
         Ok(())
     }

@@ -77,12 +77,10 @@ pub fn quantize(model: &Model, calibration: Option<&Dataset>, opts: &QuantizeOpt
     }
     let output = tool.output().with_context(|| format!("cannot run {} (set RETRAIN_PYTHON or make .venv with scripts/setup.sh)", opts.python.display()))?;
     if !output.status.success() {
-        bail!(
-            "the quantisation tool failed ({} {}):\n{}",
-            opts.python.display(),
-            script.display(),
-            String::from_utf8_lossy(&output.stderr).trim_end().lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.trim_end().lines().collect();
+        let tail = lines[lines.len().saturating_sub(12)..].join("\n"); // the traceback's end says why
+        bail!("the quantisation tool failed ({} {}):\n{tail}", opts.python.display(), script.display());
     }
     let method = String::from_utf8_lossy(&output.stdout).trim().lines().last().unwrap_or_default().to_string();
     Ok(QuantizeSummary { method, calibration_images, skipped, seconds: started.elapsed().as_secs_f64() })

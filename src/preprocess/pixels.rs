@@ -84,10 +84,10 @@ fn scale_for((w, h): (u32, u32), (ow, oh): (u32, u32)) -> ScalingFactor {
 
 /// The window of `source` resized to `out` with `filter`; the pixels as they are where the
 /// window is the whole image and already `out`.
-pub fn resize(source: &Source, (ow, oh): (u32, u32), filter: Filter) -> Result<RgbImage> {
+pub fn resize(source: Source, (ow, oh): (u32, u32), filter: Filter) -> Result<RgbImage> {
     let (w, h) = source.rgb.dimensions();
     if source.window == [0.0, 0.0, ow as f64, oh as f64] && (w, h) == (ow, oh) {
-        return Ok(source.rgb.clone());
+        return Ok(source.rgb);
     }
     let src = ImageRef::new(w, h, source.rgb.as_raw(), PixelType::U8x3).map_err(|e| anyhow!("resize source {w}x{h}: {e}"))?;
     let mut dst = Image::new(ow, oh, PixelType::U8x3);
