@@ -3,9 +3,11 @@
 with PIL from the model's own metadata alone (what a deployment team would do), and writes
 the same CSV as `retrain predict`. Checks the file with onnx.checker first.
 
-The preprocessing is an independent implementation (PIL's resize, not the image crate's), so
+The preprocessing is an independent implementation (PIL's resize, not fast_image_resize), so
 probabilities differ from `retrain predict` by a little; labels should almost always agree
-(compare with scripts/compare_predictions.py).
+(compare with scripts/compare_predictions.py). A model exported with `--pixel-input` does its
+own resize and scaling: it gets each decoded image as it is (uint8 RGB, 1 x H x W x 3), and
+then agrees with `retrain predict` to float rounding.
 
 usage: onnxruntime_predict.py MODEL.onnx --list LIST [--limit N] [--batch 16] --out preds.csv
        LIST: an MTFL annotation file (landmarks make the nose crop possible) or one path per line
@@ -69,6 +71,14 @@ def crop_box(crop, w, h, landmarks):
     raise ValueError(f"unknown crop '{crop}'")
 
 
+def write_rows(out, heads, chunk, probs):
+    for i, (key, _, _) in enumerate(chunk):
+        row = [key]
+        for h, p in zip(heads, probs):
+            row += [h["labels"][int(np.argmax(p[i]))]] + [f"{v:.6f}" for v in p[i]]
+        out.writerow(row)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -94,6 +104,11 @@ def main():
         out.writerow(header)
         for start in range(0, len(items), a.batch):
             chunk = items[start:start + a.batch]
+            if "pixel_input" in meta:  # one image per run: sizes differ
+                probs = [np.concatenate(p) for p in zip(*(session.run([h["output"] for h in heads], {input_name: np.asarray(Image.open(path).convert("RGB"))[None]})
+                                                           for _, path, _ in chunk))]
+                write_rows(out, heads, chunk, probs)
+                continue
             pixels = []
             for _, path, landmarks in chunk:
                 im = Image.open(path).convert("RGB")
@@ -102,12 +117,7 @@ def main():
             x = np.stack(pixels).astype(np.float32)
             if layout == "NCHW":
                 x = x.transpose(0, 3, 1, 2)
-            probs = session.run([h["output"] for h in heads], {input_name: np.ascontiguousarray(x)})
-            for i, (key, _, _) in enumerate(chunk):
-                row = [key]
-                for h, p in zip(heads, probs):
-                    row += [h["labels"][int(np.argmax(p[i]))]] + [f"{v:.6f}" for v in p[i]]
-                out.writerow(row)
+            write_rows(out, heads, chunk, session.run([h["output"] for h in heads], {input_name: np.ascontiguousarray(x)}))
     print(f"wrote {len(items)} predictions to {a.out} with onnxruntime {ort.__version__}")
 
 

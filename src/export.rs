@@ -5,9 +5,12 @@
 //! classifier), then a Flatten of the bottleneck feeds each head's nodes, copied from the head
 //! files as they are. The backbone's `retrain.*` metadata (input layout, size, scaling) stays,
 //! and the crop, the heads and their outputs are added, so `predict` (or anyone) can
-//! preprocess correctly from the file alone.
+//! preprocess correctly from the file alone. With `pixel_input` the resize and scaling become
+//! part of the graph too (see [`pixels`]).
 
-use std::collections::HashSet;
+mod pixels;
+
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -16,10 +19,11 @@ use sha2::{Digest, Sha256};
 
 use crate::head::onnx::{HeadFile, INPUT, KIND_KEY};
 use crate::head::HeadInfo;
-use crate::model::{read_sidecar, METADATA_PREFIX};
+use crate::model::{input_spec, read_sidecar, METADATA_PREFIX};
 use crate::onnx::wire::{fields, Encoder, Field};
 use crate::onnx::{self, graph_field, model_field, node_field, Dim, OPSET, TENSOR_NAME, VALUE_INFO_NAME};
-use crate::preprocess::Preprocess;
+use crate::preprocess::{Crop, Preprocess};
+pub use pixels::{PIXELS, PIXEL_INPUT};
 
 /// Description key (metadata `retrain.heads`) listing the heads of an exported model (JSON,
 /// [`ExportedHead`]s).
@@ -28,6 +32,8 @@ pub const HEADS_KEY: &str = "heads";
 pub const CROP_KEY: &str = "crop";
 /// Description key with the whole preprocessing the heads were trained with.
 pub const PREPROCESS_KEY: &str = "preprocess";
+/// Description key of a model that takes decoded pixels ([`PIXEL_INPUT`]).
+pub const PIXEL_INPUT_KEY: &str = "pixel_input";
 
 /// What `predict` needs to know of each head in an exported model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,8 +46,9 @@ pub struct ExportedHead {
 }
 
 /// Joins `backbone` and `heads` into `out`. Every head must have been trained on this very
-/// backbone file, on the same output and preprocessing.
-pub fn export(backbone: &Path, heads: &[&Path], out: &Path) -> Result<Vec<ExportedHead>> {
+/// backbone file, on the same output and preprocessing. With `pixel_input` the model takes
+/// decoded uint8 images of any size instead of the backbone's input tensor.
+pub fn export(backbone: &Path, heads: &[&Path], out: &Path, pixel_input: bool) -> Result<Vec<ExportedHead>> {
     if heads.is_empty() {
         bail!("export needs at least one --head");
     }
@@ -50,13 +57,17 @@ pub fn export(backbone: &Path, heads: &[&Path], out: &Path) -> Result<Vec<Export
     let sha = hex::encode(Sha256::digest(&bytes)); // as model::file_sha256, without reading the file twice
     let first = &heads[0].info;
     check_heads(&heads, &sha).with_context(|| format!("heads do not fit backbone {}", backbone.display()))?;
-    let model = graft(&bytes, &heads, &first.cache.output).with_context(|| format!("backbone {}", backbone.display()))?;
+    let crop = Preprocess::crop_of(&first.cache.preprocess)?;
+    let mut metadata = sidecar_description(backbone, &bytes)?;
+    let front = match pixel_input {
+        true => Some(pixel_front(backbone, &bytes, crop, &mut metadata)?),
+        false => None,
+    };
+    let model = graft(&bytes, &heads, &first.cache.output, front.as_ref()).with_context(|| format!("backbone {}", backbone.display()))?;
     let exported: Vec<ExportedHead> = heads
         .iter()
         .map(|h| ExportedHead { attribute: h.info.attribute.clone(), output: h.info.output.clone(), labels: h.info.labels.clone(), head: h.info.clone() })
         .collect();
-    let crop = Preprocess::crop_of(&first.cache.preprocess)?;
-    let mut metadata = sidecar_description(backbone, &bytes)?;
     metadata.extend([
         (KIND_KEY.to_string(), "model".to_string()),
         (format!("{METADATA_PREFIX}{CROP_KEY}"), crop.to_string()),
@@ -79,6 +90,39 @@ fn sidecar_description(backbone: &Path, bytes: &[u8]) -> Result<Vec<(String, Str
     let mut entries: Vec<(String, String)> = read_sidecar(backbone)?.into_iter().map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v)).collect();
     entries.sort();
     Ok(entries)
+}
+
+/// The pixel front for this backbone, after checking that the heads' crop allows it; records
+/// the new input in `metadata`.
+fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, metadata: &mut Vec<(String, String)>) -> Result<(pixels::Front, String)> {
+    if crop != Crop::Original {
+        bail!("--pixel-input needs heads trained on crop original; these were trained on crop {crop}, placed from landmarks the graph does not have");
+    }
+    let mut description: HashMap<String, String> =
+        onnx::read_metadata(bytes)?.into_iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v))).collect();
+    description.extend(metadata.iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v.clone()))));
+    let spec = input_spec(&description).with_context(|| format!("model description of {}", backbone.display()))?;
+    let replaced = match description.get("input_name") {
+        Some(name) => name.clone(),
+        None => first_input(bytes)?,
+    };
+    metadata.retain(|(k, _)| *k != format!("{METADATA_PREFIX}input_name"));
+    metadata.extend([(format!("{METADATA_PREFIX}input_name"), PIXELS.to_string()), (format!("{METADATA_PREFIX}{PIXEL_INPUT_KEY}"), PIXEL_INPUT.to_string())]);
+    Ok((pixels::front(&spec, &replaced)?, replaced))
+}
+
+/// The first graph input that is not an initializer (the image input of a backbone).
+fn first_input(model: &[u8]) -> Result<String> {
+    let graph = fields(model)?.into_iter().find(|f| f.number == model_field::GRAPH).context("the file has no graph")?;
+    let parts = fields(graph.bytes()?)?;
+    let weights = names(&parts)?;
+    for f in parts.iter().filter(|f| f.number == graph_field::INPUT) {
+        let name = onnx::string(f.bytes()?, VALUE_INFO_NAME)?;
+        if !weights.contains(&name) {
+            return Ok(name);
+        }
+    }
+    bail!("the graph has no image input")
 }
 
 fn check_heads(heads: &[HeadFile], sha: &str) -> Result<()> {
@@ -108,33 +152,50 @@ fn check_heads(heads: &[HeadFile], sha: &str) -> Result<()> {
     Ok(())
 }
 
-/// The backbone model with its graph replaced by backbone + heads.
-fn graft(model: &[u8], heads: &[HeadFile], bottleneck: &str) -> Result<Vec<u8>> {
+/// The backbone model with its graph replaced by backbone + heads (and the pixel front, which
+/// needs opset 18 and so IR version 8 or newer).
+fn graft(model: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option<&(pixels::Front, String)>) -> Result<Vec<u8>> {
     let top = fields(model)?;
-    check_opset(&top)?;
+    let opset = default_opset(&top)?;
     let graph = top.iter().find(|f| f.number == model_field::GRAPH).context("the file has no graph")?;
-    let new_graph = graft_graph(graph.bytes()?, heads, bottleneck)?;
+    let new_graph = graft_graph(graph.bytes()?, heads, bottleneck, front.map(|(f, replaced)| (f, replaced.as_str(), opset)))?;
     let mut e = Encoder::new();
     for f in &top {
-        e = if f.number == model_field::GRAPH { e.bytes(model_field::GRAPH, &new_graph) } else { e.raw(f.raw) };
+        e = match f.number {
+            model_field::GRAPH => e.bytes(model_field::GRAPH, &new_graph),
+            model_field::OPSET_IMPORT if front.is_some() && is_default_domain(f)? && opset < pixels::PIXEL_OPSET => {
+                e.bytes(model_field::OPSET_IMPORT, &onnx::opset_entry("", pixels::PIXEL_OPSET))
+            }
+            model_field::IR_VERSION if front.is_some() && (f.varint()? as i64) < onnx::IR_VERSION => e.int(model_field::IR_VERSION, onnx::IR_VERSION),
+            _ => e.raw(f.raw),
+        };
     }
     Ok(e.finish())
 }
 
-/// Head graphs use opset-13 semantics (see [`OPSET`]); the model's default domain must be at least that.
-fn check_opset(top: &[Field]) -> Result<()> {
-    for f in top.iter().filter(|f| f.number == model_field::OPSET_IMPORT) {
-        let entry = fields(f.bytes()?)?;
-        let domain = entry.iter().find(|e| e.number == 1).map(|e| e.string()).transpose()?.unwrap_or_default();
-        let version = entry.iter().find(|e| e.number == 2).map(|e| e.varint()).transpose()?.unwrap_or(0) as i64;
-        if (domain.is_empty() || domain == "ai.onnx") && version < OPSET {
-            bail!("its default opset is {version}; heads need {OPSET} or newer (re-export the backbone at opset >= {OPSET})");
-        }
-    }
-    Ok(())
+fn is_default_domain(opset_import: &Field) -> Result<bool> {
+    let domain = onnx::string(opset_import.bytes()?, 1)?;
+    Ok(domain.is_empty() || domain == "ai.onnx")
 }
 
-fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str) -> Result<Vec<u8>> {
+/// The default-domain opset. Head graphs use opset-13 semantics (see [`OPSET`]); it must be at least that.
+fn default_opset(top: &[Field]) -> Result<i64> {
+    let mut opset = None;
+    for f in top.iter().filter(|f| f.number == model_field::OPSET_IMPORT) {
+        if is_default_domain(f)? {
+            let entry = fields(f.bytes()?)?;
+            opset = Some(entry.iter().find(|e| e.number == 2).map(|e| e.varint()).transpose()?.unwrap_or(0) as i64);
+        }
+    }
+    let version = opset.context("the model imports no default-domain opset")?;
+    if version < OPSET {
+        bail!("its default opset is {version}; heads need {OPSET} or newer (re-export the backbone at opset >= {OPSET})");
+    }
+    Ok(version)
+}
+
+/// `front`: the pixel front, the backbone input it replaces, and the backbone's opset.
+fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option<(&pixels::Front, &str, i64)>) -> Result<Vec<u8>> {
     let parts = fields(graph)?;
     let is_bottleneck =
         |f: &&Field| f.number == graph_field::OUTPUT && onnx::string(f.bytes().unwrap_or_default(), VALUE_INFO_NAME).is_ok_and(|n| n == bottleneck);
@@ -144,10 +205,31 @@ fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str) -> Result<Vec
     check_names(&parts, &head_parts)?;
 
     let mut e = Encoder::new();
-    for f in &parts {
-        if f.number != graph_field::OUTPUT && is_needed(f, needed.as_ref())? {
-            e = e.raw(f.raw);
+    if let Some((front, _, _)) = front {
+        for n in &front.nodes {
+            e = e.bytes(graph_field::NODE, n);
         }
+        for t in &front.initializers {
+            e = e.bytes(graph_field::INITIALIZER, t);
+        }
+        e = e.bytes(graph_field::INPUT, &front.input);
+    }
+    for f in &parts {
+        if f.number == graph_field::OUTPUT || !is_needed(f, needed.as_ref())? {
+            continue;
+        }
+        e = match front {
+            Some((_, replaced, _)) if f.number == graph_field::INPUT && onnx::string(f.bytes()?, VALUE_INFO_NAME)? == replaced => e,
+            Some((_, _, opset)) if f.number == graph_field::NODE => {
+                let (node, constant) = pixels::at_opset_18(f.bytes()?, opset)?;
+                let e = e.bytes(graph_field::NODE, &node);
+                match constant {
+                    Some(c) => e.bytes(graph_field::INITIALIZER, &c),
+                    None => e,
+                }
+            }
+            _ => e.raw(f.raw),
+        };
     }
     e = e.bytes(graph_field::NODE, &onnx::node("Flatten", "retrain/flatten", &[bottleneck], &[INPUT], &[onnx::int_attribute("axis", 1)]));
     e = e.bytes(graph_field::VALUE_INFO, &onnx::value_info(INPUT, &[Dim::Named("N"), Dim::Fixed(heads[0].info.dim as i64)]));

@@ -233,6 +233,10 @@ struct ExportArgs {
     heads: Vec<PathBuf>,
     #[arg(long)]
     out: PathBuf,
+    /// The model takes decoded images (uint8 RGB, NHWC, any size) and resizes and scales them
+    /// itself, so every runtime fed the decoded pixels gives the same labels (crop original only).
+    #[arg(long)]
+    pixel_input: bool,
 }
 
 #[derive(Args)]
@@ -796,7 +800,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
 
 fn run_export(a: ExportArgs) -> Result<()> {
     let heads: Vec<&Path> = a.heads.iter().map(PathBuf::as_path).collect();
-    let exported = retrain::export::export(&a.model, &heads, &a.out)?;
+    let exported = retrain::export::export(&a.model, &heads, &a.out, a.pixel_input)?;
     let outputs: Vec<String> = exported.iter().map(|h| format!("{} [{}]", h.output, h.labels.join(", "))).collect();
     println!("wrote {}: outputs {}", a.out.display(), outputs.join(", "));
     Ok(())

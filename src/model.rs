@@ -29,6 +29,9 @@ pub struct Model {
     pub output_dim: usize,
     /// Every key of the description, for the record.
     pub description: HashMap<String, String>,
+    /// The model takes decoded uint8 images of any size and prepares them itself (`export
+    /// --pixel-input`); `input` then describes the network inside.
+    pub pixel_input: bool,
 }
 
 impl Model {
@@ -40,14 +43,20 @@ impl Model {
         let get = |k: &str| description.get(k).map(String::as_str);
         let input = input_spec(&description).with_context(|| format!("model description of {}", path.display()))?;
         let input_name = get("input_name").map(str::to_string).unwrap_or_else(|| session.inputs()[0].name().to_string());
-        check_input(&session, &input_name, &input).with_context(|| format!("model {}", path.display()))?;
+        let pixel_input = description.contains_key(crate::export::PIXEL_INPUT_KEY);
+        if !pixel_input {
+            check_input(&session, &input_name, &input).with_context(|| format!("model {}", path.display()))?;
+        }
         let output_name = output.or(get("bottleneck")).map(str::to_string).unwrap_or_else(|| session.outputs()[0].name().to_string());
         let output_dim = output_width(&session, &output_name).with_context(|| format!("model {}", path.display()))?;
-        Ok(Model { path: path.to_path_buf(), sha256, session, input_name, input, output_name, output_dim, description })
+        Ok(Model { path: path.to_path_buf(), sha256, session, input_name, input, output_name, output_dim, description, pixel_input })
     }
 
     /// Runs one batch laid out as `input.batch_shape(n)` and returns `n * output_dim` floats.
     pub fn run(&mut self, batch: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        if self.pixel_input {
+            bail!("model {} takes decoded images (exported with --pixel-input), not a backbone's input tensor: give extract the backbone", self.path.display());
+        }
         let shape = self.input.batch_shape(n);
         let tensor = ort::value::Tensor::from_array((shape, batch)).map_err(|e| anyhow!("{e}"))?;
         let options =

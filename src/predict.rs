@@ -1,19 +1,21 @@
 //! Running an exported model (backbone + heads) on image files, in batches, with progress.
 //!
 //! Everything needed to prepare the pixels comes from the model's metadata: input size,
-//! scaling and layout (as for any backbone) and the crop the heads were trained on.
+//! scaling and layout (as for any backbone) and the crop the heads were trained on. A model
+//! exported with `--pixel-input` gets each whole decoded image and prepares it itself.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cache::Skip;
 use crate::dataset::{mtfl, Sample};
 use crate::export::{ExportedHead, CROP_KEY, HEADS_KEY};
 use crate::model::{Model, METADATA_PREFIX};
 use crate::predictions::{Attribute, PredictionTable};
 use crate::preprocess::{Crop, Preprocess};
-use crate::stream::{Batches, Decoded};
+use crate::stream::{Batches, Decoded, WholeImages};
 use crate::{progress, runtime};
 
 /// How to run.
@@ -80,6 +82,9 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
         (None, Some(recorded)) => recorded.parse()?,
         (None, None) => Crop::Original,
     };
+    if model.pixel_input && crop != Crop::Original {
+        bail!("model {} prepares whole images itself (exported with --pixel-input): crop {crop} cannot be applied", model.path.display());
+    }
     let pre = Preprocess { crop, input: model.input.clone() };
     let mut table = PredictionTable::new(heads.iter().map(|h| Attribute { name: h.attribute.clone(), labels: h.labels.clone() }).collect());
     let mut skipped = Vec::new();
@@ -87,29 +92,52 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     let bar = progress::bar(samples.len() as u64, "images", opts.show_progress);
     bar.set_message("predict");
     let all: Vec<usize> = (0..samples.len()).collect();
-    let batches = Batches { samples, pre: &pre, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
     // Decoding the next batch overlaps this one's inference, as in extract.
-    batches.for_each(|Decoded { tensor, good, failures, .. }| {
+    let mut report = |failures: Vec<Skip>, done: usize| {
         for f in &failures {
             bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
         }
-        bar.inc((good.len() + failures.len()) as u64);
+        bar.inc((done + failures.len()) as u64);
         skipped.extend(failures.into_iter().map(|f| f.text));
-        if good.is_empty() {
-            return Ok(());
-        }
-        let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
-        run_batch(model, &heads, &pre, tensor, &keys, &mut table)
-    })?;
+    };
+    if model.pixel_input {
+        let batches = Batches { samples, pre: &WholeImages, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
+        batches.for_each(|Decoded { tensor: images, good, failures, .. }| {
+            report(failures, good.len());
+            // One image per run: the images of a batch differ in size.
+            for (image, &i) in images.into_iter().zip(&good) {
+                let shape = [1, image.height() as usize, image.width() as usize, 3];
+                run_batch(model, &heads, &shape, image.into_raw(), &[samples[i].key.as_str()], &mut table)?;
+            }
+            Ok(())
+        })?;
+    } else {
+        let batches = Batches { samples, pre: &pre, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
+        batches.for_each(|Decoded { tensor, good, failures, .. }| {
+            report(failures, good.len());
+            if good.is_empty() {
+                return Ok(());
+            }
+            let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
+            run_batch(model, &heads, &pre.input.batch_shape(keys.len()), tensor, &keys, &mut table)
+        })?;
+    }
     bar.finish_and_clear();
     Ok(PredictSummary { table, skipped, crop, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Runs one batch of prepared images and adds a row per image to `table`.
-fn run_batch(model: &mut Model, heads: &[ExportedHead], pre: &Preprocess, tensor: Vec<f32>, keys: &[&str], table: &mut PredictionTable) -> Result<()> {
+/// Runs one batch of prepared images (`shape`: the input's) and adds a row per image to `table`.
+fn run_batch<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+    model: &mut Model,
+    heads: &[ExportedHead],
+    shape: &[usize],
+    tensor: Vec<T>,
+    keys: &[&str],
+    table: &mut PredictionTable,
+) -> Result<()> {
     let n = keys.len();
     let outputs: Vec<String> = heads.iter().map(|h| h.output.clone()).collect();
-    let probs = runtime::run_f32(&mut model.session, &model.input_name, &pre.input.batch_shape(n), tensor, &outputs)
+    let probs = runtime::run_f32(&mut model.session, &model.input_name, shape, tensor, &outputs)
         .with_context(|| format!("running {} on a batch of {n}", model.path.display()))?;
     for ((shape, _), h) in probs.iter().zip(heads) {
         if shape[..] != [n, h.labels.len()] {

@@ -181,6 +181,13 @@ impl Preprocess {
 pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
+/// Decodes a whole image at full size, with the decoders of [`Preprocess::load_into`]
+/// (libjpeg-turbo for JPEGs, as Pillow and most libraries decode them).
+pub fn decode_whole(path: &Path) -> Result<RgbImage> {
+    // No window is ever larger than the image, so no DCT scaling is chosen.
+    Ok(pixels::decode_window(path, |w, h| Ok((0, 0, w, h)), (MAX_SIDE + 1, MAX_SIDE + 1))?.rgb)
+}
+
 /// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included) with the
 /// image crate. A JPEG that stops before its end-of-image marker is an error, not a picture
 /// half grey.

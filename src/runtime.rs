@@ -152,9 +152,15 @@ pub fn describe_provider(config: &SessionConfig) -> String {
     }
 }
 
-/// Runs `session` on one float32 tensor and returns the named float32 outputs, each as
+/// Runs `session` on one tensor (float32 or uint8 pixels) and returns the named float32 outputs, each as
 /// (shape, values), in the order asked for.
-pub fn run_f32(session: &mut Session, input: &str, shape: &[usize], data: Vec<f32>, outputs: &[String]) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+pub fn run_f32<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+    session: &mut Session,
+    input: &str,
+    shape: &[usize],
+    data: Vec<T>,
+    outputs: &[String],
+) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
     let tensor = ort::value::Tensor::from_array((shape.to_vec(), data)).map_err(|e| anyhow!("{e}"))?;
     let selector = outputs.iter().fold(ort::session::OutputSelector::no_default(), |s, name| s.with(name));
     let options = ort::session::RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(selector);

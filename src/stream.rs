@@ -10,12 +10,41 @@ use rayon::prelude::*;
 
 use crate::cache::Skip;
 use crate::dataset::Sample;
-use crate::preprocess::Preprocess;
+use crate::preprocess::{self, Preprocess};
+
+/// How the images of a batch are made ready for the model.
+pub trait Load: Sync {
+    /// What a batch becomes.
+    type Batch: Send;
+    /// Loads `samples[i]` for each `i` of `chunk` in parallel on `pool`: the batch of those that
+    /// loaded (in order), their indices, and a [`Skip`] for each of the others.
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Self::Batch, Vec<usize>, Vec<Skip>);
+}
+
+/// Cropped, resized and scaled into one tensor in the model's layout.
+impl Load for Preprocess {
+    type Batch = Vec<f32>;
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skip>) {
+        load_batch(pool, self, samples, chunk)
+    }
+}
+
+/// Decoded at full size and nothing more, for models that prepare pixels themselves.
+pub struct WholeImages;
+
+impl Load for WholeImages {
+    type Batch = Vec<image::RgbImage>;
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Vec<image::RgbImage>, Vec<usize>, Vec<Skip>) {
+        let results: Vec<Result<image::RgbImage>> = pool.install(|| chunk.par_iter().map(|&i| preprocess::decode_whole(&samples[i].path)).collect());
+        let (good, failures) = sort_out(samples, chunk, &results);
+        (results.into_iter().filter_map(Result::ok).collect(), good, failures)
+    }
+}
 
 /// A batch ready for the model.
-pub struct Decoded {
-    /// The images that loaded, in list order, in the model's layout.
-    pub tensor: Vec<f32>,
+pub struct Decoded<B = Vec<f32>> {
+    /// The images that loaded, in list order, as the model takes them.
+    pub tensor: B,
     /// Their indices in the sample list.
     pub good: Vec<usize>,
     /// One per image that did not load: `key<TAB>reason`.
@@ -25,20 +54,21 @@ pub struct Decoded {
 }
 
 /// The batches of `size` images of `todo` (indices into `samples`), in order.
-pub struct Batches<'a> {
+pub struct Batches<'a, L: Load = Preprocess> {
     pub samples: &'a [Sample],
-    pub pre: &'a Preprocess,
+    /// How each image is made ready.
+    pub pre: &'a L,
     pub todo: &'a [usize],
     pub size: usize,
     /// Threads decoding and resizing; `None` = every core.
     pub decode_threads: Option<usize>,
 }
 
-impl Batches<'_> {
+impl<L: Load> Batches<'_, L> {
     /// Calls `consume` on every batch in order while the next one is being decoded; stops at
     /// the first error of either side.
-    pub fn for_each(&self, mut consume: impl FnMut(Decoded) -> Result<()>) -> Result<()> {
-        let (tx, rx) = sync_channel::<Result<Decoded>>(2);
+    pub fn for_each(&self, mut consume: impl FnMut(Decoded<L::Batch>) -> Result<()>) -> Result<()> {
+        let (tx, rx) = sync_channel::<Result<Decoded<L::Batch>>>(2);
         std::thread::scope(|scope| {
             let producer = scope.spawn(|| self.produce(tx));
             // `rx` is dropped when this returns, and the producer then stops by itself.
@@ -48,10 +78,10 @@ impl Batches<'_> {
         })
     }
 
-    fn produce(&self, tx: SyncSender<Result<Decoded>>) -> Result<()> {
+    fn produce(&self, tx: SyncSender<Result<Decoded<L::Batch>>>) -> Result<()> {
         let pool = decode_pool(self.decode_threads)?;
         for chunk in self.todo.chunks(self.size) {
-            let (tensor, good, failures) = load_batch(&pool, self.pre, self.samples, chunk);
+            let (tensor, good, failures) = self.pre.load(&pool, self.samples, chunk);
             let next_source = chunk.last().map_or(0, |&i| i + 1);
             crate::fault::reached(crate::fault::Point::BatchDecoded);
             if tx.send(Ok(Decoded { tensor, good, failures, next_source })).is_err() {
@@ -78,16 +108,22 @@ pub fn load_batch(pool: &rayon::ThreadPool, pre: &Preprocess, samples: &[Sample]
     let mut tensor = vec![0f32; chunk.len() * len];
     let results: Vec<Result<()>> =
         pool.install(|| tensor.par_chunks_mut(len).zip(chunk.par_iter()).map(|(slot, &i)| pre.load_into(&samples[i], slot)).collect());
+    let (good, failures) = sort_out(samples, chunk, &results);
+    compact(&mut tensor, chunk, &good, len);
+    (tensor, good, failures)
+}
+
+/// The indices of `chunk` whose image loaded, and a [`Skip`] (`key<TAB>reason`) for each other.
+fn sort_out<T>(samples: &[Sample], chunk: &[usize], results: &[Result<T>]) -> (Vec<usize>, Vec<Skip>) {
     let mut good = Vec::with_capacity(chunk.len());
     let mut failures = Vec::new();
     for (&i, result) in chunk.iter().zip(results) {
         match result {
-            Ok(()) => good.push(i),
+            Ok(_) => good.push(i),
             Err(e) => failures.push(Skip { source_index: i as i64, text: format!("{}\t{e:#}", samples[i].key) }),
         }
     }
-    compact(&mut tensor, chunk, &good, len);
-    (tensor, good, failures)
+    (good, failures)
 }
 
 /// Moves the slots of good images to the front, in order, and drops the rest.

@@ -103,7 +103,7 @@ fn exported_model_predicts_what_eval_scored_for_every_test_image() {
     assert!(evals[1].metrics.accuracy > 0.7, "smile accuracy {}", evals[1].metrics.accuracy);
 
     let model_path = w.dir.path().join("model.onnx");
-    let exported = export::export(&w.backbone, &paths(&heads), &model_path).unwrap();
+    let exported = export::export(&w.backbone, &paths(&heads), &model_path, false).unwrap();
     assert_eq!(exported.iter().map(|h| h.output.as_str()).collect::<Vec<_>>(), ["p_gender", "p_smile"]);
     let model = Model::load(&model_path, &cpu(), None).unwrap();
     let outputs: Vec<&str> = model.session.outputs().iter().map(|o| o.name()).collect();
@@ -127,7 +127,7 @@ fn the_exported_model_passes_onnx_checker_and_runs_in_python_onnxruntime() {
     let w = world();
     let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
     let model_path = w.dir.path().join("model.onnx");
-    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path).unwrap();
+    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, false).unwrap();
     let model_path = model_path.as_path();
     let mut model = Model::load(model_path, &cpu(), None).unwrap();
     let n = 2 * model.input.image_len();
@@ -158,7 +158,7 @@ fn the_nose_crop_travels_from_cache_to_exported_model_to_predict() {
     let heads = heads(&w, &train, "nose");
     let e = eval::evaluate(&heads[0], &test, &cpu()).unwrap();
     let model_path = w.dir.path().join("nose.onnx");
-    export::export(&w.backbone, &paths(&heads), &model_path).unwrap();
+    export::export(&w.backbone, &paths(&heads), &model_path, false).unwrap();
     let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
     assert_eq!(summary.crop, crop);
     assert_agree(&e, &summary, 0);
@@ -172,16 +172,16 @@ fn export_refuses_heads_it_cannot_join() {
     let out = w.dir.path().join("never.onnx");
 
     let other_backbone = tiny_backbone(&w.dir.path().join("other.onnx"), 2);
-    let err = format!("{:#}", export::export(&other_backbone, &paths(&heads), &out).err().unwrap());
+    let err = format!("{:#}", export::export(&other_backbone, &paths(&heads), &out, false).err().unwrap());
     assert!(err.contains("sha256") && err.contains("other.onnx"), "{err}");
 
     let twice = [heads[0].as_path(), heads[0].as_path()];
-    let err = format!("{:#}", export::export(&w.backbone, &twice, &out).err().unwrap());
+    let err = format!("{:#}", export::export(&w.backbone, &twice, &out, false).err().unwrap());
     assert!(err.contains("two heads for attribute 'gender'"), "{err}");
 
     let nose_train = extract_split(&w, &w.backbone, Split::Training, "nose:12".parse().unwrap());
     let nose_heads = self::heads(&w, &nose_train, "nose");
-    let err = format!("{:#}", export::export(&w.backbone, &[heads[0].as_path(), nose_heads[1].as_path()], &out).err().unwrap());
+    let err = format!("{:#}", export::export(&w.backbone, &[heads[0].as_path(), nose_heads[1].as_path()], &out, false).err().unwrap());
     assert!(err.contains("differently preprocessed"), "{err}");
     assert!(!out.exists());
 }
@@ -195,7 +195,7 @@ fn the_python_predictor_runs_face_crop_models_and_crops_as_retrain_does() {
     let crop: Crop = "face:2.5".parse().unwrap();
     let train = extract_split(&w, &w.backbone, Split::Training, crop);
     let model_path = w.dir.path().join("face.onnx");
-    export::export(&w.backbone, &paths(&heads(&w, &train, "face")), &model_path).unwrap();
+    export::export(&w.backbone, &paths(&heads(&w, &train, "face")), &model_path, false).unwrap();
     let csv = w.dir.path().join("python.csv");
     let script = common::repo().join("scripts/onnxruntime_predict.py");
     let o = std::process::Command::new(&python)
@@ -272,4 +272,92 @@ fn a_second_reproduce_reuses_every_head_and_a_changed_cache_refits() {
     // more images: the caches grow, so every head is fitted again
     let grown = reproduce("120");
     assert_eq!(grown.matches("reused").count(), 0, "{grown}");
+}
+
+/// `export --pixel-input`: fed each whole decoded image, the graph's own resize and scaling
+/// give the features extract cached (Rust's pipeline), and predict the classes eval scored.
+#[test]
+fn a_pixel_input_model_prepares_images_as_extract_does() {
+    let w = world();
+    let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
+    let test = extract_split(&w, &w.backbone, Split::Testing, Crop::Original);
+    let heads = heads(&w, &train, "original");
+    let e = eval::evaluate(&heads[0], &test, &cpu()).unwrap();
+    let model_path = w.dir.path().join("pixels.onnx");
+    export::export(&w.backbone, &paths(&heads), &model_path, true).unwrap();
+    let mut model = Model::load(&model_path, &cpu(), None).unwrap();
+    assert!(model.pixel_input);
+    assert_eq!(model.input_name, export::PIXELS);
+
+    let cache = Cache::read(&test).unwrap();
+    let mut worst = 0f32;
+    for (row, key) in cache.paths.iter().enumerate() {
+        let image = retrain::preprocess::decode_whole(&w.mtfl.join(key)).unwrap();
+        let shape = [1, image.height() as usize, image.width() as usize, 3];
+        let ours = runtime::run_f32(&mut model.session, export::PIXELS, &shape, image.into_raw(), &["bottleneck".into()]).unwrap().remove(0).1;
+        for (a, b) in ours.iter().zip(cache.features.row(row)) {
+            worst = worst.max((a - b).abs() / b.abs().max(1.0));
+        }
+    }
+    // extract's resize is fixed-point, the graph's float: at most a rounding step on some pixels.
+    assert!(worst < 1e-2, "graph features differ from extract's by up to {worst} (relative)");
+
+    let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
+    assert!(summary.skipped.is_empty());
+    let p = &summary.table;
+    for i in 0..p.len() {
+        let j = e.predictions.paths.iter().position(|k| *k == p.paths[i]).unwrap();
+        for (a, b) in p.row(0, i).iter().zip(e.predictions.row(0, j)) {
+            assert!((a - b).abs() < 1e-2, "{}: {a} vs {b}", p.paths[i]);
+        }
+    }
+}
+
+/// scripts/onnxruntime_predict.py feeds a pixel-input model PIL's decoded images as they are,
+/// and gets retrain predict's probabilities (to the CSV's 6 decimals).
+#[test]
+fn a_pixel_input_model_gives_python_onnxruntime_retrains_answer() {
+    let Some(python) = python() else { return };
+    let w = world();
+    let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
+    let model_path = w.dir.path().join("pixels.onnx");
+    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, true).unwrap();
+    let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
+    let csv = w.dir.path().join("python.csv");
+    let o = std::process::Command::new(&python)
+        .arg(common::repo().join("scripts/onnxruntime_predict.py"))
+        .arg(&model_path)
+        .args(["--list".as_ref(), w.mtfl.join("testing.txt").as_os_str(), "--out".as_ref(), csv.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 1 + summary.table.len());
+    for line in text.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        let i = summary.table.paths.iter().position(|k| k == cells[0]).unwrap();
+        for (attribute, columns) in [(0, 2..4), (1, 5..7)] {
+            for (a, b) in summary.table.row(attribute, i).iter().zip(&cells[columns]) {
+                let b: f32 = b.parse().unwrap();
+                assert!((a - b).abs() < 2e-6, "{}: retrain {a} vs Python {b}", cells[0]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pixel_input_model_is_refused_for_landmark_crops_and_by_extract() {
+    let w = world();
+    let nose = extract_split(&w, &w.backbone, Split::Training, "nose:12".parse().unwrap());
+    let out = w.dir.path().join("never.onnx");
+    let err = format!("{:#}", export::export(&w.backbone, &paths(&heads(&w, &nose, "nose")), &out, true).unwrap_err());
+    assert!(err.contains("--pixel-input needs heads trained on crop original") && err.contains("nose:12"), "{err}");
+    assert!(!out.exists());
+
+    let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
+    let model_path = w.dir.path().join("pixels.onnx");
+    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, true).unwrap();
+    let mut model = Model::load(&model_path, &cpu(), None).unwrap();
+    let err = format!("{:#}", model.run(vec![0.0; model.input.image_len()], 1).unwrap_err());
+    assert!(err.contains("--pixel-input") && err.contains("pixels.onnx"), "{err}");
 }

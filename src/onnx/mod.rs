@@ -12,6 +12,10 @@ use wire::{fields, Encoder};
 
 /// TensorProto.DataType.FLOAT.
 pub const FLOAT: i64 = 1;
+/// TensorProto.DataType.UINT8.
+pub const UINT8: i64 = 2;
+/// TensorProto.DataType.INT64.
+pub const INT64: i64 = 7;
 /// IR version 8 (ONNX 1.10+): every ONNX Runtime of the last years loads it.
 pub const IR_VERSION: i64 = 8;
 /// Default-domain opset of the graphs written here. Sub, Mul, Gemm, Softmax and Flatten mean the
@@ -62,17 +66,45 @@ pub enum Dim<'a> {
 /// A float32 initializer (TensorProto with raw little-endian data).
 pub fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> Vec<u8> {
     debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
-    let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_tensor(name, dims, FLOAT, &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+/// An int64 initializer (TensorProto with raw little-endian data).
+pub fn tensor_i64(name: &str, dims: &[i64], data: &[i64]) -> Vec<u8> {
+    debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
+    raw_tensor(name, dims, INT64, &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+fn raw_tensor(name: &str, dims: &[i64], element: i64, raw: &[u8]) -> Vec<u8> {
     let mut e = Encoder::new();
     for &d in dims {
         e = e.int(1, d);
     }
-    e.int(2, FLOAT).string(TENSOR_NAME, name).bytes(9, &raw).finish()
+    e.int(2, element).string(TENSOR_NAME, name).bytes(9, raw).finish()
 }
 
 /// An INT attribute (AttributeProto type 2).
 pub fn int_attribute(name: &str, value: i64) -> Vec<u8> {
     Encoder::new().string(1, name).int(3, value).int(20, 2).finish()
+}
+
+/// A FLOAT attribute (AttributeProto type 1).
+pub fn float_attribute(name: &str, value: f32) -> Vec<u8> {
+    Encoder::new().string(1, name).float(2, value).int(20, 1).finish()
+}
+
+/// A STRING attribute (AttributeProto type 3).
+pub fn string_attribute(name: &str, value: &str) -> Vec<u8> {
+    Encoder::new().string(1, name).string(4, value).int(20, 3).finish()
+}
+
+/// An INTS attribute (AttributeProto type 7).
+pub fn ints_attribute(name: &str, values: &[i64]) -> Vec<u8> {
+    let mut e = Encoder::new().string(1, name);
+    for &v in values {
+        e = e.int(8, v);
+    }
+    e.int(20, 7).finish()
 }
 
 /// A node of the default domain.
@@ -93,6 +125,11 @@ pub fn node(op_type: &str, name: &str, inputs: &[&str], outputs: &[&str], attrib
 
 /// A float32 tensor's name and shape, as used for graph inputs and outputs.
 pub fn value_info(name: &str, dims: &[Dim]) -> Vec<u8> {
+    typed_value_info(name, FLOAT, dims)
+}
+
+/// A tensor's name, element type (`FLOAT`, `UINT8`, ...) and shape.
+pub fn typed_value_info(name: &str, element: i64, dims: &[Dim]) -> Vec<u8> {
     let mut shape = Encoder::new();
     for d in dims {
         let dim = match d {
@@ -101,7 +138,7 @@ pub fn value_info(name: &str, dims: &[Dim]) -> Vec<u8> {
         };
         shape = shape.bytes(1, &dim.finish());
     }
-    let tensor = Encoder::new().int(1, FLOAT).bytes(2, &shape.finish()).finish();
+    let tensor = Encoder::new().int(1, element).bytes(2, &shape.finish()).finish();
     let ty = Encoder::new().bytes(1, &tensor).finish();
     Encoder::new().string(VALUE_INFO_NAME, name).bytes(2, &ty).finish()
 }
