@@ -94,7 +94,7 @@ fn sidecar_description(backbone: &Path, bytes: &[u8]) -> Result<Vec<(String, Str
 
 /// The pixel front for this backbone, after checking that the heads' crop allows it; records
 /// the new input in `metadata`.
-fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, metadata: &mut Vec<(String, String)>) -> Result<(pixels::Front, String)> {
+fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, metadata: &mut Vec<(String, String)>) -> Result<pixels::Front> {
     if crop != Crop::Original {
         bail!("--pixel-input needs heads trained on crop original; these were trained on crop {crop}, placed from landmarks the graph does not have");
     }
@@ -108,7 +108,7 @@ fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, metadata: &mut Vec<(St
     };
     metadata.retain(|(k, _)| *k != format!("{METADATA_PREFIX}input_name"));
     metadata.extend([(format!("{METADATA_PREFIX}input_name"), PIXELS.to_string()), (format!("{METADATA_PREFIX}{PIXEL_INPUT_KEY}"), PIXEL_INPUT.to_string())]);
-    Ok((pixels::front(&spec, &replaced)?, replaced))
+    pixels::front(&spec, &replaced)
 }
 
 /// The first graph input that is not an initializer (the image input of a backbone).
@@ -154,11 +154,11 @@ fn check_heads(heads: &[HeadFile], sha: &str) -> Result<()> {
 
 /// The backbone model with its graph replaced by backbone + heads (and the pixel front, which
 /// needs opset 18 and so IR version 8 or newer).
-fn graft(model: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option<&(pixels::Front, String)>) -> Result<Vec<u8>> {
+fn graft(model: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option<&pixels::Front>) -> Result<Vec<u8>> {
     let top = fields(model)?;
     let opset = default_opset(&top)?;
     let graph = top.iter().find(|f| f.number == model_field::GRAPH).context("the file has no graph")?;
-    let new_graph = graft_graph(graph.bytes()?, heads, bottleneck, front.map(|(f, replaced)| (f, replaced.as_str(), opset)))?;
+    let new_graph = graft_graph(graph.bytes()?, heads, bottleneck, front.map(|f| (f, opset)))?;
     let mut e = Encoder::new();
     for f in &top {
         e = match f.number {
@@ -194,8 +194,8 @@ fn default_opset(top: &[Field]) -> Result<i64> {
     Ok(version)
 }
 
-/// `front`: the pixel front, the backbone input it replaces, and the backbone's opset.
-fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option<(&pixels::Front, &str, i64)>) -> Result<Vec<u8>> {
+/// `front`: the pixel front and the backbone's opset.
+fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option<(&pixels::Front, i64)>) -> Result<Vec<u8>> {
     let parts = fields(graph)?;
     let is_bottleneck =
         |f: &&Field| f.number == graph_field::OUTPUT && onnx::string(f.bytes().unwrap_or_default(), VALUE_INFO_NAME).is_ok_and(|n| n == bottleneck);
@@ -205,7 +205,7 @@ fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option
     check_names(&parts, &head_parts)?;
 
     let mut e = Encoder::new();
-    if let Some((front, _, _)) = front {
+    if let Some((front, _)) = front {
         for n in &front.nodes {
             e = e.bytes(graph_field::NODE, n);
         }
@@ -219,8 +219,8 @@ fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option
             continue;
         }
         e = match front {
-            Some((_, replaced, _)) if f.number == graph_field::INPUT && onnx::string(f.bytes()?, VALUE_INFO_NAME)? == replaced => e,
-            Some((_, _, opset)) if f.number == graph_field::NODE => {
+            Some((front, _)) if f.number == graph_field::INPUT && onnx::string(f.bytes()?, VALUE_INFO_NAME)? == front.replaces => e,
+            Some((_, opset)) if f.number == graph_field::NODE => {
                 let (node, constant) = pixels::at_opset_18(f.bytes()?, opset)?;
                 let e = e.bytes(graph_field::NODE, &node);
                 match constant {

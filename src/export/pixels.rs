@@ -21,12 +21,14 @@ pub const PIXEL_OPSET: i64 = 18;
 /// What the input takes, recorded as metadata `retrain.pixel_input` (its presence marks the model).
 pub const PIXEL_INPUT: &str = "uint8 RGB NHWC, any height and width; resize and scaling inside the graph";
 
-/// The nodes that turn `pixels` into the backbone input `target`, their constants, and the
+/// The nodes that turn `pixels` into the backbone input `replaces`, their constants, and the
 /// new graph input.
 pub struct Front {
     pub nodes: Vec<Vec<u8>>,
     pub initializers: Vec<Vec<u8>>,
     pub input: Vec<u8>,
+    /// The backbone's own input, now computed by the front.
+    pub replaces: String,
 }
 
 fn name(part: &str) -> String {
@@ -66,7 +68,7 @@ pub fn front(spec: &InputSpec, target: &str) -> Result<Front> {
         onnx::tensor_f32(&n("offset"), &[1, 3, 1, 1], &offset),
     ];
     let input = onnx::typed_value_info(PIXELS, UINT8, &[Dim::Named("N"), Dim::Named("height"), Dim::Named("width"), Dim::Fixed(3)]);
-    Ok(Front { nodes, initializers, input })
+    Ok(Front { nodes, initializers, input, replaces: target.to_string() })
 }
 
 /// Reductions whose `axes` moved from an attribute to an input at opset 18 (ReduceSum moved at 13).
@@ -75,10 +77,13 @@ const REDUCTIONS: [&str; 8] = ["ReduceMean", "ReduceMax", "ReduceMin", "ReducePr
 /// A backbone node rewritten to mean at opset 18 what it meant at `from` (>= 13): the node,
 /// and an initializer it now needs. Ops whose meaning changed in other ways are refused.
 pub fn at_opset_18(node: &[u8], from: i64) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    if from >= PIXEL_OPSET {
+        return Ok((node.to_vec(), None));
+    }
     let op = onnx::string(node, node_field::OP_TYPE)?;
     let domain = onnx::string(node, 7)?;
     let label = || format!("node '{}' ({op})", onnx::string(node, node_field::NAME).unwrap_or_default());
-    if !(domain.is_empty() || domain == "ai.onnx") || from >= PIXEL_OPSET {
+    if !(domain.is_empty() || domain == "ai.onnx") {
         return Ok((node.to_vec(), None));
     }
     let refused = (op == "RoiAlign" && from < 16) || ((op == "Split" || op == "ReduceSumSquare") && from < 18);
