@@ -62,9 +62,12 @@ class Tiny:
     def model(self, x, features, classes=3, size=7, channels=2):
         flat = self.op("Flatten", [x], "flat", axis=1)
         self.op("Gemm", [flat, self.param("fc/w", (features, classes)), self.param("fc/b", (classes,))], "logits")
+        return self.model_of("logits", classes, size, channels)
+
+    def model_of(self, logits, classes, size=7, channels=2):
         graph = helper.make_graph(self.nodes, "case",
                                   [helper.make_tensor_value_info("input", TensorProto.DOUBLE, ["N", size, size, channels])],
-                                  [helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["N", classes])],
+                                  [helper.make_tensor_value_info(logits, TensorProto.DOUBLE, ["N", classes])],
                                   self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ma.OPSET)])
         model.ir_version = 8
@@ -153,6 +156,20 @@ def case_gemm_relu_dropout():
     return t.model(x, 6)
 
 
+def case_multitask():
+    """Three task layers on one feature (two class tasks and five 2-d landmarks): each task's
+    loss, its weight, unknown labels (-1) left out."""
+    t = Tiny(10)
+    flat = t.op("Flatten", [t.conv(nchw(t), "conv", 2, 2, 1)], "flat", axis=1)
+    tasks = [("a", "classes", 2, 1.0), ("b", "classes", 3, 0.5), ("points", "landmarks", 10, 2.0)]
+    heads = [t.op("Gemm", [flat, t.param(f"{n}/w", (98, w)), t.param(f"{n}/b", (w,))], f"task/{n}") for n, _, w, _ in tasks]
+    t.op("Concat", heads, "logits", axis=1)
+    model = t.model_of("logits", 15)
+    model.metadata_props.add(key="retrain.tasks", value=json.dumps(
+        [{"name": n, "kind": k, "tensor": f"task/{n}", "width": w, "weight": wt} for n, k, w, wt in tasks]))
+    return model
+
+
 CASES = {
     "Conv (valid)": (case_conv_valid, ["Conv"]),
     "Conv (padded 5x5)": (case_conv_padded, ["Conv", "Pad"]),
@@ -166,6 +183,7 @@ CASES = {
     "MaxPool 3x3/1 pad 1": (case_maxpool_3x3_same, ["MaxPool"]),
     "Concat": (case_concat, ["Concat"]),
     "Gemm, Flatten, Dropout mask (Mul)": (case_gemm_relu_dropout, ["Gemm", "Flatten", "Dropout"]),
+    "Multi-task loss (classes, landmarks, unknown labels)": (case_multitask, ["Gemm", "Sub", "Add"]),
 }
 # Cases with many parameters check a random sample of coordinates per tensor.
 SAMPLED = {"Conv weight adjoint per offset (32 channels)": 40, "Conv input adjoint as flipped Conv (35x35)": 40}
@@ -179,11 +197,20 @@ EXERCISES = {"Conv (valid)": "patches", "Conv input adjoint (ConvTranspose)": "d
 LOSS_OPS = ["LogSoftmax", "Mul", "ReduceSum", "Div", "Neg", "Max"]
 
 
+NETWORK_NAMES = ("tcdcn", "cascade_cnn", scratch_nets.MULTITASK_NAME)
+
+
 def feeds_for(model_inputs, masks, rng, batch, dtype):
     feeds = {}
     for name, shape in model_inputs.items():
-        if name == ma.LABELS:
+        if name == ma.LABELS and len(shape) == 2:
+            # every class task's column, one unknown (-1) in the first
+            feeds[name] = rng.integers(0, 2, shape).astype(np.int64)
+            feeds[name][0, 0] = -1
+        elif name == ma.LABELS:
             feeds[name] = rng.integers(0, 3, batch).astype(np.int64) % 2
+        elif name == ma.TARGETS:
+            feeds[name] = rng.uniform(0, 1, shape).astype(dtype)
         elif name == ma.WEIGHTS:
             feeds[name] = np.array([1.0, 0.5][:batch] + [1.0] * (batch - 2), dtype)
     for mask in masks:
@@ -278,6 +305,31 @@ def check_case(forward, batch=BATCH, coords=None, seed=0, evaluator=reference_ev
     return worst
 
 
+def multitask_loss_matches_numpy(seed=0):
+    """The multi-task loss graph against the formula written in numpy (relative error)."""
+    forward = case_multitask()
+    trainable = ma.select_trainable(forward, None)
+    model, masks, _ = ma.loss_model(forward, trainable, BATCH)
+    rng = np.random.default_rng(seed)
+    shapes = input_shapes(model)
+    feeds = feeds_for(shapes, masks, rng, BATCH, np.float64)
+    feeds["input"] = rng.normal(0, 1, shapes["input"])
+    params = {t.name: numpy_helper.to_array(t) for t in forward.graph.initializer if t.name in trainable}
+    got = reference_evaluator(model).run([ma.LOSS], {**feeds, **params})[0]
+    names = ["task/a", "task/b", "task/points"]
+    heads = dict(zip(names, ReferenceEvaluator(forward).run(names, {"input": feeds["input"]})))
+    w, labels, want = feeds[ma.WEIGHTS], feeds[ma.LABELS], 0.0
+    for k, (name, weight) in enumerate([("a", 1.0), ("b", 0.5)]):
+        z = heads[f"task/{name}"]
+        logp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+        known = labels[:, k] >= 0
+        ce = -np.array([logp[i, labels[i, k]] if known[i] else 0.0 for i in range(BATCH)])
+        want += weight * (w * ce).sum() / (w * known).sum()
+    err = ((heads["task/points"] - feeds[ma.TARGETS]) ** 2).sum(1)
+    want += 2.0 * 0.5 * (w * err).sum() / w.sum()
+    return abs(float(got) - want) / abs(want)
+
+
 def to_float64(model):
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
@@ -343,14 +395,16 @@ def main(argv=None):
                          evaluator=OrtEvaluator if "on ORT" in label else reference_evaluator)
         covered.update(ops)
         results.append({"case": label, "dtype": "float64", "max_rel_error": err, "tolerance": TOLERANCE_F64})
-    used = differentiated_ops("tcdcn") | differentiated_ops("cascade_cnn")
+    used = set().union(*(differentiated_ops(n) for n in NETWORK_NAMES))
     # Dropout became a Mul in the loss graph; Flatten is covered by every case.
     missing = sorted(used - covered - {"Mul"})
     if missing:
         failed = True
         print(f"op types used by the networks but not checked: {missing}")
+    results.append({"case": "Multi-task loss value vs numpy", "dtype": "float64",
+                    "max_rel_error": multitask_loss_matches_numpy(), "tolerance": TOLERANCE_F64})
     if not args.skip_networks:
-        for name in ("tcdcn", "cascade_cnn"):
+        for name in NETWORK_NAMES:
             results.append({"case": f"{name} gradient.onnx on ORT vs float64", "dtype": "float32",
                             "max_rel_error": check_network(name), "tolerance": TOLERANCE_F32})
     for r in results:

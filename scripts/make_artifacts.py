@@ -10,7 +10,8 @@ them from Rust.  The folder written:
   forward.onnx     the forward graph as given (export writes trained weights back into it)
   train_step.onnx  forward + softmax cross-entropy + backward (onnx-ad reverse mode) + optimizer
                    update, for a FIXED batch (reverse mode needs declared input shapes for Conv
-                   and pooling).  Inputs: the image batch, `labels` int64 [B], `weights` [B]
+                   and pooling).  Inputs: the image batch, `labels` int64 [B] ([B, T] and a
+                   `targets` [B, 10] input for a multi-task graph, see add_multitask_loss), `weights` [B]
                    (0 for padding rows of a short last batch), one `dropout_mask:<node>` per
                    Dropout node (values 0 or 1/(1-ratio), drawn by the caller from its seed),
                    `lr` and `step` (float scalars; step counts from 1), the trainable
@@ -55,7 +56,7 @@ FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "retrain-train-checkpoint"
 CHECKPOINT_VERSION = 1
 OPSET = 17
-LABELS, WEIGHTS, LR, STEP = "labels", "weights", "lr", "step"
+LABELS, WEIGHTS, LR, STEP, TARGETS = "labels", "weights", "lr", "step", "targets"
 LOSS, CORRECT, LOGITS = "loss", "correct", "logits"
 MASK_PREFIX, UPDATED_PREFIX, GRAD_PREFIX = "dropout_mask:", "updated:", "grad:"
 ACC_PREFIX, ACCUMULATED_PREFIX, ACC_FIRST, ACC_SCALE = "acc:", "accumulated:", "acc_first", "acc_scale"
@@ -215,15 +216,108 @@ def add_loss(model, logits, classes):
                          helper.make_tensor_value_info(CORRECT, dtype, [])])
 
 
+def tasks_of(forward):
+    """The forward graph's tasks (`retrain.tasks` metadata, written by scratch_nets.py for
+    the multi-task TCDCN), or None for a one-attribute graph."""
+    text = {p.key: p.value for p in forward.metadata_props}.get("retrain.tasks")
+    if text is None:
+        return None
+    tasks = json.loads(text)
+    for t in tasks:
+        if t["kind"] not in ("classes", "landmarks"):
+            raise SystemExit(f"task {t['name']}: unknown kind '{t['kind']}' (classes or landmarks)")
+    return tasks
+
+
+def add_multitask_loss(model, tasks):
+    """loss = sum_t weight_t * loss_t over the tasks' own output tensors.  A class task t reads
+    column t of `labels` int64 [B, T] (T class tasks; -1 = unknown, left out of its mean);
+    loss_t is its weighted mean cross-entropy over the rows that know it.  The landmark task
+    reads `targets` [B, 10]: 0.5 x the squared error summed over the coordinates, weighted
+    mean over rows.  `correct` = the weighted right answers summed over class tasks / T, so
+    correct / rows is the mean accuracy."""
+    graph = model.graph
+    dtype = elem_type(model)
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_value
+    classes = [t for t in tasks if t["kind"] == "classes"]
+    values = [t for t in tasks if t["kind"] == "landmarks"]
+    graph.input.append(helper.make_tensor_value_info(LABELS, TensorProto.INT64, [batch, len(classes)]))
+    graph.input.append(helper.make_tensor_value_info(WEIGHTS, dtype, [batch]))
+    if values:
+        graph.input.append(helper.make_tensor_value_info(TARGETS, dtype, [batch, sum(t["width"] for t in values)]))
+
+    def const(name, value, t=dtype):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=NUMPY.get(t, np.int64)), name))
+        return name
+
+    def n(op, inputs, out, **attrs):
+        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    axis1 = const("loss/axis1", [1], TensorProto.INT64)
+    tiny = const("loss/tiny", 1e-12)
+    weight_sum = n("Max", [n("ReduceSum", [WEIGHTS], "loss/weight_sum", keepdims=0), tiny], "loss/norm")
+    terms, hits = [], []
+    for k, t in enumerate(classes):
+        p = f"loss/{t['name']}"
+        column = n("Gather", [LABELS, const(f"{p}/column", k, TensorProto.INT64)], f"{p}/label", axis=1)
+        ids = const(f"{p}/class_ids", np.arange(t["width"]), TensorProto.INT64)
+        onehot = n("Cast", [n("Equal", [n("Unsqueeze", [column, axis1], f"{p}/label_column"), ids], f"{p}/is_label")],
+                   f"{p}/onehot", to=dtype)
+        known = n("Mul", [n("ReduceSum", [onehot, axis1], f"{p}/known", keepdims=0), WEIGHTS], f"{p}/known_weight")
+        logp = n("LogSoftmax", [t["tensor"]], f"{p}/log_softmax", axis=-1)
+        picked = n("ReduceSum", [n("Mul", [onehot, logp], f"{p}/picked_all"), axis1], f"{p}/picked", keepdims=0)
+        total = n("ReduceSum", [n("Mul", [picked, WEIGHTS], f"{p}/weighted")], f"{p}/total", keepdims=0)
+        norm = n("Max", [n("ReduceSum", [known], f"{p}/known_sum", keepdims=0), tiny], f"{p}/norm")
+        mean = n("Neg", [n("Div", [total, norm], f"{p}/mean")], f"{p}/cross_entropy")
+        terms.append(n("Mul", [mean, const(f"{p}/task_weight", t["weight"])], f"{p}/term"))
+        hit = n("Equal", [n("ArgMax", [t["tensor"]], f"{p}/argmax", axis=-1, keepdims=0), column], f"{p}/hit")
+        hits.append(n("ReduceSum", [n("Mul", [n("Cast", [hit], f"{p}/hitf", to=dtype), known], f"{p}/hitw")],
+                      f"{p}/correct", keepdims=0))
+    offset = 0
+    for t in values:
+        p = f"loss/{t['name']}"
+        starts, ends = const(f"{p}/start", [offset], TensorProto.INT64), const(f"{p}/end", [offset + t["width"]], TensorProto.INT64)
+        target = n("Slice", [TARGETS, starts, ends, axis1], f"{p}/target")
+        offset += t["width"]
+        diff = n("Sub", [t["tensor"], target], f"{p}/diff")
+        sq = n("ReduceSum", [n("Mul", [diff, diff], f"{p}/squared"), axis1], f"{p}/row_error", keepdims=0)
+        total = n("ReduceSum", [n("Mul", [sq, WEIGHTS], f"{p}/weighted")], f"{p}/total", keepdims=0)
+        half = const(f"{p}/half_weight", 0.5 * t["weight"])
+        terms.append(n("Mul", [n("Div", [total, weight_sum], f"{p}/mean"), half], f"{p}/term"))
+
+    def add_all(names, out):
+        acc = names[0]
+        for i, x in enumerate(names[1:], 1):
+            acc = n("Add", [acc, x], out if i == len(names) - 1 else f"{out}/{i}")
+        if acc != out:
+            n("Identity", [acc], out)
+        return out
+
+    add_all(terms, LOSS)
+    if hits:
+        n("Div", [add_all(hits, "loss/correct_sum"), const("loss/class_tasks", float(len(hits)))], CORRECT)
+    else:
+        const(CORRECT, 0.0)
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info(LOSS, dtype, []),
+                         helper.make_tensor_value_info(CORRECT, dtype, [])])
+
+
 def loss_model(forward, trainable, batch, logits=LOGITS):
-    """The forward graph with parameters as inputs, dropout masks and the loss on top."""
+    """The forward graph with parameters as inputs, dropout masks and the loss on top (the
+    tasks' losses for a multi-task graph)."""
     shapes = static_shapes(promote_params(forward, [], 1))
     if logits not in shapes:
         raise SystemExit(f"the forward graph has no tensor '{logits}' (the class scores)")
     classes = shapes[logits][-1]
     model = promote_params(forward, trainable, batch)
     masks = dropout_to_masks(model)
-    add_loss(model, logits, classes)
+    tasks = tasks_of(forward)
+    if tasks:
+        add_multitask_loss(model, tasks)
+    else:
+        add_loss(model, logits, classes)
     prune_unused(model)
     return model, masks, classes
 
@@ -543,6 +637,7 @@ def generate(forward_path, out, *, batch, optimizer, trainable_patterns=None, hy
     out.mkdir(parents=True, exist_ok=True)
 
     gradient, masks, classes = gradient_model(forward, trainable, batch, fast)
+    tasks = tasks_of(forward) or []
     step = copy.deepcopy(gradient)
     add_update(step, optimizer, defaults, trainable, masks)
     evaluation = eval_model(forward, trainable, logits)
@@ -572,7 +667,9 @@ def generate(forward_path, out, *, batch, optimizer, trainable_patterns=None, hy
         "image": image_layout(forward),
         "description": description(forward),
         "dtype": "float32" if elem_type(forward) == TensorProto.FLOAT else "float64",
-        "inputs": {"labels": LABELS, "weights": WEIGHTS, "lr": LR, "step": STEP},
+        "inputs": {"labels": LABELS, "weights": WEIGHTS, "lr": LR, "step": STEP,
+                   **({"targets": TARGETS} if any(t["kind"] == "landmarks" for t in tasks) else {})},
+        "tasks": tasks,
         "outputs": {"loss": LOSS, "correct": CORRECT, "logits": logits},
         "dropout_masks": masks,
         "optimizer": {"name": optimizer, **defaults},

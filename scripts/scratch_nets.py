@@ -8,6 +8,10 @@
                          3x3x80, fc 256 ReLU (`bottleneck`, the shared feature vector),
                          dropout 0.4 (identity here; scripts/make_artifacts.py makes it a mask
                          input in the training graph), class layer
+  onnx/tcdcn_multitask.onnx  the same trunk with a layer per task on the 256-d feature: the five
+                         landmarks (`landmarks`, 0..1 of the crop) and gender, smile, glasses,
+                         pose (`probabilities:ATTRIBUTE`); `logits` concatenates them, and the
+                         metadata `retrain.tasks` lists each task's kind, width and loss weight
 
 Outputs of both: `bottleneck`, `logits`, `probabilities`.  Convolution kernels and fully
 connected layers are He-normal (ReLU follows them), the class layer Glorot-uniform, biases 0;
@@ -17,6 +21,7 @@ one numpy Generator seeded with --seed draws them in graph order, so a rerun giv
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -130,6 +135,57 @@ def tcdcn(seed, classes):
 
 NETWORKS = {"cascade_cnn": cascade_cnn, "tcdcn": tcdcn}
 
+# Zhang et al.'s multi-task TCDCN: the five landmarks (x1..x5, y1..y5, each divided by the
+# crop's width or height, so 0..1 across the model input) regressed beside MTFL's four
+# attributes, all on the shared 256-d feature.  (name, kind, width, loss weight): the landmark
+# loss is 0.5 x the squared error summed over the ten coordinates, about 0.01 for a face
+# whose landmarks are off by 5% of the crop, so it weighs 100 to count as much as an
+# attribute's cross-entropy.
+MULTITASK = [("landmarks", "landmarks", 10, 100.0), ("gender", "classes", 2, 1.0),
+             ("smile", "classes", 2, 1.0), ("glasses", "classes", 2, 1.0), ("pose", "classes", 5, 1.0)]
+MULTITASK_NAME = "tcdcn_multitask"
+
+
+def tcdcn_multitask(seed):
+    """TCDCN's trunk and 256-d feature with one linear layer per task; `logits` is their
+    concatenation (landmarks first), the tensor every retrain graph reads."""
+    net, size, hidden = tcdcn(seed, 2)
+    # drop the single class layer: each task gets its own
+    net.nodes = [n for n in net.nodes if not n.output[0].startswith("logits")]
+    net.initializers = [t for t in net.initializers if not t.name.startswith("logits/")]
+    heads = []
+    for name, kind, width, _ in MULTITASK:
+        head = net.dense("dropout", f"task/{name}", hidden, width, relu=False)
+        if kind == "landmarks":
+            # start at the middle of the crop, where the mean face's landmarks are
+            net.initializers[-1] = numpy_helper.from_array(np.full(width, 0.5, np.float32), f"task/{name}/bias")
+        heads.append(head)
+    net.add("Concat", heads, "logits", axis=1)
+    outputs = [("bottleneck", hidden), ("logits", sum(t[2] for t in MULTITASK))]
+    for (name, kind, width, _), head in zip(MULTITASK, heads):
+        if kind == "classes":
+            outputs.append((f"probabilities:{name}", width))
+            net.add("Softmax", [head], f"probabilities:{name}", axis=-1)
+        else:
+            outputs.append((name, width))
+            net.add("Identity", [head], name)
+    graph = helper.make_graph(
+        net.nodes, MULTITASK_NAME,
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", w]) for n, w in outputs],
+        net.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name=f"retrain {CONVERTER}")
+    model.ir_version = 8
+    fields = retrain_fields(input_name=INPUT, layout="NHWC", height=size, width=size, mean=MEAN,
+                            std=STD, bottleneck="bottleneck", labels=None,
+                            source=f"{MULTITASK_NAME}, untrained (seed {seed})", converter=CONVERTER)
+    fields["tasks"] = json.dumps([{"name": n, "kind": k, "tensor": f"task/{n}", "width": w, "weight": wt}
+                                  for n, k, w, wt in MULTITASK])
+    helper.set_model_props(model, metadata_props(fields))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
 
 def finish(net, name, size, hidden, classes, seed):
     net.add("Softmax", ["logits"], "probabilities", axis=-1)
@@ -151,6 +207,8 @@ def finish(net, name, size, hidden, classes, seed):
 
 
 def build(name, seed=0, classes=2):
+    if name == MULTITASK_NAME:
+        return tcdcn_multitask(seed)
     net, size, hidden = NETWORKS[name](seed, classes)
     return finish(net, name, size, hidden, classes, seed)
 
@@ -162,7 +220,7 @@ def main(argv=None):
     parser.add_argument("--classes", type=int, default=2)
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name in NETWORKS:
+    for name in [*NETWORKS, MULTITASK_NAME]:
         model = build(name, args.seed, args.classes)
         path = args.out_dir / f"{name}.onnx"
         onnx.save(model, path)

@@ -21,7 +21,8 @@ fn gradient_checks_pass_for_every_differentiated_op() {
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(out.status.success(), "gradient check failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for case in ["Conv (valid)", "MaxPool 2x2/2", "MaxPool 3x3/1 pad 1", "Concat", "Relu", "Gemm", "tcdcn", "cascade_cnn"] {
+    for case in ["Conv (valid)", "MaxPool 2x2/2", "MaxPool 3x3/1 pad 1", "Concat", "Relu", "Gemm", "tcdcn", "cascade_cnn", "Multi-task loss", "tcdcn_multitask"]
+    {
         assert!(text.contains(case), "no result for {case}");
     }
 }

@@ -88,6 +88,16 @@ pub struct MemoryEstimate {
     pub activation_bytes_per_image: u64,
 }
 
+/// What one output of a multi-task graph predicts (`retrain.tasks` of the forward graph).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Task {
+    pub name: String,
+    /// `classes` (an attribute's scores) or `landmarks` (coordinates regressed).
+    pub kind: String,
+    pub width: usize,
+    pub weight: f64,
+}
+
 /// manifest.json, as scripts/make_artifacts.py writes it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -112,6 +122,9 @@ pub struct Manifest {
     pub accumulation: Option<AccumulationNames>,
     #[serde(default)]
     pub memory: Option<MemoryEstimate>,
+    /// The tasks of a multi-task graph; empty for one attribute.
+    #[serde(default)]
+    pub tasks: Vec<Task>,
     pub checkpoint: String,
 }
 
@@ -136,6 +149,10 @@ impl Artifacts {
         }
         if manifest.dtype != "float32" {
             bail!("{}: dtype {} — the driver trains float32 graphs only", path.display(), manifest.dtype);
+        }
+        if !manifest.tasks.is_empty() {
+            let names: Vec<&str> = manifest.tasks.iter().map(|t| t.name.as_str()).collect();
+            bail!("{}: multi-task artifacts ({}): retrain train drives one-attribute graphs only, for now", path.display(), names.join(", "));
         }
         let artifacts = Artifacts { dir: dir.to_path_buf(), manifest, sha256: hex::encode(Sha256::digest(&bytes)) };
         for name in ["forward", "train_step", "eval"] {
