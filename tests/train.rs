@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{make_artifacts, python, repo, retrain, retrain_fault, same_training_run, stderr, stdout, tell, tiny_mtfl, train_args};
+use common::{make_artifacts, multitask_artifacts, python, repo, retrain, retrain_fault, same_training_run, stderr, stdout, tell, tiny_mtfl, train_args};
 use retrain::train::checkpoint::Checkpoint;
 
 fn s(p: &Path) -> &str {
@@ -147,6 +147,24 @@ fn bad_artifacts_are_refused_before_training() {
     let o = retrain(&train_args(s(&art2), s(&mtfl), s(&out), "1"));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("eval.onnx has sha256"), "{}", stderr(&o));
+}
+
+#[test]
+fn multi_task_artifacts_list_their_tasks_and_are_refused_by_train_by_name() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let art = multitask_artifacts(&py, tmp.path());
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(art.join("manifest.json")).unwrap()).unwrap();
+    let tasks: Vec<&str> = manifest["tasks"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(tasks, ["landmarks", "gender", "smile", "glasses", "pose"]);
+    assert_eq!(manifest["classes"], 21, "logits: 10 landmark coordinates + 2 + 2 + 2 + 5 classes");
+    assert_eq!(manifest["inputs"]["targets"], "targets");
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 6);
+    let out = tmp.path().join("run");
+    let o = retrain(&train_args(s(&art), s(&mtfl), s(&out), "1"));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("multi-task artifacts (landmarks, gender, smile, glasses, pose)"), "{}", stderr(&o));
+    assert!(!out.join("history.csv").exists(), "training started");
 }
 
 #[test]

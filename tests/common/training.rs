@@ -18,6 +18,15 @@ pub fn make_artifacts(py: &Path, out: &Path, batch: usize, optimizer: &str) -> P
     out.to_path_buf()
 }
 
+/// Artifacts of the multi-task TCDCN (`scripts/scratch_nets.py` into `out`/nets), batch 4.
+pub fn multitask_artifacts(py: &Path, out: &Path) -> PathBuf {
+    let nets = out.join("nets");
+    run_python(py, &["scripts/scratch_nets.py", "--out-dir", nets.to_str().unwrap()]);
+    let art = out.join("art");
+    run_python(py, &["scripts/make_artifacts.py", nets.join("tcdcn_multitask.onnx").to_str().unwrap(), "--out", art.to_str().unwrap(), "--batch", "4"]);
+    art
+}
+
 /// Fine-tuning artifacts of TCDCN with a new 2-way head, batch 8, micro-batches 8, 4, 2.
 pub fn tcdcn_finetune(py: &Path, out: &Path) -> PathBuf {
     run_python(
