@@ -179,6 +179,20 @@ def dropout_ratio(model, node):
     raise SystemExit(f"Dropout '{node.name}': ratio '{node.input[1]}' is not an initializer")
 
 
+def loss_writers(graph, dtype):
+    """const(name, value[, type]) adds an initializer, n(op, inputs, out, **attrs) a node named
+    after its one output; both return the name."""
+    def const(name, value, t=dtype):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=NUMPY.get(t, np.int64)), name))
+        return name
+
+    def n(op, inputs, out, **attrs):
+        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    return const, n
+
+
 def add_loss(model, logits, classes):
     """loss = -sum_i w_i * log_softmax(logits_i)[label_i] / max(sum_i w_i, 1e-12); `correct`
     = sum_i w_i * [argmax logits_i == label_i].  Written out in plain ops: onnx-ad has no
@@ -189,13 +203,7 @@ def add_loss(model, logits, classes):
     batch = batch.dim_value if batch.HasField("dim_value") else "N"
     graph.input.append(helper.make_tensor_value_info(LABELS, TensorProto.INT64, [batch]))
     graph.input.append(helper.make_tensor_value_info(WEIGHTS, dtype, [batch]))
-    def const(name, value, t=dtype):
-        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=NUMPY.get(t, np.int64)), name))
-        return name
-
-    def n(op, inputs, out, **attrs):
-        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+    const, n = loss_writers(graph, dtype)
 
     class_ids = const("loss/class_ids", np.arange(classes), TensorProto.INT64)
     axis1 = const("loss/axis1", [1], TensorProto.INT64)
@@ -246,13 +254,7 @@ def add_multitask_loss(model, tasks):
     if values:
         graph.input.append(helper.make_tensor_value_info(TARGETS, dtype, [batch, sum(t["width"] for t in values)]))
 
-    def const(name, value, t=dtype):
-        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=NUMPY.get(t, np.int64)), name))
-        return name
-
-    def n(op, inputs, out, **attrs):
-        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+    const, n = loss_writers(graph, dtype)
 
     axis1 = const("loss/axis1", [1], TensorProto.INT64)
     tiny = const("loss/tiny", 1e-12)

@@ -169,27 +169,19 @@ def tcdcn_multitask(seed):
         else:
             outputs.append((name, width))
             net.add("Identity", [head], name)
-    graph = helper.make_graph(
-        net.nodes, MULTITASK_NAME,
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", w]) for n, w in outputs],
-        net.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name=f"retrain {CONVERTER}")
-    model.ir_version = 8
-    fields = retrain_fields(input_name=INPUT, layout="NHWC", height=size, width=size, mean=MEAN,
-                            std=STD, bottleneck="bottleneck", labels=None,
-                            source=f"{MULTITASK_NAME}, untrained (seed {seed})", converter=CONVERTER)
-    fields["tasks"] = json.dumps([{"name": n, "kind": k, "tensor": f"task/{n}", "width": w, "weight": wt}
-                                  for n, k, w, wt in MULTITASK])
-    helper.set_model_props(model, metadata_props(fields))
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    tasks = [{"name": n, "kind": k, "tensor": f"task/{n}", "width": w, "weight": wt} for n, k, w, wt in MULTITASK]
+    return to_model(net, MULTITASK_NAME, size, outputs, seed, tasks=json.dumps(tasks))
 
 
 def finish(net, name, size, hidden, classes, seed):
     net.add("Softmax", ["logits"], "probabilities", axis=-1)
     outputs = [("bottleneck", hidden), ("logits", classes), ("probabilities", classes)]
+    return to_model(net, name, size, outputs, seed)
+
+
+def to_model(net, name, size, outputs, seed, **extra_fields):
+    """The checked model of `net`'s graph: NHWC `input`, the named [N, width] outputs, and
+    retrain's description (plus `extra_fields`) in the metadata."""
     graph = helper.make_graph(
         net.nodes, name,
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
@@ -201,6 +193,7 @@ def finish(net, name, size, hidden, classes, seed):
     fields = retrain_fields(input_name=INPUT, layout="NHWC", height=size, width=size, mean=MEAN,
                             std=STD, bottleneck="bottleneck", labels=None,
                             source=f"{name}, untrained (seed {seed})", converter=CONVERTER)
+    fields.update(extra_fields)
     helper.set_model_props(model, metadata_props(fields))
     onnx.checker.check_model(model, full_check=True)
     return model
