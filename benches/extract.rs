@@ -185,7 +185,9 @@ fn preprocessing_per_core(a: &Args) {
             let resized = image::imageops::resize(&rgb, pre.input.width, pre.input.height, image::imageops::FilterType::Triangle);
             write_tensor(&resized, &pre.input, out);
         });
-        let after = per_second(samples, len, |s, out| pre.load_into(s, out).expect("load"));
+        let after = per_second(samples, len, |s, out| {
+            pre.load_into(s, out).expect("load");
+        });
         println!(
             "preprocessing on one core, {what} ({} images): image crate {before:.1} images/s, libjpeg-turbo + fast_image_resize {after:.1} images/s",
             samples.len()

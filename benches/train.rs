@@ -143,7 +143,8 @@ fn bench(net: &str, a: &Args) {
     let mut r = Rng::stream(1, 0, 0);
     let images: Vec<f32> = (0..a.batch * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();
     let masks: Vec<Vec<f32>> = m.dropout_masks.iter().map(|d| rng::dropout_mask(d.shape.iter().product(), d.ratio, 1, 1, 0)).collect();
-    let batch = Batch { images: images.clone(), labels: (0..a.batch as i64).map(|i| i % 2).collect(), weights: vec![1.0; a.batch], masks: &masks };
+    let batch =
+        Batch { images: images.clone(), labels: (0..a.batch as i64).map(|i| i % 2).collect(), targets: Vec::new(), weights: vec![1.0; a.batch], masks: &masks };
     let mut step = 0;
     let engine = std::cell::RefCell::new(engine);
     let (forward, train) = interleaved(
@@ -207,6 +208,7 @@ fn bench_inception(micro: usize, a: &Args) {
         .map(|k| Batch {
             images: images.clone(),
             labels: (0..micro as i64).map(|i| i % 2).collect(),
+            targets: Vec::new(),
             weights: (0..micro).map(|j| if k * micro + j < BATCH { 1.0 } else { 0.0 }).collect(),
             masks: &masks,
         })

@@ -92,6 +92,35 @@ impl Distortions {
         }
     }
 
+    /// Moves landmarks (x1..x5, y1..y5 as fractions of the image tensor's width and height)
+    /// with the pixels that [`Distortions::apply`] moves for the same `seed`: into the
+    /// resampled window, and mirrored (left and right eyes and mouth corners swapped) by a flip.
+    pub fn move_landmarks(&self, points: &mut [f32], spec: &InputSpec, seed: u64) {
+        assert_eq!(points.len(), 10, "landmarks are x1..x5, y1..y5");
+        if !self.flip && !self.resamples() {
+            return;
+        }
+        let draws = Draws::new(seed);
+        if self.resamples() {
+            let win = self.window(spec, &draws);
+            let (sw, sh) = (spec.width as f32, spec.height as f32);
+            for j in 0..5 {
+                points[j] = (points[j] * sw - win.x) / win.w;
+                points[j + 5] = (points[j + 5] * sh - win.y) / win.h;
+            }
+        }
+        if self.flip && draws.flip {
+            for x in &mut points[..5] {
+                *x = 1.0 - *x;
+            }
+            // MTFL order: left eye, right eye, nose, left mouth corner, right mouth corner
+            for (a, b) in [(0, 1), (3, 4)] {
+                points.swap(a, b);
+                points.swap(a + 5, b + 5);
+            }
+        }
+    }
+
     fn resamples(&self) -> bool {
         self.crop_percent != 0.0 || self.scale_percent != 0.0
     }

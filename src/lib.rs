@@ -14,6 +14,7 @@ pub mod fault;
 pub mod finetune;
 pub mod head;
 pub mod interrupt;
+pub mod locate;
 pub mod metrics;
 pub mod model;
 pub mod onnx;

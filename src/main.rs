@@ -252,6 +252,13 @@ struct PredictArgs {
     /// Override the crop recorded in the model (original, nose, nose:SIZE).
     #[arg(long)]
     crop: Option<Crop>,
+    /// A landmark model (`retrain train` on multi-task artifacts): it places the landmarks the
+    /// nose and face crops need, replacing any of the list's, so plain photos get every crop.
+    #[arg(long)]
+    landmarks: Option<PathBuf>,
+    /// Passes of the landmark model: the whole image, then its own crop placed from the estimate.
+    #[arg(long, default_value_t = 2)]
+    landmark_passes: usize,
     /// Output: .csv or .json.
     #[arg(long)]
     out: PathBuf,
@@ -371,12 +378,16 @@ struct TrainArgs {
     /// MTFL folder (holding training.txt, testing.txt and the images).
     #[arg(long)]
     mtfl: PathBuf,
-    /// gender, smile, glasses or pose.
+    /// gender, smile, glasses or pose; `all` for multi-task artifacts (every task at once).
     #[arg(long)]
     attribute: String,
     /// original (whole image), nose (150x150 around the nose landmark; nose:SIZE for another size) or face (a square 3.2 eye-to-mouth distances wide on the landmarks; face:SCALE).
     #[arg(long, default_value = "original")]
     crop: Crop,
+    /// The crop of the test images [default: --crop]: `original` scores a model trained on
+    /// face crops on MTFL's test images as they are (already face crops), without their landmarks.
+    #[arg(long)]
+    test_crop: Option<Crop>,
     /// Train until this many epochs are complete.
     #[arg(long, default_value_t = 10)]
     epochs: u64,
@@ -689,6 +700,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         mtfl: a.mtfl,
         attribute: a.attribute,
         crop: a.crop,
+        test_crop: a.test_crop.unwrap_or(a.crop),
         epochs: a.epochs,
         lr: a.lr,
         schedule: Schedule { patience: a.patience, lr_decay: a.lr_decay, lr_decay_every: a.lr_decay_every },
@@ -817,6 +829,11 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     let config = a.stream.run.config();
     let mut model = Model::load(&a.model, &config, None)?;
     eprintln!("{}", runtime::describe_provider(&config));
+    if let Some(path) = &a.landmarks {
+        let mut locator = retrain::locate::Locator::load(path, &config)?;
+        // unreadable images are reported once, by predict below
+        locator.locate(&mut samples, a.landmark_passes, a.stream.batch, a.stream.decode_threads, !a.stream.quiet)?;
+    }
     let opts = PredictOptions { crop: a.crop, batch: a.stream.batch, decode_threads: a.stream.decode_threads, show_progress: !a.stream.quiet };
     let summary = predict::predict(&mut model, &samples, &opts)?;
     summary.table.write(&a.out)?;

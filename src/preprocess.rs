@@ -165,14 +165,48 @@ impl Preprocess {
         Ok(Description::parse(description)?.crop)
     }
 
-    /// Decodes, crops, resizes and scales one image into `out` (length `input.image_len()`).
-    pub fn load_into(&self, sample: &Sample, out: &mut [f32]) -> Result<()> {
+    /// Decodes, crops, resizes and scales one image into `out` (length `input.image_len()`);
+    /// returns the crop window in the image's own pixels.
+    pub fn load_into(&self, sample: &Sample, out: &mut [f32]) -> Result<Window> {
         let (w, h) = (self.input.width, self.input.height);
-        let window = |iw, ih| window(self.crop, sample, iw, ih);
+        let kept = std::cell::Cell::new(None);
+        let window = |iw, ih| {
+            let win = window(self.crop, sample, iw, ih)?;
+            kept.set(Some(Window::from(win)));
+            Ok(win)
+        };
         let source = pixels::decode_window(&sample.path, window, (w, h))?;
         let resized = pixels::resize(source, (w, h), self.input.resize).with_context(|| format!("image {}", sample.path.display()))?;
         write_tensor(&resized, &self.input, out);
-        Ok(())
+        Ok(kept.get().expect("the decoder asks for the window"))
+    }
+}
+
+/// A crop window in an image's own pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+impl From<(u32, u32, u32, u32)> for Window {
+    fn from((x, y, w, h): (u32, u32, u32, u32)) -> Window {
+        Window { x: x as f32, y: y as f32, w: w as f32, h: h as f32 }
+    }
+}
+
+impl Window {
+    /// MTFL landmarks (x1..x5, y1..y5, image pixels) as fractions of this window's width and
+    /// height: what a landmark task regresses, whatever the crop.
+    pub fn to_fractions(&self, landmarks: &[f32; 10]) -> [f32; 10] {
+        std::array::from_fn(|j| if j < 5 { (landmarks[j] - self.x) / self.w } else { (landmarks[j] - self.y) / self.h })
+    }
+
+    /// Fractions of the window back to image pixels.
+    pub fn to_pixels(&self, fractions: &[f32]) -> [f32; 10] {
+        std::array::from_fn(|j| if j < 5 { self.x + fractions[j] * self.w } else { self.y + fractions[j] * self.h })
     }
 }
 

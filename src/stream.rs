@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::cache::Skip;
 use crate::dataset::Sample;
-use crate::preprocess::{self, Preprocess};
+use crate::preprocess::{self, Preprocess, Window};
 
 /// How the images of a batch are made ready for the model.
 pub trait Load: Sync {
@@ -104,13 +104,25 @@ pub fn decode_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
 /// Loads `samples[i]` for each `i` of `chunk` in parallel. Returns the input tensor of the
 /// images that loaded (in order), their indices, and a [`Skip`] (`key<TAB>reason`) for the others.
 pub fn load_batch(pool: &rayon::ThreadPool, pre: &Preprocess, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skip>) {
-    let len = pre.input.image_len();
-    let mut tensor = vec![0f32; chunk.len() * len];
-    let results: Vec<Result<()>> =
-        pool.install(|| tensor.par_chunks_mut(len).zip(chunk.par_iter()).map(|(slot, &i)| pre.load_into(&samples[i], slot)).collect());
-    let (good, failures) = sort_out(samples, chunk, &results);
-    compact(&mut tensor, chunk, &good, len);
+    let ((tensor, _), good, failures) = WithWindows(pre).load(pool, samples, chunk);
     (tensor, good, failures)
+}
+
+/// As [`Preprocess`], with each loaded image's crop window (to map what a model locates in
+/// its input back to the image).
+pub struct WithWindows<'a>(pub &'a Preprocess);
+
+impl Load for WithWindows<'_> {
+    type Batch = (Vec<f32>, Vec<Window>);
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Self::Batch, Vec<usize>, Vec<Skip>) {
+        let len = self.0.input.image_len();
+        let mut tensor = vec![0f32; chunk.len() * len];
+        let results: Vec<Result<Window>> =
+            pool.install(|| tensor.par_chunks_mut(len).zip(chunk.par_iter()).map(|(slot, &i)| self.0.load_into(&samples[i], slot)).collect());
+        let (good, failures) = sort_out(samples, chunk, &results);
+        compact(&mut tensor, chunk, &good, len);
+        ((tensor, results.into_iter().filter_map(Result::ok).collect()), good, failures)
+    }
 }
 
 /// The indices of `chunk` whose image loaded, and a [`Skip`] (`key<TAB>reason`) for each other.

@@ -67,14 +67,15 @@ fn accumulated_micro_batches_equal_the_fused_step() {
     let mut fused = Engine::new(a.clone(), &config).unwrap();
     fused.load(&init).unwrap();
     let (images, labels, weights, masks) = pieces(&a, 8).remove(0);
-    fused.step(&Batch { images, labels, weights, masks: &masks }, 0.01, 1).unwrap();
+    fused.step(&Batch { images, labels, targets: Vec::new(), weights, masks: &masks }, 0.01, 1).unwrap();
     let want = fused.snapshot().unwrap();
     for micro in [8, 4, 2] {
         let mut engine = Engine::with_step(a.clone(), &config, false).unwrap();
         engine.load(&init).unwrap();
         let mut acc = Accumulator::new(&engine, micro, &config).unwrap();
         let parts = pieces(&a, micro);
-        let batches: Vec<Batch> = parts.iter().map(|(i, l, w, m)| Batch { images: i.clone(), labels: l.clone(), weights: w.clone(), masks: m }).collect();
+        let batches: Vec<Batch> =
+            parts.iter().map(|(i, l, w, m)| Batch { images: i.clone(), labels: l.clone(), targets: Vec::new(), weights: w.clone(), masks: m }).collect();
         acc.step(&mut engine, &batches, 0.01, 1).unwrap();
         for (got, want) in engine.snapshot().unwrap().iter().zip(&want) {
             assert_eq!(got.name, want.name);

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{python, synthetic_mtfl, tiny_backbone};
+use common::{constant_landmark_model, python, retrain, stderr, synthetic_mtfl, tiny_backbone, IMAGE_SIZE};
 use retrain::cache::{Cache, Shard};
 use retrain::dataset::mtfl::{self, Split};
 use retrain::eval::{self, Evaluation};
@@ -360,4 +360,84 @@ fn a_pixel_input_model_is_refused_for_landmark_crops_and_by_extract() {
     let mut model = Model::load(&model_path, &cpu(), None).unwrap();
     let err = format!("{:#}", model.run(vec![0.0; model.input.image_len()], 1).unwrap_err());
     assert!(err.contains("--pixel-input") && err.contains("pixels.onnx"), "{err}");
+}
+
+/// The synthetic images' annotated landmarks as fractions of the whole image.
+fn annotated_fractions() -> [f32; 10] {
+    let c = IMAGE_SIZE as f32 / 2.0;
+    [8.0, 16.0, c, 9.0, 15.0, 8.0, 8.0, c, 17.0, 17.0].map(|v| v / IMAGE_SIZE as f32)
+}
+
+#[test]
+fn a_landmark_model_places_landmarks_on_the_whole_image_then_on_its_own_crop() {
+    let w = world();
+    let plain: Vec<_> =
+        predict::images_from_list(&w.mtfl.join("testing.txt")).unwrap().into_iter().map(|s| retrain::dataset::Sample { landmarks: None, ..s }).collect();
+    let f = annotated_fractions();
+    let side = IMAGE_SIZE as f32;
+    for (crop, passes) in [(None, 2), (Some("face"), 1), (Some("face"), 2)] {
+        let model = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), f, crop);
+        let mut samples = plain.clone();
+        let mut locator = retrain::locate::Locator::load(&model, &cpu()).unwrap();
+        assert!(locator.locate(&mut samples, passes, 7, Some(1), false).unwrap().is_empty());
+        // pass 1: fractions of the whole 24 x 24 image; pass 2 on a face crop: of its window
+        let first = f.map(|v| v * side);
+        let want = match (crop, passes) {
+            (Some(_), 2) => {
+                let (x, y, cw, ch) = retrain::preprocess::face_window(320, IMAGE_SIZE, IMAGE_SIZE, Some(first)).unwrap();
+                retrain::preprocess::Window::from((x, y, cw, ch)).to_pixels(&f)
+            }
+            _ => first,
+        };
+        for s in &samples {
+            let got = s.landmarks.unwrap_or_else(|| panic!("{crop:?}/{passes}: {} has no landmarks", s.key));
+            assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-4), "{crop:?}/{passes}: {got:?} vs {want:?}");
+        }
+    }
+}
+
+#[test]
+fn predict_on_plain_photos_crops_faces_from_predicted_landmarks() {
+    let w = world();
+    let crop = Crop::Face { scale_percent: 200 };
+    let train = extract_split(&w, &w.backbone, Split::Training, crop);
+    let heads = heads(&w, &train, "face");
+    let model_path = w.dir.path().join("face.onnx");
+    export::export(&w.backbone, &paths(&heads), &model_path, false).unwrap();
+    let annotated = predict_all(&model_path, &w.mtfl.join("testing.txt"));
+    assert_eq!(annotated.crop, crop);
+
+    // the same images as a plain list of files: the face crop needs landmarks, so without a
+    // landmark model every image is skipped, with one each is cropped where it places them
+    let list = w.dir.path().join("plain.txt");
+    let names: Vec<String> = predict::images_from_list(&w.mtfl.join("testing.txt")).unwrap().iter().map(|s| s.path.display().to_string()).collect();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let without = predict_all(&model_path, &list);
+    assert_eq!((without.table.len(), without.skipped.len()), (0, names.len()));
+    let landmarks = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), annotated_fractions(), None);
+    let out = w.dir.path().join("predicted.csv");
+    let args = [
+        "predict",
+        "--model",
+        model_path.to_str().unwrap(),
+        "--list",
+        list.to_str().unwrap(),
+        "--landmarks",
+        landmarks.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    let o = retrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<Vec<String>> = std::fs::read_to_string(&out).unwrap().lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    assert_eq!(rows.len(), names.len(), "every plain photo predicted");
+    // landmarks placed where the annotations are give the annotated crops' answers
+    let t = &annotated.table;
+    for row in &rows {
+        let i = t.paths.iter().position(|p| p.ends_with(row[0].rsplit('/').next().unwrap())).unwrap();
+        for a in 0..2 {
+            assert_eq!(row[1 + a * 3], t.attributes[a].labels[t.predicted(a, i)], "{}", row[0]);
+        }
+    }
 }

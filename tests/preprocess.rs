@@ -88,8 +88,10 @@ fn nose_crop_takes_the_right_pixels() {
     let sample = Sample { path, key: "x.png".into(), labels: vec![], landmarks: Some(lm) };
     let pre = Preprocess { crop: Crop::Nose { size: 4 }, input: InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(Layout::Nhwc, 4, 4) } };
     let mut out = vec![0f32; 48];
-    pre.load_into(&sample, &mut out).unwrap();
+    let window = pre.load_into(&sample, &mut out).unwrap();
     // Window (12, 4, 4, 4): first pixel is (12, 4), last is (15, 7).
+    assert_eq!((window.x, window.y, window.w, window.h), (12.0, 4.0, 4.0, 4.0), "the window comes back in image pixels");
+    assert_eq!(window.to_fractions(&lm)[2], 0.5, "the nose is in the middle of its crop");
     assert_eq!((out[0] * 255.0).round(), 120.0);
     assert_eq!((out[1] * 255.0).round(), 40.0);
     assert_eq!((out[45] * 255.0).round(), 150.0);
@@ -167,7 +169,7 @@ fn subsets(root: &std::path::Path) -> [(Vec<String>, Vec<String>); 2] {
     let names = |l: &retrain::train::data::LabeledImages| l.samples.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
     [retrain::train::epochs::VALIDATION_PERCENT, retrain::finetune::phases::VALIDATION_PERCENT].map(|validation_percent| {
         let subsets = retrain::train::data::Subsets { validation_percent, seed: 7, limit: None, test: false };
-        let [train, val, _] = subsets.of_mtfl(root, &classes).unwrap();
+        let [train, val, _] = subsets.of_mtfl(root, &retrain::train::data::Tasks::one(classes.clone())).unwrap();
         (names(&train), names(&val))
     })
 }

@@ -33,10 +33,18 @@ fn assert_resume_equals_continuous(extra: &[&str]) {
     let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let art = make_artifacts(&py, &tmp.path().join("art"), 4, "adam");
-    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 20);
-    let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    resume_equals_continuous(tmp.path(), &art, "smile", extra);
+}
+
+/// As [`assert_resume_equals_continuous`] with artifacts `art` training `attribute`, in `dir`;
+/// returns the folder of the straight run.
+fn resume_equals_continuous(dir: &Path, art: &Path, attribute: &str, extra: &[&str]) -> std::path::PathBuf {
+    let mtfl = tiny_mtfl(&dir.join("mtfl"), 20);
+    let (straight, resumed) = (dir.join("straight"), dir.join("resumed"));
     let run = |out: &Path, epochs: &str, resume: Option<&Path>| {
-        let mut args = train_args(s(&art), s(&mtfl), s(out), epochs);
+        let mut args = train_args(s(art), s(&mtfl), s(out), epochs);
+        let at = args.iter().position(|a| *a == "--attribute").unwrap() + 1;
+        args[at] = attribute;
         args.extend(extra);
         if let Some(r) = resume {
             args.extend(["--resume", s(r)]);
@@ -53,6 +61,7 @@ fn assert_resume_equals_continuous(extra: &[&str]) {
 
     assert_eq!(Checkpoint::read(&straight.join("last.h5")).unwrap().epoch, 2);
     same_training_run(&straight, &resumed);
+    straight
 }
 
 #[test]
@@ -150,7 +159,7 @@ fn bad_artifacts_are_refused_before_training() {
 }
 
 #[test]
-fn multi_task_artifacts_list_their_tasks_and_are_refused_by_train_by_name() {
+fn multi_task_artifacts_list_their_tasks_and_train_with_all_attributes_only() {
     let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let art = multitask_artifacts(&py, tmp.path());
@@ -163,8 +172,38 @@ fn multi_task_artifacts_list_their_tasks_and_are_refused_by_train_by_name() {
     let out = tmp.path().join("run");
     let o = retrain(&train_args(s(&art), s(&mtfl), s(&out), "1"));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("multi-task artifacts (landmarks, gender, smile, glasses, pose)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("train every task at once (landmarks, gender, smile, glasses, pose): use --attribute all"), "{}", stderr(&o));
     assert!(!out.join("history.csv").exists(), "training started");
+}
+
+#[test]
+fn multi_task_training_scores_every_task_and_resumes_as_continuous_training() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let art = multitask_artifacts(&py, tmp.path());
+    // distortions move the landmark targets with the pixels; the test images as they are
+    let extra = ["--crop", "face", "--test-crop", "original", "--flip", "--random-crop", "10", "--random-scale", "20", "--lr", "0.001"];
+    let run = resume_equals_continuous(tmp.path(), &art, "all", &extra);
+
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
+    assert_eq!((result["crop"].as_str(), result["test_crop"].as_str()), (Some("face:3.2"), Some("original")));
+    for set in ["val_tasks", "test_tasks"] {
+        let tasks = result[set].as_array().unwrap();
+        let names: Vec<&str> = tasks.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["landmarks", "gender", "smile", "glasses", "pose"], "{set}");
+        let error = tasks[0]["mean_error"].as_f64().unwrap();
+        assert!(error.is_finite() && error > 0.0, "{set}: landmark error {error}");
+        for t in &tasks[1..] {
+            let rows = t["metrics"]["rows"].as_u64().unwrap();
+            assert!(rows > 0 && t["metrics"]["confusion"].is_array(), "{set}: {t}");
+        }
+    }
+    assert_eq!(result["test_tasks"][1]["metrics"]["rows"], 20, "every test image scored for gender");
+    let model =
+        retrain::model::Model::load(&run.join("model.onnx"), &retrain::runtime::SessionConfig::new(retrain::runtime::Device::Cpu), Some("landmarks")).unwrap();
+    assert_eq!(model.output_dim, 10);
+    assert_eq!(model.description.get("labels:pose").map(String::as_str), Some("left_profile,left,frontal,right,right_profile"));
+    assert_eq!(model.description.get("crop").map(String::as_str), Some("face:3.2"));
 }
 
 #[test]

@@ -135,3 +135,48 @@ fn check_refuses_nonsense() {
     assert!(Distortions { brightness_percent: 100.0, ..Default::default() }.check().is_err());
     assert!(Distortions { scale_percent: f32::NAN, ..Default::default() }.check().is_err());
 }
+
+#[test]
+fn landmarks_move_with_the_pixels() {
+    let s = spec(Layout::Nhwc, 40, 40);
+    let (px, py) = (9usize, 26usize);
+    let mut img = vec![-1.0; s.image_len()];
+    // a bright 3x3 blob centred on the landmark's pixel
+    for y in py - 1..=py + 1 {
+        for x in px - 1..=px + 1 {
+            img[(y * 40 + x) * 3] = if (x, y) == (px, py) { 1.0 } else { 0.5 };
+        }
+    }
+    let d = Distortions { flip: true, crop_percent: 10.0, scale_percent: 20.0, brightness_percent: 0.0 };
+    let mut flipped = 0;
+    for seed in 0..20 {
+        let out = distorted(&d, &s, &img, seed);
+        let brightest = (0..40 * 40).max_by(|&a, &b| out[a * 3].total_cmp(&out[b * 3])).unwrap();
+        let (bx, by) = ((brightest % 40) as f32 + 0.5, (brightest / 40) as f32 + 0.5);
+        let mut points = [0f32; 10];
+        points[..5].fill((px as f32 + 0.5) / 40.0);
+        points[5..].fill((py as f32 + 0.5) / 40.0);
+        d.move_landmarks(&mut points, &s, seed);
+        flipped += usize::from(points[0] > 0.5);
+        for j in 0..5 {
+            assert!(
+                (points[j] * 40.0 - bx).abs() <= 1.0 && (points[j + 5] * 40.0 - by).abs() <= 1.0,
+                "seed {seed}: landmark {j} at ({}, {}), blob at ({bx}, {by})",
+                points[j] * 40.0,
+                points[j + 5] * 40.0
+            );
+        }
+    }
+    assert!(flipped > 0 && flipped < 20, "some draws flip, some do not ({flipped} of 20)");
+}
+
+#[test]
+fn a_flip_swaps_left_and_right_landmarks() {
+    let s = spec(Layout::Nchw, 10, 10);
+    let d = Distortions { flip: true, ..Distortions::default() };
+    let seed = (0..).find(|&k| Draws::new(k).flip).unwrap();
+    let mut p = [0.2, 0.8, 0.5, 0.3, 0.7, 0.1, 0.2, 0.5, 0.8, 0.9];
+    d.move_landmarks(&mut p, &s, seed);
+    let want = [0.2, 0.8, 0.5, 0.3, 0.7, 0.2, 0.1, 0.5, 0.9, 0.8];
+    assert!(p.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{p:?}");
+}

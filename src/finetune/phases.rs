@@ -15,8 +15,8 @@ use crate::train::batches::{Batches, Order, Source};
 use crate::train::checkpoint::Checkpoint;
 use crate::train::data::{Examples, Subsets};
 use crate::train::engine::Engine;
-use crate::train::epochs::evaluate;
 use crate::train::history;
+use crate::train::score::loss_and_accuracy;
 use crate::train::steps::{self, Label, Outcome, Points, Stepper, Steps};
 
 /// The study's validation share for fine-tuning (and `train-head`'s).
@@ -62,7 +62,7 @@ struct Validation<'a> {
 
 impl Points for Validation<'_> {
     fn validate(&mut self, engine: &mut Engine) -> Result<(f64, f64)> {
-        evaluate(engine, self.rows, self.eval_batch)
+        loss_and_accuracy(engine, self.rows, self.eval_batch)
     }
 }
 

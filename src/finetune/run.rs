@@ -24,7 +24,7 @@ use crate::runtime::{self, Device, SessionConfig};
 use crate::train::accumulate::Accumulator;
 use crate::train::batches::Source;
 use crate::train::checkpoint::Checkpoint;
-use crate::train::data::{Examples, LabeledImages, Subsets};
+use crate::train::data::{Examples, LabeledImages, Subsets, Tasks};
 use crate::train::decode::Decoder;
 use crate::train::engine::Engine;
 use crate::train::history::Point;
@@ -133,7 +133,7 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     let mut model = Model::load(&opts.model, &ctx.config, Some(&ctx.set.bottleneck))?;
     ctx.set.check_source(&model.sha256, &opts.model)?;
     let pre = Preprocess { crop: opts.crop, input: model.input.clone() };
-    let [train, val, test] = ctx.subsets.of_mtfl(&opts.mtfl, &ctx.classes)?;
+    let [train, val, test] = ctx.subsets.of_mtfl(&opts.mtfl, &Tasks::one(ctx.classes.clone()))?;
     let decoder = Decoder::new(pre, opts.distortions, opts.seed, opts.strict, opts.decode_threads)?;
     eprintln!("{}", runtime::describe_provider(&ctx.config));
     eprintln!(

@@ -56,8 +56,10 @@ impl Accumulator {
     /// One optimizer step over `batch`, cut into micro-batches (the last filled with weight-0
     /// copies of its first row), each with its own dropout masks.
     pub fn step_batch(&mut self, engine: &mut Engine, batch: &Prepared, lr: f32, seed: u64, step: u64) -> Result<StepResult> {
-        let (micro, rows) = (self.micro, batch.labels.len());
-        let image_len = batch.images.len() / rows;
+        let (micro, rows) = (self.micro, batch.weights.len());
+        let (image_len, label_width, target_width) = (batch.images.len() / rows, batch.labels.len() / rows, batch.targets.len() / rows);
+        let rows_of =
+            |index: &[usize], values_per_row: usize| -> Vec<usize> { index.iter().flat_map(|&r| r * values_per_row..(r + 1) * values_per_row).collect() };
         let pieces: Vec<(Vec<usize>, Vec<Vec<f32>>)> = (0..rows.div_ceil(micro))
             .map(|k| {
                 let index: Vec<usize> = (0..micro).map(|j| if k * micro + j < rows { k * micro + j } else { k * micro }).collect();
@@ -69,7 +71,8 @@ impl Accumulator {
             .enumerate()
             .map(|(k, (index, masks))| Batch {
                 images: index.iter().flat_map(|&r| batch.images[r * image_len..(r + 1) * image_len].iter().copied()).collect(),
-                labels: index.iter().map(|&r| batch.labels[r]).collect(),
+                labels: rows_of(index, label_width).into_iter().map(|j| batch.labels[j]).collect(),
+                targets: rows_of(index, target_width).into_iter().map(|j| batch.targets[j]).collect(),
                 weights: index.iter().enumerate().map(|(j, &r)| if k * micro + j < rows { batch.weights[r] } else { 0.0 }).collect(),
                 masks,
             })

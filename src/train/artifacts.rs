@@ -36,6 +36,9 @@ pub struct InputNames {
     pub weights: String,
     pub lr: String,
     pub step: String,
+    /// Regression targets [B, width] of a multi-task graph's landmark task.
+    #[serde(default)]
+    pub targets: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +101,12 @@ pub struct Task {
     pub weight: f64,
 }
 
+impl Task {
+    pub fn is_classes(&self) -> bool {
+        self.kind == "classes"
+    }
+}
+
 /// manifest.json, as scripts/make_artifacts.py writes it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -150,9 +159,11 @@ impl Artifacts {
         if manifest.dtype != "float32" {
             bail!("{}: dtype {} — the driver trains float32 graphs only", path.display(), manifest.dtype);
         }
-        if !manifest.tasks.is_empty() {
-            let names: Vec<&str> = manifest.tasks.iter().map(|t| t.name.as_str()).collect();
-            bail!("{}: multi-task artifacts ({}): retrain train drives one-attribute graphs only, for now", path.display(), names.join(", "));
+        if let Some(t) = manifest.tasks.iter().find(|t| !t.is_classes() && t.kind != "landmarks") {
+            bail!("{}: task '{}' is of kind '{}'; the driver knows classes and landmarks", path.display(), t.name, t.kind);
+        }
+        if manifest.tasks.iter().any(|t| !t.is_classes()) && manifest.inputs.targets.is_none() {
+            bail!("{}: a landmark task needs a targets input, and inputs.targets is missing", path.display());
         }
         let artifacts = Artifacts { dir: dir.to_path_buf(), manifest, sha256: hex::encode(Sha256::digest(&bytes)) };
         for name in ["forward", "train_step", "eval"] {
@@ -181,6 +192,34 @@ impl Artifacts {
         self.manifest.state.iter().filter(|s| s.is_param())
     }
 
+    /// The class tasks of a multi-task graph, in the order of their `labels` columns.
+    pub fn class_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.manifest.tasks.iter().filter(|t| t.is_classes())
+    }
+
+    /// Columns of `labels` per row: one per class task, or 1 for a one-attribute graph.
+    pub fn label_width(&self) -> usize {
+        if self.manifest.tasks.is_empty() {
+            1
+        } else {
+            self.class_tasks().count()
+        }
+    }
+
+    /// Values of `targets` per row (the landmark task's width; 0 without one).
+    pub fn target_width(&self) -> usize {
+        self.manifest.tasks.iter().filter(|t| !t.is_classes()).map(|t| t.width).sum()
+    }
+
+    /// Shape of `labels` for a batch of `rows`: [rows] for one attribute, [rows, T] for T tasks.
+    pub fn label_shape(&self, rows: usize) -> Vec<usize> {
+        if self.manifest.tasks.is_empty() {
+            vec![rows]
+        } else {
+            vec![rows, self.label_width()]
+        }
+    }
+
     pub fn optimizer_name(&self) -> &str {
         self.manifest.optimizer.get("name").and_then(|v| v.as_str()).unwrap_or("?")
     }
@@ -189,8 +228,13 @@ impl Artifacts {
     pub fn check_train_step(&self, session: &Session) -> Result<()> {
         let m = &self.manifest;
         let what = "train_step.onnx";
-        for (name, shape) in [(&m.inputs.labels, vec![m.batch]), (&m.inputs.weights, vec![m.batch]), (&m.inputs.lr, vec![]), (&m.inputs.step, vec![])] {
+        for (name, shape) in
+            [(&m.inputs.labels, self.label_shape(m.batch)), (&m.inputs.weights, vec![m.batch]), (&m.inputs.lr, vec![]), (&m.inputs.step, vec![])]
+        {
             expect_shape(session, name, &shape, true).with_context(|| what)?;
+        }
+        if let Some(targets) = &m.inputs.targets {
+            expect_shape(session, targets, &[m.batch, self.target_width()], true).with_context(|| what)?;
         }
         for mask in &m.dropout_masks {
             expect_shape(session, &mask.input, &mask.shape, true).with_context(|| what)?;
@@ -223,8 +267,11 @@ impl Artifacts {
     pub fn check_accumulate(&self, session: &Session, micro: usize) -> Result<()> {
         let (m, acc) = (&self.manifest, self.accumulation()?);
         let what = format!("accumulate_b{micro}.onnx");
-        for (name, shape) in [(&m.inputs.labels, vec![micro]), (&m.inputs.weights, vec![micro]), (&acc.first, vec![]), (&acc.scale, vec![])] {
+        for (name, shape) in [(&m.inputs.labels, self.label_shape(micro)), (&m.inputs.weights, vec![micro]), (&acc.first, vec![]), (&acc.scale, vec![])] {
             expect_shape(session, name, &shape, true).with_context(|| what.clone())?;
+        }
+        if let Some(targets) = &m.inputs.targets {
+            expect_shape(session, targets, &[micro, self.target_width()], true).with_context(|| what.clone())?;
         }
         for mask in &m.dropout_masks {
             expect_shape(session, &mask.input, &micro_shape(&mask.shape, micro), true).with_context(|| what.clone())?;

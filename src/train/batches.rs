@@ -80,18 +80,28 @@ impl Order {
 /// A training batch of exactly the graph's rows: real ones of weight 1, then weight-0 copies.
 pub struct Prepared {
     pub images: Vec<f32>,
+    /// [rows, label width]
     pub labels: Vec<i64>,
+    /// [rows, target width]; empty without a regression task.
+    pub targets: Vec<f32>,
     pub weights: Vec<f32>,
 }
 
 impl Prepared {
     /// `ex`'s rows, filled up to `size` with weight-0 copies of them in turn.
     pub fn filled(ex: &Examples, size: usize) -> Prepared {
-        let mut b = Prepared { images: Vec::with_capacity(size * ex.image_len), labels: Vec::with_capacity(size), weights: Vec::with_capacity(size) };
-        for k in 0..size.max(ex.len()) {
+        let rows = size.max(ex.len());
+        let mut b = Prepared {
+            images: Vec::with_capacity(rows * ex.image_len),
+            labels: Vec::with_capacity(rows * ex.label_width),
+            targets: Vec::with_capacity(rows * ex.target_width()),
+            weights: Vec::with_capacity(rows),
+        };
+        for k in 0..rows {
             let i = k % ex.len();
             b.images.extend_from_slice(ex.image(i));
-            b.labels.push(ex.labels[i]);
+            b.labels.extend_from_slice(ex.labels_of(i));
+            b.targets.extend_from_slice(ex.targets_of(i));
             b.weights.push(if k < ex.len() { 1.0 } else { 0.0 });
         }
         b
@@ -141,10 +151,9 @@ impl Source<'_> {
             Source::Memory { rows, distort } => gather(rows, picks, distort.as_ref()),
             Source::Files { decoder, images } => decoder.training(images, picks)?,
             Source::Backbone { decoder, images, model, standardizer } => {
-                let decoded = decoder.training(images, picks)?;
-                let n = decoded.len();
-                let values = model.run(decoded.images, n)?;
-                let features = Examples { image_len: values.len() / n, images: values, labels: decoded.labels };
+                let mut decoded = decoder.training(images, picks)?;
+                let pixels = std::mem::take(&mut decoded.images);
+                let features = decoded.with_images(model.run(pixels, decoded.len())?);
                 match standardizer {
                     Some(s) => features.standardized(s),
                     None => features,
@@ -156,16 +165,19 @@ impl Source<'_> {
 }
 
 /// Copies of the picked rows, distorted in parallel (distorting 64 150x150 images one after
-/// another costs about a GPU train step).
+/// another costs about a GPU train step), landmark targets moved with their pixels.
 fn gather(rows: &Examples, picks: &[Pick], distort: Option<&Distort>) -> Examples {
-    let mut ex = Examples::new(rows.image_len);
+    let mut ex = rows.like(rows.image_len);
     for p in picks {
-        ex.push(rows.image(p.index), rows.labels[p.index]);
+        ex.push_row(rows.image(p.index), rows.labels_of(p.index), rows.landmarks.get(p.index).copied());
     }
     if let Some(d) = distort.filter(|d| !d.distortions.is_off()) {
         ex.images.par_chunks_mut(rows.image_len).zip(picks.par_iter()).for_each(|(image, p)| {
             d.distortions.apply(image, d.spec, p.distortion_seed(d.seed));
         });
+        for (l, p) in ex.landmarks.iter_mut().zip(picks) {
+            d.distortions.move_landmarks(&mut l.fractions, d.spec, p.distortion_seed(d.seed));
+        }
     }
     ex
 }
@@ -236,7 +248,9 @@ mod tests {
 
     #[test]
     fn a_short_batch_is_filled_with_weight_zero_copies() {
-        let ex = Examples { images: vec![1.0, 1.0, 2.0, 2.0], labels: vec![0, 1], image_len: 2 };
+        let mut ex = Examples::new(2);
+        ex.push(&[1.0, 1.0], 0);
+        ex.push(&[2.0, 2.0], 1);
         let b = Prepared::filled(&ex, 5);
         assert_eq!(b.labels, vec![0, 1, 0, 1, 0]);
         assert_eq!(b.weights, vec![1.0, 1.0, 0.0, 0.0, 0.0]);

@@ -17,21 +17,65 @@ use crate::dataset::{Dataset, Sample};
 use crate::head::classes::Classes;
 use crate::head::standardize::Standardizer;
 
-/// Rows as one flat tensor plus their class indices.
+/// Rows as one flat tensor plus what each is trained to give: `label_width` class indices
+/// (one attribute: 1; a multi-task graph: one per class task, -1 where unknown) and, with
+/// `with_landmarks`, its landmarks.
 #[derive(Debug, Clone, Default)]
 pub struct Examples {
     pub images: Vec<f32>,
     pub labels: Vec<i64>,
     pub image_len: usize,
+    pub label_width: usize,
+    pub landmarks: Vec<Landmarks>,
+    pub with_landmarks: bool,
+}
+
+/// A row's landmark targets: x1..x5, y1..y5 as fractions of its crop window (of the model
+/// input), and that window's width and height in the image's pixels, to score errors in pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Landmarks {
+    pub fractions: [f32; 10],
+    pub window: [f32; 2],
+}
+
+impl Landmarks {
+    /// Mean distance between `predicted` (fractions) and these landmarks over the five
+    /// points, as a fraction of the inter-ocular distance (between the eye centres).
+    pub fn error(&self, predicted: &[f32]) -> f64 {
+        let (w, h) = (self.window[0] as f64, self.window[1] as f64);
+        let t = &self.fractions;
+        let distance = |dx: f32, dy: f32| (dx as f64 * w).hypot(dy as f64 * h);
+        let mean = (0..5).map(|j| distance(predicted[j] - t[j], predicted[j + 5] - t[j + 5])).sum::<f64>() / 5.0;
+        mean / distance(t[0] - t[1], t[5] - t[6]).max(1e-9)
+    }
 }
 
 impl Examples {
+    /// Rows of `image_len` values with one label each.
     pub fn new(image_len: usize) -> Examples {
-        Examples { images: Vec::new(), labels: Vec::new(), image_len }
+        Examples::with_widths(image_len, 1, false)
+    }
+
+    pub fn with_widths(image_len: usize, label_width: usize, with_landmarks: bool) -> Examples {
+        Examples { images: Vec::new(), labels: Vec::new(), image_len, label_width, landmarks: Vec::new(), with_landmarks }
+    }
+
+    /// Empty rows of another length with this truth layout.
+    pub fn like(&self, image_len: usize) -> Examples {
+        Examples::with_widths(image_len, self.label_width, self.with_landmarks)
+    }
+
+    /// Regression targets per row (the landmark fractions; none without landmarks).
+    pub fn target_width(&self) -> usize {
+        if self.with_landmarks {
+            10
+        } else {
+            0
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.labels.len() / self.label_width.max(1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -42,9 +86,27 @@ impl Examples {
         &self.images[i * self.image_len..(i + 1) * self.image_len]
     }
 
+    /// Row `i`'s class indices.
+    pub fn labels_of(&self, i: usize) -> &[i64] {
+        &self.labels[i * self.label_width..(i + 1) * self.label_width]
+    }
+
+    /// Row `i`'s regression targets.
+    pub fn targets_of(&self, i: usize) -> &[f32] {
+        self.landmarks.get(i).map_or(&[], |l| &l.fractions)
+    }
+
+    /// Appends a row with one label (one-attribute rows).
     pub fn push(&mut self, row: &[f32], label: i64) {
+        self.push_row(row, &[label], None);
+    }
+
+    /// Appends a row with its labels and landmarks (which rows `with_landmarks` must have).
+    pub fn push_row(&mut self, row: &[f32], labels: &[i64], landmarks: Option<Landmarks>) {
+        debug_assert_eq!((labels.len(), landmarks.is_some()), (self.label_width, self.with_landmarks));
         self.images.extend_from_slice(row);
-        self.labels.push(label);
+        self.labels.extend_from_slice(labels);
+        self.landmarks.extend(landmarks);
     }
 
     /// The rows as a matrix [rows, image_len].
@@ -52,9 +114,15 @@ impl Examples {
         ArrayView2::from_shape((self.len(), self.image_len), &self.images).expect("images hold len x image_len values")
     }
 
+    /// The same rows with other values (features computed from the images, say).
+    pub fn with_images(&self, images: Vec<f32>) -> Examples {
+        let image_len = images.len() / self.len().max(1);
+        Examples { images, image_len, labels: self.labels.clone(), landmarks: self.landmarks.clone(), ..*self }
+    }
+
     /// The rows standardised by `s`.
     pub fn standardized(&self, s: &Standardizer) -> Examples {
-        Examples { images: s.apply(self.view()).into_raw_vec_and_offset().0, labels: self.labels.clone(), image_len: self.image_len }
+        self.with_images(s.apply(self.view()).into_raw_vec_and_offset().0)
     }
 
     /// The rows of a matrix with their labels.
@@ -62,33 +130,61 @@ impl Examples {
         let image_len = x.ncols();
         // moved, not copied: these can be a cut cache's 3 GB
         let x = if x.is_standard_layout() { x } else { x.as_standard_layout().to_owned() };
-        Examples { images: x.into_raw_vec_and_offset().0, labels, image_len }
+        Examples { images: x.into_raw_vec_and_offset().0, labels, ..Examples::new(image_len) }
     }
 
     /// Rows `range`, copied.
     pub fn part(&self, range: std::ops::Range<usize>) -> Examples {
         let end = range.end.min(self.len());
-        Examples {
-            images: self.images[range.start * self.image_len..end * self.image_len].to_vec(),
-            labels: self.labels[range.start..end].to_vec(),
-            image_len: self.image_len,
+        let mut part = self.like(self.image_len);
+        for i in range.start..end {
+            part.push_row(self.image(i), self.labels_of(i), self.landmarks.get(i).copied());
         }
+        part
     }
 }
 
-/// Samples with a known class for the attribute.
+/// What each row is trained to give: a class of each attribute and, with `landmarks`, the
+/// five landmarks (one attribute for single-task graphs, every class task of a multi-task one).
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    pub attributes: Vec<Classes>,
+    pub landmarks: bool,
+}
+
+impl Tasks {
+    pub fn one(classes: Classes) -> Tasks {
+        Tasks { attributes: vec![classes], landmarks: false }
+    }
+
+    fn names(&self) -> String {
+        let mut names: Vec<&str> = self.attributes.iter().map(|c| c.attribute.as_str()).collect();
+        if self.landmarks {
+            names.insert(0, "landmarks");
+        }
+        names.join(", ")
+    }
+}
+
+/// Samples with a known class for at least one attribute (and landmarks where the tasks
+/// need them), with each attribute's class index (-1 where unknown), `width` per sample.
 #[derive(Debug, Clone, Default)]
 pub struct LabeledImages {
     pub samples: Vec<Sample>,
     pub classes: Vec<i64>,
+    pub width: usize,
+    /// The samples' landmarks are training targets (as fractions of the crop window).
+    pub landmarks: bool,
 }
 
 impl LabeledImages {
-    fn of(samples: impl Iterator<Item = Sample>, column: usize, classes: &Classes) -> LabeledImages {
-        let mut set = LabeledImages::default();
+    fn of(samples: impl Iterator<Item = Sample>, columns: &[usize], tasks: &Tasks) -> LabeledImages {
+        let mut set = LabeledImages { width: columns.len(), landmarks: tasks.landmarks, ..LabeledImages::default() };
         for s in samples {
-            if let Some(c) = classes.index_of(s.labels[column]) {
-                set.classes.push(c as i64);
+            let classes: Vec<i64> = columns.iter().zip(&tasks.attributes).map(|(&column, c)| c.index_of(s.labels[column]).map_or(-1, |k| k as i64)).collect();
+            let usable = classes.iter().any(|&c| c >= 0) && (!tasks.landmarks || s.landmarks.is_some());
+            if usable {
+                set.classes.extend(classes);
                 set.samples.push(s);
             }
         }
@@ -101,6 +197,16 @@ impl LabeledImages {
 
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
+    }
+
+    /// Sample `i`'s class indices.
+    pub fn classes_of(&self, i: usize) -> &[i64] {
+        &self.classes[i * self.width..(i + 1) * self.width]
+    }
+
+    /// The truth layout of these samples' rows.
+    pub fn examples(&self, image_len: usize) -> Examples {
+        Examples::with_widths(image_len, self.width, self.landmarks)
     }
 }
 
@@ -131,17 +237,40 @@ impl Subsets {
         assign(key, self.seed, self.validation_percent) == Subset::Train
     }
 
-    /// (train, validation, test) of MTFL for `classes.attribute`.
-    pub fn of_mtfl(&self, root: &Path, classes: &Classes) -> Result<[LabeledImages; 3]> {
+    /// (train, validation, test) of MTFL for `tasks`.
+    pub fn of_mtfl(&self, root: &Path, tasks: &Tasks) -> Result<[LabeledImages; 3]> {
         let training = mtfl::load(root, Split::Training)?;
-        let column = label_column(&training, &classes.attribute)?;
+        let columns: Vec<usize> = tasks.attributes.iter().map(|c| label_column(&training, &c.attribute)).collect::<Result<_>>()?;
         let cut = |v: Vec<Sample>| -> Vec<Sample> { v.into_iter().take(self.limit.unwrap_or(usize::MAX)).collect() };
         let (train, val): (Vec<Sample>, Vec<Sample>) = cut(training.samples).into_iter().partition(|s| self.is_train(&s.key));
         let test = if self.test { cut(mtfl::load(root, Split::Testing)?.samples) } else { Vec::new() };
-        let sets = [train, val, test].map(|v| LabeledImages::of(v.into_iter(), column, classes));
+        let sets = [train, val, test].map(|v| LabeledImages::of(v.into_iter(), &columns, tasks));
         if sets[0].is_empty() || sets[1].is_empty() {
-            bail!("{}: no labelled training or validation image for '{}'", root.display(), classes.attribute);
+            bail!("{}: no labelled training or validation image for {}", root.display(), tasks.names());
         }
         Ok(sets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::Window;
+
+    #[test]
+    fn landmark_error_is_in_pixels_over_the_inter_ocular_distance() {
+        // eyes 40 px apart in a 200 x 100 window; every point 4 px off in x: 10%
+        let window = Window { x: 50.0, y: 20.0, w: 200.0, h: 100.0 };
+        let points = [80.0, 120.0, 100.0, 85.0, 115.0, 50.0, 50.0, 70.0, 90.0, 90.0];
+        let truth = Landmarks { fractions: window.to_fractions(&points), window: [window.w, window.h] };
+        assert_eq!(window.to_pixels(&truth.fractions), points);
+        assert!(truth.error(&truth.fractions).abs() < 1e-12);
+        let mut shifted = points;
+        shifted[..5].iter_mut().for_each(|x| *x += 4.0);
+        assert!((truth.error(&window.to_fractions(&shifted)) - 0.1).abs() < 1e-6);
+        // 4 px in y is 0.04 of this window's height but 0.02 of its width: pixels, not fractions
+        let mut down = points;
+        down[5..].iter_mut().for_each(|y| *y += 4.0);
+        assert!((truth.error(&window.to_fractions(&down)) - 0.1).abs() < 1e-6);
     }
 }

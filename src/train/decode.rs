@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::batches::Pick;
-use super::data::{Examples, LabeledImages};
+use super::data::{Examples, LabeledImages, Landmarks};
 use crate::augment::Distortions;
 use crate::preprocess::Preprocess;
 use crate::progress;
@@ -53,28 +53,37 @@ impl Decoder {
         self.decode(set, index, &vec![None; index.len()], &indicatif::ProgressBar::hidden())
     }
 
-    /// Images `index` of `set` in parallel, each distorted with its seed if it has one.
+    /// Images `index` of `set` in parallel, each distorted with its seed if it has one; their
+    /// landmarks, where `set` trains them, as fractions of the crop moved with the pixels.
     fn decode(&self, set: &LabeledImages, index: &[usize], seeds: &[Option<u64>], bar: &indicatif::ProgressBar) -> Result<Examples> {
         let len = self.pre.input.image_len();
-        let loaded: Vec<Result<Vec<f32>>> = self.pool.install(|| {
+        let loaded: Vec<Result<(Vec<f32>, Option<Landmarks>)>> = self.pool.install(|| {
             index
                 .par_iter()
                 .zip(seeds)
                 .map(|(&i, seed)| {
+                    let sample = &set.samples[i];
                     let mut out = vec![0f32; len];
-                    self.pre.load_into(&set.samples[i], &mut out)?;
+                    let window = self.pre.load_into(sample, &mut out)?;
+                    let mut landmarks = match (set.landmarks, sample.landmarks) {
+                        (true, Some(l)) => Some(Landmarks { fractions: window.to_fractions(&l), window: [window.w, window.h] }),
+                        _ => None,
+                    };
                     if let Some(seed) = seed {
                         self.distortions.apply(&mut out, &self.pre.input, *seed);
+                        if let Some(l) = &mut landmarks {
+                            self.distortions.move_landmarks(&mut l.fractions, &self.pre.input, *seed);
+                        }
                     }
                     bar.inc(1);
-                    Ok(out)
+                    Ok((out, landmarks))
                 })
                 .collect()
         });
-        let mut ex = Examples::new(len);
+        let mut ex = set.examples(len);
         for (&i, r) in index.iter().zip(loaded) {
             match r {
-                Ok(pixels) => ex.push(&pixels, set.classes[i]),
+                Ok((pixels, landmarks)) => ex.push_row(&pixels, set.classes_of(i), landmarks),
                 Err(e) => self.failed(&set.samples[i].key, e)?,
             }
         }

@@ -22,7 +22,10 @@ pub(crate) fn ort_err(e: ort::Error) -> anyhow::Error {
 /// One training batch, already laid out for the graph.
 pub struct Batch<'a> {
     pub images: Vec<f32>,
+    /// [rows] or, for a multi-task graph, [rows, class tasks]
     pub labels: Vec<i64>,
+    /// [rows, target width] for a landmark task; empty otherwise.
+    pub targets: Vec<f32>,
     /// 1 for real rows, 0 for the padding of a short last batch.
     pub weights: Vec<f32>,
     pub masks: &'a [Vec<f32>],
@@ -181,16 +184,25 @@ impl Engine {
     }
 }
 
-/// Binds a batch of exactly `rows` rows: images, labels, weights and dropout masks.
+/// Binds a batch of exactly `rows` rows: images, labels (and targets), weights and dropout masks.
 pub(crate) fn bind_batch(b: &mut IoBinding, artifacts: &Artifacts, batch: &Batch, rows: usize) -> Result<()> {
     let m = &artifacts.manifest;
-    if batch.labels.len() != rows || batch.weights.len() != rows {
-        bail!("a training batch must hold {rows} rows (got {} labels, {} weights)", batch.labels.len(), batch.weights.len());
+    let (label_shape, target_width) = (artifacts.label_shape(rows), artifacts.target_width());
+    if batch.labels.len() != label_shape.iter().product::<usize>() || batch.weights.len() != rows || batch.targets.len() != rows * target_width {
+        bail!(
+            "a training batch must hold {rows} rows: labels {label_shape:?}, {rows} weights, {target_width} targets each (got {} labels, {} weights, {} targets)",
+            batch.labels.len(),
+            batch.weights.len(),
+            batch.targets.len()
+        );
     }
     let image_shape = image_batch_shape(artifacts, rows, batch.images.len() / rows)?;
     b.bind_input(&m.image.input, &Tensor::from_array((image_shape, batch.images.clone())).map_err(ort_err)?).map_err(ort_err)?;
-    b.bind_input(&m.inputs.labels, &Tensor::from_array(([rows], batch.labels.clone())).map_err(ort_err)?).map_err(ort_err)?;
+    b.bind_input(&m.inputs.labels, &Tensor::from_array((label_shape, batch.labels.clone())).map_err(ort_err)?).map_err(ort_err)?;
     b.bind_input(&m.inputs.weights, &Tensor::from_array(([rows], batch.weights.clone())).map_err(ort_err)?).map_err(ort_err)?;
+    if let Some(targets) = &m.inputs.targets {
+        b.bind_input(targets, &Tensor::from_array(([rows, target_width], batch.targets.clone())).map_err(ort_err)?).map_err(ort_err)?;
+    }
     for (mask, values) in m.dropout_masks.iter().zip(batch.masks) {
         let shape = super::artifacts::micro_shape(&mask.shape, rows);
         b.bind_input(&mask.input, &Tensor::from_array((shape, values.clone())).map_err(ort_err)?).map_err(ort_err)?;

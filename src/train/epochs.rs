@@ -12,12 +12,13 @@ use serde::Serialize;
 use super::artifacts::Artifacts;
 use super::batches::{Batches, Distort, Order, Source};
 use super::checkpoint::Checkpoint;
-use super::data::{Examples, Subsets};
+use super::data::{Examples, Subsets, Tasks};
 use super::decode::Decoder;
 use super::engine::Engine;
 use super::export;
 use super::history::{self, Point};
 use super::schedule::Schedule;
+use super::score::{self, Head, TaskScore};
 use super::steps::{self, Flow, Label, Points, Stepper, Steps};
 use crate::augment::Distortions;
 use crate::head::classes::Classes;
@@ -34,6 +35,9 @@ pub struct TrainOptions {
     pub mtfl: PathBuf,
     pub attribute: String,
     pub crop: Crop,
+    /// The crop of the test images (MTFL's are face crops already: `original` scores them
+    /// without their landmarks).
+    pub test_crop: Crop,
     /// Train until this many epochs are complete (a resumed run counts the earlier ones).
     pub epochs: u64,
     pub lr: f32,
@@ -64,6 +68,7 @@ pub struct TrainOptions {
 pub struct TrainSummary {
     pub attribute: String,
     pub crop: String,
+    pub test_crop: String,
     pub seed: u64,
     pub artifact_sha256: String,
     pub optimizer: String,
@@ -82,6 +87,10 @@ pub struct TrainSummary {
     /// `None` when the run did not read the test list (`score_test` off).
     pub test_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
+    /// The best epoch's scores per task (one for a one-attribute graph) on validation, and
+    /// on test when it was read.
+    pub val_tasks: Vec<TaskScore>,
+    pub test_tasks: Option<Vec<TaskScore>>,
     pub train_images: usize,
     pub val_images: usize,
     pub test_images: usize,
@@ -108,21 +117,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let config = SessionConfig { intra_threads: opts.threads, ..SessionConfig::new(opts.device) };
     let mut engine = Engine::new(artifacts.clone(), &config)?;
     let start = starting_point(opts, &artifacts)?;
-    // the one class table (MTFL code c is class c - 1), so trained models and heads name classes alike
-    let classes = Classes::mtfl(&opts.attribute)
-        .ok_or_else(|| anyhow::anyhow!("unknown attribute '{}': expected one of {}", opts.attribute, crate::dataset::MTFL_ATTRIBUTES.join(", ")))?;
-    let class_names = classes.labels.clone();
-    if class_names.len() != m.classes {
-        bail!("attribute '{}' has {} classes, the artifacts' class layer has {}", opts.attribute, class_names.len(), m.classes);
-    }
+    let (tasks, heads) = tasks_of(opts, &artifacts)?;
     fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
 
-    let sets = load_sets(opts, &artifacts, &classes, start.seed)?;
+    let sets = load_sets(opts, &artifacts, &tasks, start.seed)?;
     engine.load(&start)?;
     eprintln!("{}", runtime::describe_provider(&config));
     eprintln!(
         "training {} on {} train / {} validation images ({} test), batch {}, {} lr {} ({}), distortions {}, seed {}, from epoch {}",
-        opts.attribute,
+        heads.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", "),
         sets.train.len(),
         sets.val.len(),
         sets.test.len(),
@@ -134,8 +137,29 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         start.seed,
         start.epoch
     );
-    let run = run_epochs(opts, &mut engine, &sets, start)?;
-    finish(opts, &mut engine, &sets, &class_names, run)
+    let run = run_epochs(opts, &mut engine, &sets, &heads, start)?;
+    finish(opts, &mut engine, &sets, &heads, run)
+}
+
+/// What the artifacts train: `--attribute`'s classes for a one-attribute graph, every task of
+/// a multi-task graph (`--attribute all`), laid out along the logits.
+fn tasks_of(opts: &TrainOptions, artifacts: &Artifacts) -> Result<(Tasks, Vec<Head>)> {
+    let m = &artifacts.manifest;
+    if m.tasks.is_empty() {
+        // the one class table (MTFL code c is class c - 1), so trained models and heads name classes alike
+        let classes = Classes::mtfl(&opts.attribute)
+            .ok_or_else(|| anyhow::anyhow!("unknown attribute '{}': expected one of {}", opts.attribute, crate::dataset::MTFL_ATTRIBUTES.join(", ")))?;
+        let heads = score::heads(artifacts, &classes)?;
+        return Ok((Tasks::one(classes), heads));
+    }
+    let names: Vec<&str> = m.tasks.iter().map(|t| t.name.as_str()).collect();
+    if opts.attribute != "all" {
+        bail!("the artifacts in {} train every task at once ({}): use --attribute all, not '{}'", artifacts.dir.display(), names.join(", "), opts.attribute);
+    }
+    let attributes = artifacts.class_tasks().map(|t| score::task_classes(&t.name, t.width)).collect::<Result<_>>()?;
+    let tasks = Tasks { attributes, landmarks: artifacts.target_width() > 0 };
+    let heads = score::heads(artifacts, &tasks.attributes[0])?;
+    Ok((tasks, heads))
 }
 
 /// The checkpoint training starts from: the artifacts' init.h5, or `--resume`'s file if it was
@@ -165,20 +189,21 @@ struct Sets {
     test: Examples,
 }
 
-fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, classes: &Classes, seed: u64) -> Result<Sets> {
+fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, tasks: &Tasks, seed: u64) -> Result<Sets> {
     let input = crate::model::input_spec(&artifacts.manifest.description).context("artifacts' model description")?;
     let pre = Preprocess { crop: opts.crop, input: input.clone() };
     let subsets = Subsets { validation_percent: VALIDATION_PERCENT, seed, limit: opts.limit, test: opts.score_test };
-    let [train, val, test] = subsets.of_mtfl(&opts.mtfl, classes)?;
+    let [train, val, test] = subsets.of_mtfl(&opts.mtfl, tasks)?;
     // Decoded once and kept: every epoch reads every image, and decoding each time would cost
     // more than the small networks' steps (TCDCN: 43 KB per image, Cascade-CNN 270 KB).
     let decoder = Decoder::new(pre, opts.distortions, seed, opts.strict, None)?;
+    let test_decoder = Decoder::new(Preprocess { crop: opts.test_crop, input: input.clone() }, opts.distortions, seed, opts.strict, None)?;
     let show = opts.show_progress;
     Ok(Sets {
         spec: input,
         train: decoder.all(&train, "training", show)?,
         val: decoder.all(&val, "validation", show)?,
-        test: decoder.all(&test, "test", show)?,
+        test: test_decoder.all(&test, "test", show)?,
     })
 }
 
@@ -190,7 +215,7 @@ struct Run {
 
 /// Epochs `start.epoch + 1 ..= opts.epochs` through the training loop, a validation point at
 /// each epoch's end; stops early when the schedule's patience is exhausted.
-fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Checkpoint) -> Result<Run> {
+fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, heads: &[Head], start: Checkpoint) -> Result<Run> {
     let history = opts.out.join("history.csv");
     history::prepare(&history, 1, start.step)?;
     let first = start.epoch;
@@ -212,7 +237,8 @@ fn run_epochs(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, start: Chec
     };
     let distort = Distort { distortions: opts.distortions, spec: &sets.spec, seed: start.seed };
     let batches = Batches { source: Source::Memory { rows: &sets.train, distort: Some(distort) }, order: Order::Epochs, size: batch, seed: start.seed };
-    let mut points = EpochEnds { val: &sets.val, eval_batch: opts.eval_batch, best: opts.out.join("best.h5"), schedule: opts.schedule, per_epoch };
+    let mut points =
+        EpochEnds { val: &sets.val, heads, tasks: Vec::new(), eval_batch: opts.eval_batch, best: opts.out.join("best.h5"), schedule: opts.schedule, per_epoch };
     let outcome = steps::run(&steps, engine, Stepper::Fused, start, batches, &mut points)?;
     if outcome.stopped {
         println!("{}", early_stop(&outcome.last));
@@ -225,9 +251,13 @@ fn early_stop(state: &Checkpoint) -> String {
 }
 
 /// `retrain train`'s validation points: one per epoch, `best.h5` at the best validation
-/// accuracy, early stopping on validation loss.
+/// accuracy (a multi-task graph's: at the lowest validation loss, which weighs the landmarks
+/// in), early stopping on validation loss.
 struct EpochEnds<'a> {
     val: &'a Examples,
+    heads: &'a [Head],
+    /// The scores of the last validation, per task.
+    tasks: Vec<TaskScore>,
     eval_batch: usize,
     best: PathBuf,
     schedule: Schedule,
@@ -236,15 +266,22 @@ struct EpochEnds<'a> {
 
 impl Points for EpochEnds<'_> {
     fn validate(&mut self, engine: &mut Engine) -> Result<(f64, f64)> {
-        evaluate(engine, self.val, self.eval_batch)
+        let s = score::evaluate(engine, self.heads, self.val, self.eval_batch)?;
+        self.tasks = s.tasks;
+        Ok((s.loss, s.accuracy))
     }
 
     fn record(&mut self, state: &mut Checkpoint, p: &Point) -> Result<Flow> {
+        if self.heads.len() > 1 {
+            println!("  validation: {}", score::describe(&self.tasks));
+        }
         state.epoch = p.step / self.per_epoch;
-        if p.val_loss < state.best_val_loss {
+        let lowest_loss = p.val_loss < state.best_val_loss;
+        if lowest_loss {
             (state.best_val_loss, state.best_val_loss_epoch) = (p.val_loss, state.epoch);
         }
-        if p.val_accuracy > state.best_val_accuracy {
+        let best = if self.heads.len() > 1 { lowest_loss } else { p.val_accuracy > state.best_val_accuracy };
+        if best {
             state.best_val_accuracy = p.val_accuracy;
             state.write(&self.best)?;
         }
@@ -252,37 +289,13 @@ impl Points for EpochEnds<'_> {
     }
 }
 
-/// Mean cross-entropy and accuracy over `ex` with the current parameters.
-pub fn evaluate(engine: &mut Engine, ex: &Examples, eval_batch: usize) -> Result<(f64, f64)> {
-    let classes = engine.artifacts.manifest.classes;
-    let (mut loss, mut correct) = (0f64, 0usize);
-    let indices: Vec<usize> = (0..ex.len()).collect();
-    for chunk in indices.chunks(eval_batch.max(1)) {
-        let images = ex.images[chunk[0] * ex.image_len..(chunk[chunk.len() - 1] + 1) * ex.image_len].to_vec();
-        let logits = engine.logits(images, chunk.len())?;
-        for (row, &i) in logits.chunks(classes).zip(chunk) {
-            let (l, best) = cross_entropy(row, ex.labels[i] as usize);
-            loss += l;
-            correct += usize::from(best == ex.labels[i] as usize);
-        }
-    }
-    Ok((loss / ex.len().max(1) as f64, correct as f64 / ex.len().max(1) as f64))
-}
-
-/// -log softmax(row)[label] and the argmax.
-fn cross_entropy(row: &[f32], label: usize) -> (f64, usize) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-    let best = crate::head::softmax::argmax(ndarray::ArrayView1::from(row));
-    (log_sum - row[label] as f64, best)
-}
-
 /// Test accuracy of the best epoch, its exported model and result.json.
-fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[String], run: Run) -> Result<TrainSummary> {
+fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, heads: &[Head], run: Run) -> Result<TrainSummary> {
     let best_path = opts.out.join("best.h5");
     let best = if best_path.exists() { Checkpoint::read(&best_path)? } else { run.last.clone() };
     engine.load(&best)?;
-    let test = if opts.score_test { Some(evaluate(engine, &sets.test, opts.eval_batch)?) } else { None };
+    let val = score::evaluate(engine, heads, &sets.val, opts.eval_batch)?;
+    let test = if opts.score_test { Some(score::evaluate(engine, heads, &sets.test, opts.eval_batch)?) } else { None };
     let a = &engine.artifacts;
     let model = opts.out.join("model.onnx");
     let params: Vec<_> = best.tensors.iter().filter(|t| a.params().any(|p| p.input == t.name)).cloned().collect();
@@ -299,11 +312,12 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
         best.seed,
         &a.sha256[..12]
     );
-    let metadata = vec![("retrain.labels".to_string(), class_names.join(",")), ("retrain.source".to_string(), source)];
+    let metadata = model_metadata(heads, opts.crop, source);
     export::export(&a.verified_file("forward")?, &params, &metadata, &model)?;
     let summary = TrainSummary {
         attribute: opts.attribute.clone(),
         crop: opts.crop.to_string(),
+        test_crop: opts.test_crop.to_string(),
         seed: best.seed,
         artifact_sha256: a.sha256.clone(),
         optimizer: a.optimizer_name().to_string(),
@@ -318,8 +332,10 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
         best_val_loss_epoch: run.last.best_val_loss_epoch,
         best_epoch: best.epoch,
         best_val_accuracy: best.best_val_accuracy,
-        test_accuracy: test.map(|(_, accuracy)| accuracy),
-        test_loss: test.map(|(loss, _)| loss),
+        test_accuracy: test.as_ref().map(|t| t.accuracy),
+        test_loss: test.as_ref().map(|t| t.loss),
+        val_tasks: val.tasks,
+        test_tasks: test.map(|t| t.tasks),
         train_images: sets.train.len(),
         val_images: sets.val.len(),
         test_images: sets.test.len(),
@@ -332,11 +348,30 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, class_names: &[
     Ok(summary)
 }
 
+/// The class names of the trained model's attributes (`retrain.labels` for one attribute,
+/// `retrain.labels:NAME` for each of several), its crop (landmarks are fractions of it) and
+/// where it came from.
+fn model_metadata(heads: &[Head], crop: Crop, source: String) -> Vec<(String, String)> {
+    let mut metadata = Vec::new();
+    for h in heads {
+        if let Some(labels) = &h.labels {
+            let key = if heads.len() == 1 { "retrain.labels".to_string() } else { format!("retrain.labels:{}", h.name) };
+            metadata.push((key, labels.join(",")));
+        }
+    }
+    metadata.extend([("retrain.crop".to_string(), crop.to_string()), ("retrain.source".to_string(), source)]);
+    metadata
+}
+
 /// The closing lines of `retrain train`.
 pub fn report(s: &TrainSummary) -> String {
     let test = match (s.test_accuracy, s.test_loss) {
         (Some(a), Some(l)) => format!("test accuracy {a:.4} (loss {l:.4}) on {} MTFL test images", s.test_images),
         _ => "test list not read (--no-test)".to_string(),
+    };
+    let test = match &s.test_tasks {
+        Some(tasks) if tasks.len() > 1 => format!("{test}\n  test: {}", score::describe(tasks)),
+        _ => test,
     };
     format!(
         "best epoch {} (validation accuracy {:.4}); {test}\n\

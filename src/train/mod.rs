@@ -22,6 +22,7 @@ pub mod epochs;
 pub mod export;
 pub mod history;
 pub mod schedule;
+pub mod score;
 pub mod steps;
 
 pub use epochs::{train, TrainOptions, TrainSummary};

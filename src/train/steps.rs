@@ -156,8 +156,12 @@ impl Walk<'_, '_> {
         let (lr, seed, rows) = ((self.s.lr)(step), self.state.seed, batch.rows());
         let r = match &mut self.stepper {
             Stepper::Fused => {
-                let masks = dropout_masks(&self.engine.artifacts.manifest, seed, step, 0, batch.labels.len());
-                self.engine.step(&Batch { images: batch.images, labels: batch.labels, weights: batch.weights, masks: &masks }, lr, step)?
+                let masks = dropout_masks(&self.engine.artifacts.manifest, seed, step, 0, batch.weights.len());
+                self.engine.step(
+                    &Batch { images: batch.images, labels: batch.labels, targets: batch.targets, weights: batch.weights, masks: &masks },
+                    lr,
+                    step,
+                )?
             }
             Stepper::Accumulate(acc) => acc.step_batch(self.engine, &batch, lr, seed, step)?,
         };

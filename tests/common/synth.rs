@@ -139,3 +139,27 @@ fn write_synthetic(path: &Path, n: usize, dim: usize, rng: &mut Rng, mut draw: i
     writer.append(&rows, &[], n, n).unwrap();
     path.to_path_buf()
 }
+
+/// A landmark model that places the same landmarks on every image: `fractions` (x1..x5,
+/// y1..y5 of its input) as the bias of a zero-weight layer, output `landmarks` [N, 10], with
+/// `retrain.crop` = `crop` when given (the crop it would have been trained on).
+pub fn constant_landmark_model(path: &Path, fractions: [f32; 10], crop: Option<&str>) -> PathBuf {
+    let graph = Graph {
+        name: "constant landmarks".into(),
+        nodes: vec![
+            node("GlobalAveragePool", "pool", &["input"], &["pool"], &[]),
+            node("Flatten", "flatten", &["pool"], &["bottleneck"], &[int_attribute("axis", 1)]),
+            node("Gemm", "landmarks", &["bottleneck", "w", "b"], &["landmarks"], &[int_attribute("transB", 1)]),
+        ],
+        initializers: vec![tensor_f32("w", &[10, 3], &[0.0; 30]), tensor_f32("b", &[10], &fractions)],
+        inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
+        outputs: vec![value_info("landmarks", &[Dim::Named("N"), Dim::Fixed(10)])],
+    };
+    let size = INPUT_SIZE.to_string();
+    let mut description =
+        vec![("layout", "NCHW"), ("height", size.as_str()), ("width", size.as_str()), ("mean", "0.5"), ("std", "0.25"), ("resize", "bilinear")];
+    description.extend(crop.map(|c| ("crop", c)));
+    let metadata: Vec<(String, String)> = description.iter().map(|(k, v)| (format!("retrain.{k}"), v.to_string())).collect();
+    std::fs::write(path, onnx::model(&graph, &metadata)).unwrap();
+    path.to_path_buf()
+}
