@@ -253,7 +253,8 @@ struct PredictArgs {
     #[arg(long)]
     crop: Option<Crop>,
     /// A landmark model (`retrain train` on multi-task artifacts): it places the landmarks the
-    /// nose and face crops need, replacing any of the list's, so plain photos get every crop.
+    /// nose and face crops need, replacing any of the list's, so plain photos get every crop;
+    /// the output gains their columns x1..x5, y1..y5 (pixels).
     #[arg(long)]
     landmarks: Option<PathBuf>,
     /// Passes of the landmark model: the whole image, then its own crop placed from the estimate.
@@ -835,7 +836,11 @@ fn run_predict(a: PredictArgs) -> Result<()> {
         locator.locate(&mut samples, a.landmark_passes, a.stream.batch, a.stream.decode_threads, !a.stream.quiet)?;
     }
     let opts = PredictOptions { crop: a.crop, batch: a.stream.batch, decode_threads: a.stream.decode_threads, show_progress: !a.stream.quiet };
-    let summary = predict::predict(&mut model, &samples, &opts)?;
+    let mut summary = predict::predict(&mut model, &samples, &opts)?;
+    if a.landmarks.is_some() {
+        let placed: std::collections::HashMap<&str, [f32; 10]> = samples.iter().filter_map(|s| Some((s.key.as_str(), s.landmarks?))).collect();
+        summary.table.add_landmarks(|key| placed.get(key).copied());
+    }
     summary.table.write(&a.out)?;
     println!(
         "wrote {} predictions to {} (crop {}; {:.1} s, {:.1} images/s); {} images skipped",

@@ -22,12 +22,18 @@ pub struct PredictionTable {
     pub paths: Vec<String>,
     /// Per attribute, row-major [rows, classes].
     pub probabilities: Vec<Vec<f32>>,
+    /// Per row, the landmarks a landmark model placed (`predict --landmarks`): columns
+    /// x1..x5, y1..y5 in the image's pixels, empty where none was placed.
+    pub landmarks: Option<Vec<Option<[f32; 10]>>>,
 }
+
+/// Names of the landmark columns.
+const LANDMARK_COLUMNS: [&str; 10] = ["x1", "x2", "x3", "x4", "x5", "y1", "y2", "y3", "y4", "y5"];
 
 impl PredictionTable {
     pub fn new(attributes: Vec<Attribute>) -> Self {
         let probabilities = vec![Vec::new(); attributes.len()];
-        PredictionTable { attributes, paths: Vec::new(), probabilities }
+        PredictionTable { attributes, paths: Vec::new(), probabilities, landmarks: None }
     }
 
     /// Adds one image: `probs[a]` holds attribute a's class probabilities.
@@ -37,6 +43,11 @@ impl PredictionTable {
         for (column, p) in self.probabilities.iter_mut().zip(probs) {
             column.extend_from_slice(p);
         }
+    }
+
+    /// Adds landmark columns: `of(path)` gives the landmarks of each row's image.
+    pub fn add_landmarks(&mut self, of: impl Fn(&str) -> Option<[f32; 10]>) {
+        self.landmarks = Some(self.paths.iter().map(|p| of(p)).collect());
     }
 
     pub fn len(&self) -> usize {
@@ -64,6 +75,9 @@ impl PredictionTable {
             h.push(a.name.clone());
             h.extend(a.labels.iter().map(|l| format!("p_{}_{l}", a.name)));
         }
+        if self.landmarks.is_some() {
+            h.extend(LANDMARK_COLUMNS.map(String::from));
+        }
         h
     }
 
@@ -73,6 +87,12 @@ impl PredictionTable {
         for (a, attr) in self.attributes.iter().enumerate() {
             cells.push(attr.labels[self.predicted(a, i)].clone());
             cells.extend(self.row(a, i).iter().map(|p| format!("{p:.6}")));
+        }
+        if let Some(all) = &self.landmarks {
+            match all[i] {
+                Some(points) => cells.extend(points.iter().map(|v| format!("{v:.2}"))),
+                None => cells.extend(std::iter::repeat_n(String::new(), 10)),
+            }
         }
         cells
     }
@@ -93,7 +113,7 @@ impl PredictionTable {
         let rows = (0..self.len())
             .map(|i| {
                 let object = header.iter().zip(self.cells(i)).map(|(k, v)| {
-                    let value = if k.starts_with("p_") {
+                    let value = if k.starts_with("p_") || LANDMARK_COLUMNS.contains(&k.as_str()) {
                         v.parse::<f64>().map_or(serde_json::Value::String(v.clone()), serde_json::Value::from)
                     } else {
                         serde_json::Value::String(v)
@@ -143,5 +163,13 @@ mod tests {
         let json = t.to_json();
         assert_eq!(json[0]["gender"], "female");
         assert_eq!(json[1]["p_smile_not_smiling"], 1.0);
+
+        t.add_landmarks(|p| (p == "a/1.jpg").then_some([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.5]));
+        let csv = t.to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[0].ends_with(",p_smile_not_smiling,x1,x2,x3,x4,x5,y1,y2,y3,y4,y5"), "{}", lines[0]);
+        assert!(lines[1].ends_with(",0.100000,1.00,2.00,3.00,4.00,5.00,6.00,7.00,8.00,9.00,10.50"), "{}", lines[1]);
+        assert!(lines[2].ends_with(",1.000000,,,,,,,,,,"), "no landmarks: empty cells: {}", lines[2]);
+        assert_eq!(t.to_json()[0]["y5"], 10.5);
     }
 }
