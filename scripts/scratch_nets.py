@@ -6,7 +6,7 @@
                          5x5 / pool branches, concatenated), fc 160 ReLU (`bottleneck`), class layer
   onnx/tcdcn.onnx        input [N,60,60,3] NHWC: conv 5x5x20, pool, 5x5x48, pool, 3x3x64, pool,
                          3x3x80, fc 256 ReLU (`bottleneck`, the shared feature vector),
-                         dropout 0.4 (identity here; scripts/make_artifacts.py makes it a mask
+                         dropout 0.4 (--dropout; identity here; scripts/make_artifacts.py makes it a mask
                          input in the training graph), class layer
   onnx/tcdcn_multitask.onnx  the same trunk with a layer per task on the 256-d feature: the five
                          landmarks (`landmarks`, 0..1 of the crop) and gender, smile, glasses,
@@ -17,7 +17,7 @@ Outputs of both: `bottleneck`, `logits`, `probabilities`.  Convolution kernels a
 connected layers are He-normal (ReLU follows them), the class layer Glorot-uniform, biases 0;
 one numpy Generator seeded with --seed draws them in graph order, so a rerun gives the same file.
 
-  scratch_nets.py [--out-dir onnx] [--seed 0] [--classes 2]
+  scratch_nets.py [--out-dir onnx] [--seed 0] [--classes 2] [--dropout 0.4]
 """
 
 import argparse
@@ -38,6 +38,7 @@ OPSET = 17  # MaxPool's reverse rule in onnx-ad needs ScatterND with reduction='
 INPUT = "input"
 # Pixels scaled to [-1, 1]: value = (pixel/255 - 0.5) / 0.5.
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+DROPOUT = 0.4  # TCDCN's, after the shared feature; Cascade-CNN has none
 
 
 class NetBuilder:
@@ -96,8 +97,9 @@ class NetBuilder:
         return self.add("Concat", branches, f"{name}/concat", axis=1), b1 + b3 + b5 + bp
 
 
-def cascade_cnn(seed, classes):
-    """The Cascade-CNN of the study (150x150x3 input); returns builder, size, bottleneck width."""
+def cascade_cnn(seed, classes, dropout=None):
+    """The Cascade-CNN of the study (150x150x3 input; no dropout, whatever `dropout` says);
+    returns builder, size, bottleneck width."""
     net = NetBuilder(seed)
     x = net.add("Transpose", [INPUT], "to_nchw", perm=[0, 3, 1, 2])
     size, channels = 150, 3
@@ -112,8 +114,8 @@ def cascade_cnn(seed, classes):
     return net, 150, hidden
 
 
-def tcdcn(seed, classes):
-    """TCDCN (60x60x3 input) with a 256-d shared feature vector and dropout 0.4 after it."""
+def tcdcn(seed, classes, dropout=DROPOUT):
+    """TCDCN (60x60x3 input) with a 256-d shared feature vector and dropout after it."""
     net = NetBuilder(seed)
     x = net.add("Transpose", [INPUT], "to_nchw", perm=[0, 3, 1, 2])
     size, channels = 60, 3
@@ -128,7 +130,7 @@ def tcdcn(seed, classes):
     hidden = 256
     net.dense(flat, "bottleneck", channels * size * size, hidden, relu=True)
     dropped = net.add("Dropout", ["bottleneck", "dropout/ratio"], "dropout")
-    net.initializers.append(numpy_helper.from_array(np.array(0.4, np.float32), "dropout/ratio"))
+    net.initializers.append(numpy_helper.from_array(np.array(dropout, np.float32), "dropout/ratio"))
     net.dense(dropped, "logits", hidden, classes, relu=False)
     return net, 60, hidden
 
@@ -146,10 +148,10 @@ MULTITASK = [("landmarks", "landmarks", 10, 100.0), ("gender", "classes", 2, 1.0
 MULTITASK_NAME = "tcdcn_multitask"
 
 
-def tcdcn_multitask(seed):
+def tcdcn_multitask(seed, dropout=DROPOUT):
     """TCDCN's trunk and 256-d feature with one linear layer per task; `logits` is their
     concatenation (landmarks first), the tensor every retrain graph reads."""
-    net, size, hidden = tcdcn(seed, 2)
+    net, size, hidden = tcdcn(seed, 2, dropout)
     # drop the single class layer: each task gets its own
     net.nodes = [n for n in net.nodes if not n.output[0].startswith("logits")]
     net.initializers = [t for t in net.initializers if not t.name.startswith("logits/")]
@@ -199,10 +201,10 @@ def to_model(net, name, size, outputs, seed, **extra_fields):
     return model
 
 
-def build(name, seed=0, classes=2):
+def build(name, seed=0, classes=2, dropout=DROPOUT):
     if name == MULTITASK_NAME:
-        return tcdcn_multitask(seed)
-    net, size, hidden = NETWORKS[name](seed, classes)
+        return tcdcn_multitask(seed, dropout)
+    net, size, hidden = NETWORKS[name](seed, classes, dropout)
     return finish(net, name, size, hidden, classes, seed)
 
 
@@ -211,10 +213,12 @@ def main(argv=None):
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "onnx")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", type=int, default=2)
+    parser.add_argument("--dropout", type=float, default=DROPOUT,
+                        help="TCDCN's dropout ratio after the shared feature (0: none)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in [*NETWORKS, MULTITASK_NAME]:
-        model = build(name, args.seed, args.classes)
+        model = build(name, args.seed, args.classes, args.dropout)
         path = args.out_dir / f"{name}.onnx"
         onnx.save(model, path)
         params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::Skip;
 use crate::dataset::Sample;
+use crate::export::CROP_KEY;
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
 use crate::progress;
@@ -34,7 +34,7 @@ impl Locator {
         if model.output_dim != 10 {
             bail!("landmark model {}: output '{LANDMARKS_OUTPUT}' has {} values per image, expected 10 (x1..x5, y1..y5)", path.display(), model.output_dim);
         }
-        let crop = match model.description.get("crop") {
+        let crop = match model.description.get(CROP_KEY) {
             Some(c) => c.parse().with_context(|| format!("metadata retrain.crop of {}", path.display()))?,
             None => Crop::Original,
         };
@@ -51,10 +51,10 @@ impl Locator {
     }
 
     /// Sets the landmarks of every sample in `passes` passes (at least 1; passes after the
-    /// first only where the model was trained on another crop than the whole image). Returns
-    /// the images that could not be read (their landmarks stay as they were).
-    pub fn locate(&mut self, samples: &mut [Sample], passes: usize, batch: usize, decode_threads: Option<usize>, show_progress: bool) -> Result<Vec<Skip>> {
-        let mut skipped = Vec::new();
+    /// first only where the model was trained on another crop than the whole image). An image
+    /// that cannot be read keeps the landmarks it had: the step that reads it next (`predict`)
+    /// reports it, once.
+    pub fn locate(&mut self, samples: &mut [Sample], passes: usize, batch: usize, decode_threads: Option<usize>, show_progress: bool) -> Result<()> {
         for pass in 0..passes.max(1) {
             if pass > 0 && self.crop == Crop::Original {
                 break;
@@ -67,9 +67,6 @@ impl Locator {
             let batches = Batches { samples, pre: &WithWindows(&pre), todo: &todo, size: batch.max(1), decode_threads };
             batches.for_each(|Decoded { tensor: (images, windows), good, failures, .. }| {
                 bar.inc((good.len() + failures.len()) as u64);
-                if pass == 0 {
-                    skipped.extend(failures);
-                }
                 if good.is_empty() {
                     return Ok(());
                 }
@@ -84,6 +81,6 @@ impl Locator {
                 samples[i].landmarks = Some(points);
             }
         }
-        Ok(skipped)
+        Ok(())
     }
 }

@@ -430,6 +430,10 @@ struct TrainArgs {
     /// Do not read the test list: for runs that choose settings, which validation alone decides.
     #[arg(long)]
     no_test: bool,
+    /// Distort the validation images too, once (the same draws every epoch), so a landmark
+    /// model is judged on windows that do not sit exactly on the annotated landmarks.
+    #[arg(long)]
+    distort_validation: bool,
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     strict: bool,
@@ -706,6 +710,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         lr: a.lr,
         schedule: Schedule { patience: a.patience, lr_decay: a.lr_decay, lr_decay_every: a.lr_decay_every },
         distortions: a.distort.distortions()?,
+        distort_validation: a.distort_validation,
         batch: a.batch,
         device: a.run.device,
         threads: a.run.threads,
@@ -832,7 +837,6 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     eprintln!("{}", runtime::describe_provider(&config));
     if let Some(path) = &a.landmarks {
         let mut locator = retrain::locate::Locator::load(path, &config)?;
-        // unreadable images are reported once, by predict below
         locator.locate(&mut samples, a.landmark_passes, a.stream.batch, a.stream.decode_threads, !a.stream.quiet)?;
     }
     let opts = PredictOptions { crop: a.crop, batch: a.stream.batch, decode_threads: a.stream.decode_threads, show_progress: !a.stream.quiet };

@@ -58,8 +58,7 @@ pub fn score(truth: &[usize], predicted: &[usize], labels: &[String]) -> Metrics
         })
         .collect();
     let right = (0..k).map(|c| confusion[c][c]).sum();
-    let recalls: Vec<f64> = classes.iter().filter_map(|c| c.recall).collect();
-    let balanced_accuracy = if recalls.is_empty() { 0.0 } else { recalls.iter().sum::<f64>() / recalls.len() as f64 };
+    let balanced_accuracy = balanced(&classes);
     Metrics {
         labels: labels.to_vec(),
         rows: truth.len(),
@@ -69,6 +68,26 @@ pub fn score(truth: &[usize], predicted: &[usize], labels: &[String]) -> Metrics
         confusion,
         confusion_normalized,
     }
+}
+
+/// Mean recall over the classes that have rows.
+fn balanced(classes: &[ClassScores]) -> f64 {
+    let recalls: Vec<f64> = classes.iter().filter_map(|c| c.recall).collect();
+    if recalls.is_empty() {
+        0.0
+    } else {
+        recalls.iter().sum::<f64>() / recalls.len() as f64
+    }
+}
+
+/// Scores as any version wrote them: files from before balanced accuracy get it from their
+/// per-class recalls (which they have), not the 0 that a missing field would read as.
+pub fn read(v: &serde_json::Value) -> serde_json::Result<Metrics> {
+    let mut m: Metrics = serde_json::from_value(v.clone())?;
+    if v.get("balanced_accuracy").is_none() {
+        m.balanced_accuracy = balanced(&m.classes);
+    }
+    Ok(m)
 }
 
 /// `86.3%`, or `-` for an undefined ratio.
@@ -131,5 +150,9 @@ mod tests {
         // always the majority class: accuracy 0.9, balanced accuracy 0.5
         let m = score(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1], &[0; 10], &labels);
         assert_eq!((m.accuracy, m.balanced_accuracy), (0.9, 0.5));
+        // a file written before the field existed reads with it recomputed, not as 0
+        let mut old = serde_json::to_value(&m).unwrap();
+        old.as_object_mut().unwrap().remove("balanced_accuracy");
+        assert_eq!(read(&old).unwrap(), m);
     }
 }

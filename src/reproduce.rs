@@ -214,7 +214,7 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
     }
     s.push('\n');
     for (attribute, crop, path, v) in &found {
-        if let Ok(m) = serde_json::from_value::<crate::metrics::Metrics>(v["test"].clone()) {
+        if let Ok(m) = crate::metrics::read(&v["test"]) {
             s.push_str(&m.markdown(&format!("{attribute} - {crop} crop - fine-tuned ({})", path.display())));
             s.push('\n');
         }

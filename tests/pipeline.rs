@@ -380,7 +380,7 @@ fn a_landmark_model_places_landmarks_on_the_whole_image_then_on_its_own_crop() {
         let model = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), f, crop);
         let mut samples = plain.clone();
         let mut locator = retrain::locate::Locator::load(&model, &cpu()).unwrap();
-        assert!(locator.locate(&mut samples, passes, 7, Some(1), false).unwrap().is_empty());
+        locator.locate(&mut samples, passes, 7, Some(1), false).unwrap();
         // pass 1: fractions of the whole 24 x 24 image; pass 2 on a face crop: of its window
         let first = f.map(|v| v * side);
         let want = match (crop, passes) {
@@ -442,4 +442,22 @@ fn predict_on_plain_photos_crops_faces_from_predicted_landmarks() {
             assert_eq!(row[1 + a * 3], t.attributes[a].labels[t.predicted(a, i)], "{}", row[0]);
         }
     }
+    // scripts/score_predictions.py scores the plain list's CSV against the annotation file:
+    // every image found, and landmarks placed where they are annotated are off by nothing
+    let Some(python) = python() else { return };
+    let script = common::repo().join("scripts/score_predictions.py");
+    let o = std::process::Command::new(&python).arg(script).arg(&out).arg(w.mtfl.join("testing.txt")).output().unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{report}{}", stderr(&o));
+    let n = names.len();
+    assert!(report.contains(&format!("{n} of {n} annotated images predicted (0 missing)")), "{report}");
+    assert!(report.contains("landmarks: mean error 0.00% of the inter-ocular distance, failures (> 10%) 0.0%"), "{report}");
+    // and scripts/landmark_baseline.py: every generated face has the same landmarks, so the
+    // mean face is exact in each face window and in each whole test image (the 24 x 24
+    // images are smaller than a face:3.2 window)
+    let script = common::repo().join("scripts/landmark_baseline.py");
+    let o = std::process::Command::new(&python).arg(script).arg(&w.mtfl).output().unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{report}{}", stderr(&o));
+    assert_eq!(report.matches("mean error 0.00% of the inter-ocular distance, failures (> 10%) 0.0%").count(), 2, "{report}");
 }

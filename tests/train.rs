@@ -103,6 +103,38 @@ fn distortions_change_training_and_are_recorded() {
 }
 
 #[test]
+fn distorted_validation_changes_the_validation_scores_not_the_training() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let art = make_artifacts(&py, &tmp.path().join("art"), 4, "adam");
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 12);
+    let distort = ["--flip", "--random-crop", "20", "--random-scale", "20", "--no-test"];
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = train_args(s(&art), s(&mtfl), s(&out), "1");
+        args.extend(distort.iter().chain(extra));
+        let o = retrain(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+        (Checkpoint::read(&out.join("last.h5")).unwrap(), result)
+    };
+    let (plain, plain_result) = run("plain", &[]);
+    let (distorted, distorted_result) = run("distorted", &["--distort-validation"]);
+    assert_eq!(plain.tensors, distorted.tensors, "validation distortions changed the training");
+    assert_ne!(plain_result["best_val_loss"], distorted_result["best_val_loss"], "validation images were not distorted");
+    assert_eq!((&plain_result["distort_validation"], &distorted_result["distort_validation"]), (&false.into(), &true.into()));
+
+    // the best epoch depends on it, so a resumed run must repeat it
+    let out = tmp.path().join("distorted");
+    let last = out.join("last.h5");
+    let mut args = train_args(s(&art), s(&mtfl), s(&out), "2");
+    args.extend(distort.iter().chain(&["--resume", s(&last)]));
+    let o = retrain(&args);
+    assert!(!o.status.success(), "resumed without the validation distortions");
+    assert!(stderr(&o).contains("trained with distortions 'flip,crop=20,scale=20; validation too'"), "{}", stderr(&o));
+}
+
+#[test]
 fn patience_stops_when_validation_loss_stalls() {
     let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().unwrap();

@@ -164,6 +164,16 @@ impl Source<'_> {
     }
 }
 
+/// The epoch number of validation draws: no training epoch reaches it, so validation
+/// images never share a training image's draw.
+const VALIDATION_EPOCH: u64 = u64::MAX;
+
+/// A copy of every row distorted with draws of its own, made once (`--distort-validation`).
+pub fn distorted_once(rows: &Examples, distort: &Distort) -> Examples {
+    let picks: Vec<Pick> = (0..rows.len()).map(|index| Pick { index, epoch: VALIDATION_EPOCH }).collect();
+    gather(rows, &picks, Some(distort))
+}
+
 /// Copies of the picked rows, distorted in parallel (distorting 64 150x150 images one after
 /// another costs about a GPU train step), landmark targets moved with their pixels.
 fn gather(rows: &Examples, picks: &[Pick], distort: Option<&Distort>) -> Examples {

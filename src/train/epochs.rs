@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::artifacts::Artifacts;
-use super::batches::{Batches, Distort, Order, Source};
+use super::batches::{self, Batches, Distort, Order, Source};
 use super::checkpoint::Checkpoint;
 use super::data::{Examples, Subsets, Tasks};
 use super::decode::Decoder;
@@ -21,7 +21,9 @@ use super::schedule::Schedule;
 use super::score::{self, Head, TaskScore};
 use super::steps::{self, Flow, Label, Points, Stepper, Steps};
 use crate::augment::Distortions;
+use crate::export::CROP_KEY;
 use crate::head::classes::Classes;
+use crate::model::METADATA_PREFIX;
 use crate::preprocess::{Crop, InputSpec, Preprocess};
 use crate::runtime::{self, Device, SessionConfig};
 
@@ -43,8 +45,13 @@ pub struct TrainOptions {
     pub lr: f32,
     /// Learning-rate decay and early stopping.
     pub schedule: Schedule,
-    /// Random distortions of training images (never of validation or test images).
+    /// Random distortions of training images (never of test images).
     pub distortions: Distortions,
+    /// Distort the validation images too, once, with draws of their own (the same in every
+    /// epoch): a landmark model is then judged on windows that, like a face detector's, do
+    /// not sit exactly on the annotated landmarks (an undistorted face crop is placed from
+    /// them, so the mean face already scores well on it).
+    pub distort_validation: bool,
     /// Must equal the artifacts' batch when given (the train graph has a fixed batch).
     pub batch: Option<usize>,
     pub device: Device,
@@ -75,6 +82,7 @@ pub struct TrainSummary {
     pub lr: f32,
     pub schedule: Schedule,
     pub distortions: Distortions,
+    pub distort_validation: bool,
     pub batch: usize,
     pub epochs_completed: u64,
     pub epochs_run_now: u64,
@@ -162,6 +170,17 @@ fn tasks_of(opts: &TrainOptions, artifacts: &Artifacts) -> Result<(Tasks, Vec<He
     Ok((tasks, heads))
 }
 
+/// The distortions a checkpoint records and a resumed run must repeat: the training
+/// images', and whether validation images get them too (it decides the best epoch).
+fn run_distortions(opts: &TrainOptions) -> String {
+    let train = opts.distortions.describe();
+    if opts.distort_validation {
+        format!("{train}; validation too")
+    } else {
+        train
+    }
+}
+
 /// The checkpoint training starts from: the artifacts' init.h5, or `--resume`'s file if it was
 /// trained with the same distortions; stamped with this run's seed (fresh runs only),
 /// distortions and schedule.
@@ -169,7 +188,7 @@ fn starting_point(opts: &TrainOptions, artifacts: &Artifacts) -> Result<Checkpoi
     let path = opts.resume.clone().unwrap_or_else(|| artifacts.dir.join(&artifacts.manifest.checkpoint));
     let mut start = Checkpoint::read(&path)?;
     start.check_fits(artifacts, &path)?;
-    let (distortions, schedule) = (opts.distortions.describe(), opts.schedule.describe());
+    let (distortions, schedule) = (run_distortions(opts), opts.schedule.describe());
     if opts.resume.is_none() {
         start.seed = opts.seed;
     } else {
@@ -199,12 +218,12 @@ fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, tasks: &Tasks, seed: u6
     let decoder = Decoder::new(pre, opts.distortions, seed, opts.strict, None)?;
     let test_decoder = Decoder::new(Preprocess { crop: opts.test_crop, input: input.clone() }, opts.distortions, seed, opts.strict, None)?;
     let show = opts.show_progress;
-    Ok(Sets {
-        spec: input,
-        train: decoder.all(&train, "training", show)?,
-        val: decoder.all(&val, "validation", show)?,
-        test: test_decoder.all(&test, "test", show)?,
-    })
+    let train = decoder.all(&train, "training", show)?;
+    let mut val = decoder.all(&val, "validation", show)?;
+    if opts.distort_validation {
+        val = batches::distorted_once(&val, &Distort { distortions: opts.distortions, spec: &input, seed });
+    }
+    Ok(Sets { spec: input, train, val, test: test_decoder.all(&test, "test", show)? })
 }
 
 struct Run {
@@ -324,6 +343,7 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, heads: &[Head],
         lr: opts.lr,
         schedule: opts.schedule,
         distortions: opts.distortions,
+        distort_validation: opts.distort_validation,
         batch: a.manifest.batch,
         epochs_completed: run.last.epoch,
         epochs_run_now: run.epochs_run_now,
@@ -355,11 +375,11 @@ fn model_metadata(heads: &[Head], crop: Crop, source: String) -> Vec<(String, St
     let mut metadata = Vec::new();
     for h in heads {
         if let Some(labels) = &h.labels {
-            let key = if heads.len() == 1 { "retrain.labels".to_string() } else { format!("retrain.labels:{}", h.name) };
+            let key = if heads.len() == 1 { format!("{METADATA_PREFIX}labels") } else { format!("{METADATA_PREFIX}labels:{}", h.name) };
             metadata.push((key, labels.join(",")));
         }
     }
-    metadata.extend([("retrain.crop".to_string(), crop.to_string()), ("retrain.source".to_string(), source)]);
+    metadata.extend([(format!("{METADATA_PREFIX}{CROP_KEY}"), crop.to_string()), (format!("{METADATA_PREFIX}source"), source)]);
     metadata
 }
 
@@ -369,15 +389,17 @@ pub fn report(s: &TrainSummary) -> String {
         (Some(a), Some(l)) => format!("test accuracy {a:.4} (loss {l:.4}) on {} MTFL test images", s.test_images),
         _ => "test list not read (--no-test)".to_string(),
     };
-    let test = match &s.test_tasks {
-        Some(tasks) if tasks.len() > 1 => format!("{test}\n  test: {}", score::describe(tasks)),
-        _ => test,
+    // a multi-task run's best epoch is its lowest validation loss, and its scores are per task
+    let mut lines = if s.val_tasks.len() > 1 {
+        let mut lines = vec![format!("best epoch {} (lowest validation loss {:.4}); {test}", s.best_epoch, s.best_val_loss)];
+        lines.push(format!("  validation: {}", score::describe(&s.val_tasks)));
+        lines.extend(s.test_tasks.as_ref().map(|t| format!("  test: {}", score::describe(t))));
+        lines
+    } else {
+        vec![format!("best epoch {} (validation accuracy {:.4}); {test}", s.best_epoch, s.best_val_accuracy)]
     };
-    format!(
-        "best epoch {} (validation accuracy {:.4}); {test}\n\
-         {} epochs ({} in this run){} in {:.1} s of training ({:.1} s/epoch) on {}; model {}",
-        s.best_epoch,
-        s.best_val_accuracy,
+    lines.push(format!(
+        "{} epochs ({} in this run){} in {:.1} s of training ({:.1} s/epoch) on {}; model {}",
         s.epochs_completed,
         s.epochs_run_now,
         if s.stopped_early { " (stopped early)" } else { "" },
@@ -385,5 +407,6 @@ pub fn report(s: &TrainSummary) -> String {
         s.seconds_per_epoch,
         s.device,
         s.model.display()
-    )
+    ));
+    lines.join("\n")
 }

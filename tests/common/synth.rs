@@ -66,19 +66,16 @@ pub fn tiny_backbone(path: &Path, seed: u64) -> PathBuf {
         inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
         outputs: vec![value_info("bottleneck", &[Dim::Named("N"), Dim::Fixed(b)]), value_info("logits", &[Dim::Named("N"), Dim::Fixed(5)])],
     };
+    write_described(path, &graph, &[("bottleneck", "bottleneck"), ("input_name", "input")])
+}
+
+/// Writes `graph` with the description of the generated models' NCHW input (`INPUT_SIZE`
+/// square, mean 0.5, std 0.25) and the `extra` keys.
+fn write_described(path: &Path, graph: &Graph, extra: &[(&str, &str)]) -> PathBuf {
     let size = INPUT_SIZE.to_string();
-    let description = [
-        ("layout", "NCHW"),
-        ("height", size.as_str()),
-        ("width", size.as_str()),
-        ("mean", "0.5"),
-        ("std", "0.25"),
-        ("resize", "bilinear"),
-        ("bottleneck", "bottleneck"),
-        ("input_name", "input"),
-    ];
-    let metadata: Vec<(String, String)> = description.iter().map(|(k, v)| (format!("retrain.{k}"), v.to_string())).collect();
-    std::fs::write(path, onnx::model(&graph, &metadata)).unwrap();
+    let input = [("layout", "NCHW"), ("height", size.as_str()), ("width", size.as_str()), ("mean", "0.5"), ("std", "0.25"), ("resize", "bilinear")];
+    let metadata: Vec<(String, String)> = input.iter().chain(extra).map(|(k, v)| (format!("retrain.{k}"), v.to_string())).collect();
+    std::fs::write(path, onnx::model(graph, &metadata)).unwrap();
     path.to_path_buf()
 }
 
@@ -155,11 +152,6 @@ pub fn constant_landmark_model(path: &Path, fractions: [f32; 10], crop: Option<&
         inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
         outputs: vec![value_info("landmarks", &[Dim::Named("N"), Dim::Fixed(10)])],
     };
-    let size = INPUT_SIZE.to_string();
-    let mut description =
-        vec![("layout", "NCHW"), ("height", size.as_str()), ("width", size.as_str()), ("mean", "0.5"), ("std", "0.25"), ("resize", "bilinear")];
-    description.extend(crop.map(|c| ("crop", c)));
-    let metadata: Vec<(String, String)> = description.iter().map(|(k, v)| (format!("retrain.{k}"), v.to_string())).collect();
-    std::fs::write(path, onnx::model(&graph, &metadata)).unwrap();
-    path.to_path_buf()
+    let extra: Vec<(&str, &str)> = crop.map(|c| ("crop", c)).into_iter().collect();
+    write_described(path, &graph, &extra)
 }
