@@ -2,7 +2,8 @@
 """What a landmark model that ignores the pixels scores on MTFL: the mean training face.
 
 The mean landmarks of training.txt, as fractions of each image's face window (`--crop
-face:SCALE`, placed from the annotated landmarks as retrain places it), put back into
+face:SCALE`, placed from the annotated landmarks as retrain places it: scripts/onnxruntime_predict.py's
+`crop_box`), put back into
 
   - every training image's own face window: what an undistorted face-crop validation
     rewards without looking at the image (the window is centred on the landmarks);
@@ -20,33 +21,18 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_predictions import FAILURE, landmark_error  # noqa: E402
+from onnxruntime_predict import crop_box, read_list  # noqa: E402
+from score_predictions import describe_errors, landmark_error  # noqa: E402
 
 
-def read(list_path):
-    """(image path, [x1..x5, y1..y5]) per line of an MTFL annotation file."""
-    rows = []
-    for line in open(list_path):
-        fields = line.split()
-        if fields:
-            rows.append((list_path.parent / fields[0].replace("\\", "/"), [float(v) for v in fields[1:11]]))
-    return rows
-
-
-def face_window(points, width, height, scale):
-    """retrain's face window (src/preprocess.rs `face_window`): a square `scale` eye-to-mouth
-    distances wide on the landmarks' centre, shifted inside the image and shrunk to it."""
-    cx, cy = sum(points[:5]) / 5, sum(points[5:]) / 5
-    eyes = ((points[0] + points[1]) / 2, (points[5] + points[6]) / 2)
-    mouth = ((points[3] + points[4]) / 2, (points[8] + points[9]) / 2)
-    size = max(1, round(((mouth[0] - eyes[0]) ** 2 + (mouth[1] - eyes[1]) ** 2) ** 0.5 * scale))
-
-    def axis(centre, extent):
-        side = min(size, extent)
-        return min(max(round(centre - side / 2), 0), extent - side), side
-
-    (x, w), (y, h) = axis(cx, width), axis(cy, height)
-    return x, y, w, h
+def windows(list_path, crop):
+    """(annotated landmarks, crop window x, y, width, height) per image of an MTFL list, the
+    window placed as retrain places `crop`."""
+    out = []
+    for _, path, points in read_list(str(list_path)):
+        x0, y0, x1, y1 = crop_box(crop, *Image.open(path).size, points)
+        out.append((points, (x0, y0, x1 - x0, y1 - y0)))
+    return out
 
 
 def to_fractions(points, window):
@@ -59,11 +45,10 @@ def to_pixels(fractions, window):
     return [x + f * w for f in fractions[:5]] + [y + f * h for f in fractions[5:]]
 
 
-def report(name, pairs):
-    errors = [landmark_error(p, t) for p, t in pairs]
-    failures = sum(e > FAILURE for e in errors) / len(errors)
-    print(f"{name}: mean error {100 * sum(errors) / len(errors):.2f}% of the inter-ocular distance, "
-          f"failures (> {100 * FAILURE:.0f}%) {100 * failures:.1f}% ({len(errors)} images)")
+def report(name, mean, images):
+    """The error of `mean` (fractions) put into each image's window."""
+    errors = [landmark_error(to_pixels(mean, window), points) for points, window in images]
+    print(f"{name}: {describe_errors(errors)} ({len(errors)} images)")
 
 
 def main():
@@ -71,12 +56,11 @@ def main():
     parser.add_argument("mtfl", type=Path)
     parser.add_argument("--scale", type=float, default=3.2, help="face crop width in eye-to-mouth distances")
     args = parser.parse_args()
-    train = [(points, face_window(points, *Image.open(path).size, args.scale)) for path, points in read(args.mtfl / "training.txt")]
+    train = windows(args.mtfl / "training.txt", f"face:{args.scale}")
     fractions = [to_fractions(points, window) for points, window in train]
     mean = [sum(column) / len(fractions) for column in zip(*fractions)]
-    report(f"training images, mean face in each face:{args.scale} window", [(to_pixels(mean, w), p) for p, w in train])
-    test = [(points, (0, 0, *Image.open(path).size)) for path, points in read(args.mtfl / "testing.txt")]
-    report("test images taken whole, mean face in the image", [(to_pixels(mean, w), p) for p, w in test])
+    report(f"training images, mean face in each face:{args.scale} window", mean, train)
+    report("test images taken whole, mean face in the image", mean, windows(args.mtfl / "testing.txt", "original"))
 
 
 if __name__ == "__main__":

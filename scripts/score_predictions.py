@@ -54,6 +54,13 @@ def landmark_error(predicted, annotated):
     return distance / math.hypot(annotated[1] - annotated[0], annotated[6] - annotated[5])
 
 
+def describe_errors(errors):
+    """The landmark line: mean error and failure rate of per-image errors."""
+    failures = sum(e > FAILURE for e in errors) / len(errors)
+    return (f"mean error {100 * sum(errors) / len(errors):.2f}% of the inter-ocular distance, "
+            f"failures (> {100 * FAILURE:.0f}%) {100 * failures:.1f}%")
+
+
 def match(path, truth):
     """The annotation key `path` ends with (whole path components), or None."""
     parts = os.path.normpath(path.replace("\\", "/")).split(os.sep)
@@ -93,9 +100,7 @@ def main():
         print(f"{name}: accuracy {100 * right / len(pairs):.1f}%, balanced {100 * balanced:.1f}% ({per_class})")
     if rows and all(c in rows[0] for c in COLUMNS):
         errors = [landmark_error([float(row[c]) for c in COLUMNS], t[LANDMARKS]) for row, t in pairs]
-        failures = sum(e > FAILURE for e in errors) / len(errors)
-        print(f"landmarks: mean error {100 * sum(errors) / len(errors):.2f}% of the inter-ocular distance, "
-              f"failures (> {100 * FAILURE:.0f}%) {100 * failures:.1f}%")
+        print(f"landmarks: {describe_errors(errors)}")
 
 
 if __name__ == "__main__":
