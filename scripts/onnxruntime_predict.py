@@ -7,7 +7,9 @@ The preprocessing is an independent implementation (PIL's resize, not fast_image
 probabilities differ from `retrain predict` by a little; labels should almost always agree
 (compare with scripts/compare_predictions.py). A model exported with `--pixel-input` does its
 own resize and scaling: it gets each decoded image as it is (uint8 RGB, 1 x H x W x 3), and
-then agrees with `retrain predict` to float rounding.
+then agrees with `retrain predict` to float rounding. One exported with `--landmarks` also
+places its face or nose crop itself (a plain list of photos is enough) and outputs the
+landmarks, written as retrain predict's x1..x5, y1..y5 columns.
 
 usage: onnxruntime_predict.py MODEL.onnx --list LIST [--limit N] [--batch 16] --out preds.csv
        LIST: an MTFL annotation file (landmarks make the nose crop possible) or one path per line
@@ -71,11 +73,13 @@ def crop_box(crop, w, h, landmarks):
     raise ValueError(f"unknown crop '{crop}'")
 
 
-def write_rows(out, heads, chunk, probs):
+def write_rows(out, heads, chunk, probs, landmarks=None):
     for i, (key, _, _) in enumerate(chunk):
         row = [key]
         for h, p in zip(heads, probs):
             row += [h["labels"][int(np.argmax(p[i]))]] + [f"{v:.6f}" for v in p[i]]
+        if landmarks is not None:  # x1..x5, y1..y5 in pixels, as retrain predict writes them
+            row += [f"{v:.2f}" for v in landmarks[i]]
         out.writerow(row)
 
 
@@ -99,15 +103,20 @@ def main():
     input_name = meta.get("input_name", session.get_inputs()[0].name)
     items = read_list(a.list)[: a.limit or None]
     header = ["path"] + [c for h in heads for c in [h["attribute"]] + [f"p_{h['attribute']}_{l}" for l in h["labels"]]]
+    # a model exported with --landmarks places its crop itself and outputs the landmarks
+    located = json.loads(meta["located_by"])["output"] if "located_by" in meta else None
+    outputs = [h["output"] for h in heads] + ([located] if located else [])
+    if located:
+        header += [f"{axis}{i}" for axis in "xy" for i in range(1, 6)]
     with open(a.out, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(header)
         for start in range(0, len(items), a.batch):
             chunk = items[start:start + a.batch]
             if "pixel_input" in meta:  # one image per run: sizes differ
-                probs = [np.concatenate(p) for p in zip(*(session.run([h["output"] for h in heads], {input_name: np.asarray(Image.open(path).convert("RGB"))[None]})
+                probs = [np.concatenate(p) for p in zip(*(session.run(outputs, {input_name: np.asarray(Image.open(path).convert("RGB"))[None]})
                                                            for _, path, _ in chunk))]
-                write_rows(out, heads, chunk, probs)
+                write_rows(out, heads, chunk, probs[:len(heads)], probs[len(heads)] if located else None)
                 continue
             pixels = []
             for _, path, landmarks in chunk:

@@ -8,6 +8,7 @@
 //! preprocess correctly from the file alone. With `pixel_input` the resize and scaling become
 //! part of the graph too (see [`pixels`]).
 
+mod located;
 mod pixels;
 
 use std::collections::{HashMap, HashSet};
@@ -23,6 +24,7 @@ use crate::model::{input_spec, read_sidecar, METADATA_PREFIX};
 use crate::onnx::wire::{fields, Encoder, Field};
 use crate::onnx::{self, graph_field, model_field, node_field, Dim, OPSET, TENSOR_NAME, VALUE_INFO_NAME};
 use crate::preprocess::{Crop, Preprocess};
+pub use located::{Landmarks, LocatedBy, LOCATED_KEY};
 pub use pixels::{PIXELS, PIXEL_INPUT};
 
 /// Description key (metadata `retrain.heads`) listing the heads of an exported model (JSON,
@@ -45,10 +47,19 @@ pub struct ExportedHead {
     pub head: HeadInfo,
 }
 
+/// What the exported model takes.
+pub enum Input<'a> {
+    /// The backbone's input tensor, prepared by the caller (`retrain predict` does it).
+    Tensor,
+    /// Decoded uint8 images of any size, resized and scaled inside (crop original only).
+    Pixels,
+    /// Decoded uint8 images, one per run, whose crop a landmark model inside places.
+    Located(Landmarks<'a>),
+}
+
 /// Joins `backbone` and `heads` into `out`. Every head must have been trained on this very
-/// backbone file, on the same output and preprocessing. With `pixel_input` the model takes
-/// decoded uint8 images of any size instead of the backbone's input tensor.
-pub fn export(backbone: &Path, heads: &[&Path], out: &Path, pixel_input: bool) -> Result<Vec<ExportedHead>> {
+/// backbone file, on the same output and preprocessing.
+pub fn export(backbone: &Path, heads: &[&Path], out: &Path, input: Input) -> Result<Vec<ExportedHead>> {
     if heads.is_empty() {
         bail!("export needs at least one --head");
     }
@@ -59,9 +70,10 @@ pub fn export(backbone: &Path, heads: &[&Path], out: &Path, pixel_input: bool) -
     check_heads(&heads, &sha).with_context(|| format!("heads do not fit backbone {}", backbone.display()))?;
     let crop = Preprocess::crop_of(&first.cache.preprocess)?;
     let mut metadata = sidecar_description(backbone, &bytes)?;
-    let front = match pixel_input {
-        true => Some(pixel_front(backbone, &bytes, crop, &mut metadata)?),
-        false => None,
+    let front = match input {
+        Input::Tensor => None,
+        Input::Pixels => Some(pixel_front(backbone, &bytes, crop, None, &mut metadata)?),
+        Input::Located(landmarks) => Some(pixel_front(backbone, &bytes, crop, Some(&landmarks), &mut metadata)?),
     };
     let model = graft(&bytes, &heads, &first.cache.output, front.as_ref()).with_context(|| format!("backbone {}", backbone.display()))?;
     let exported: Vec<ExportedHead> = heads
@@ -92,14 +104,13 @@ fn sidecar_description(backbone: &Path, bytes: &[u8]) -> Result<Vec<(String, Str
     Ok(entries)
 }
 
-/// The pixel front for this backbone, after checking that the heads' crop allows it; records
-/// the new input in `metadata`.
-fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, metadata: &mut Vec<(String, String)>) -> Result<pixels::Front> {
-    if crop != Crop::Original {
-        bail!("--pixel-input needs heads trained on crop original; these were trained on crop {crop}, placed from landmarks the graph does not have");
+/// The pixel front for this backbone (with the landmark model inside where given), after
+/// checking that the heads' crop allows it; records the new input in `metadata`.
+fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, landmarks: Option<&Landmarks>, metadata: &mut Vec<(String, String)>) -> Result<pixels::Front> {
+    if crop != Crop::Original && landmarks.is_none() {
+        bail!("--pixel-input needs heads trained on crop original; these were trained on crop {crop}, placed from landmarks the graph does not have (give --landmarks MODEL)");
     }
-    let mut description: HashMap<String, String> =
-        onnx::read_metadata(bytes)?.into_iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v))).collect();
+    let mut description = description(backbone, bytes)?;
     description.extend(metadata.iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v.clone()))));
     let spec = input_spec(&description).with_context(|| format!("model description of {}", backbone.display()))?;
     let replaced = match description.get("input_name") {
@@ -108,7 +119,20 @@ fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, metadata: &mut Vec<(St
     };
     metadata.retain(|(k, _)| *k != format!("{METADATA_PREFIX}input_name"));
     metadata.extend([(format!("{METADATA_PREFIX}input_name"), PIXELS.to_string()), (format!("{METADATA_PREFIX}{PIXEL_INPUT_KEY}"), PIXEL_INPUT.to_string())]);
-    pixels::front(&spec, &replaced)
+    let Some(landmarks) = landmarks else { return pixels::front(&spec, &replaced) };
+    let (front, located) = located::front(landmarks, crop, &spec, &replaced)?;
+    metadata.push((located::metadata_key(), serde_json::to_string(&located)?));
+    Ok(front)
+}
+
+/// A model's description: its `retrain.*` metadata (without the prefix), else its sidecar.
+fn description(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let described: HashMap<String, String> =
+        onnx::read_metadata(bytes)?.into_iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v))).collect();
+    if described.is_empty() {
+        return read_sidecar(path);
+    }
+    Ok(described)
 }
 
 /// The first graph input that is not an initializer (the image input of a backbone).
@@ -203,6 +227,13 @@ fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option
     let needed = needed_tensors(&parts, bottleneck)?;
     let head_parts: Vec<Vec<Field>> = heads.iter().map(|h| head_graph_fields(&h.bytes)).collect::<Result<_>>()?;
     check_names(&parts, &head_parts)?;
+    let taken = names(&parts)?;
+    for output in front.iter().flat_map(|(f, _)| &f.outputs) {
+        let name = onnx::string(output, VALUE_INFO_NAME)?;
+        if taken.contains(&name) {
+            bail!("the backbone already has a tensor named '{name}', an output of the exported model");
+        }
+    }
 
     let mut e = Encoder::new();
     if let Some((front, _)) = front {
@@ -240,6 +271,9 @@ fn graft_graph(graph: &[u8], heads: &[HeadFile], bottleneck: &str, front: Option
     e = e.raw(bottleneck_output.raw);
     for f in head_fields(graph_field::OUTPUT) {
         e = e.raw(f.raw);
+    }
+    for o in front.iter().flat_map(|(f, _)| &f.outputs) {
+        e = e.bytes(graph_field::OUTPUT, o);
     }
     Ok(e.finish())
 }

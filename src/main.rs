@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use retrain::augment::Distortions;
 use retrain::cache::{Cache, Shard};
 use retrain::dataset::{self, mtfl, Dataset};
+use retrain::export;
 use retrain::extract::{self, ExtractOptions};
 use retrain::head::linfa::LinfaParams;
 use retrain::head::sgd::SgdParams;
@@ -234,9 +235,18 @@ struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// The model takes decoded images (uint8 RGB, NHWC, any size) and resizes and scales them
-    /// itself, so every runtime fed the decoded pixels gives the same labels (crop original only).
+    /// itself, so every runtime fed the decoded pixels gives the same labels (crop original,
+    /// or any crop with --landmarks).
     #[arg(long)]
     pixel_input: bool,
+    /// A landmark model (`retrain train` on multi-task artifacts) built into the graph: it
+    /// places the heads' face or nose crop on each image, as `predict --landmarks` does, and
+    /// the model outputs the landmarks too. Implies --pixel-input, one image per run.
+    #[arg(long)]
+    landmarks: Option<PathBuf>,
+    /// Passes of the built-in landmark model (as predict's --landmark-passes).
+    #[arg(long, default_value_t = 2)]
+    landmark_passes: usize,
 }
 
 #[derive(Args)]
@@ -818,7 +828,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
 
 fn run_export(a: ExportArgs) -> Result<()> {
     let heads: Vec<&Path> = a.heads.iter().map(PathBuf::as_path).collect();
-    let exported = retrain::export::export(&a.model, &heads, &a.out, a.pixel_input)?;
+    let input = match (&a.landmarks, a.pixel_input) {
+        (Some(model), _) => export::Input::Located(export::Landmarks { model, passes: a.landmark_passes }),
+        (None, true) => export::Input::Pixels,
+        (None, false) => export::Input::Tensor,
+    };
+    let exported = export::export(&a.model, &heads, &a.out, input)?;
     let outputs: Vec<String> = exported.iter().map(|h| format!("{} [{}]", h.output, h.labels.join(", "))).collect();
     println!("wrote {}: outputs {}", a.out.display(), outputs.join(", "));
     Ok(())
@@ -836,6 +851,9 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     let mut model = Model::load(&a.model, &config, None)?;
     eprintln!("{}", runtime::describe_provider(&config));
     if let Some(path) = &a.landmarks {
+        if model.description.contains_key(export::LOCATED_KEY) {
+            anyhow::bail!("model {} places its crop with the landmark model inside it: drop --landmarks", a.model.display());
+        }
         let mut locator = retrain::locate::Locator::load(path, &config)?;
         locator.locate(&mut samples, a.landmark_passes, a.stream.batch, a.stream.decode_threads, !a.stream.quiet)?;
     }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cache::Skip;
 use crate::dataset::{mtfl, Sample};
-use crate::export::{ExportedHead, CROP_KEY, HEADS_KEY};
+use crate::export::{ExportedHead, LocatedBy, CROP_KEY, HEADS_KEY, LOCATED_KEY};
 use crate::model::{Model, METADATA_PREFIX};
 use crate::predictions::{Attribute, PredictionTable};
 use crate::preprocess::{Crop, Preprocess};
@@ -71,6 +71,12 @@ pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
         .collect())
 }
 
+/// The landmark model built into an exported model (`export --landmarks`), if any.
+pub fn located_by(model: &Model) -> Result<Option<LocatedBy>> {
+    let Some(json) = model.description.get(LOCATED_KEY) else { return Ok(None) };
+    serde_json::from_str(json).map(Some).with_context(|| format!("metadata '{METADATA_PREFIX}{LOCATED_KEY}' of {}", model.path.display()))
+}
+
 /// Runs the model over `samples`; unreadable images are skipped and reported.
 pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> Result<PredictSummary> {
     if opts.batch == 0 {
@@ -82,9 +88,14 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
         (None, Some(recorded)) => recorded.parse()?,
         (None, None) => Crop::Original,
     };
-    if model.pixel_input && crop != Crop::Original {
+    let located = located_by(model)?;
+    if located.is_some() && opts.crop.is_some() {
+        bail!("model {} places its own crop (exported with --landmarks): --crop cannot be applied", model.path.display());
+    }
+    if model.pixel_input && located.is_none() && crop != Crop::Original {
         bail!("model {} prepares whole images itself (exported with --pixel-input): crop {crop} cannot be applied", model.path.display());
     }
+    let landmarks_output = located.map(|l| l.output);
     let pre = Preprocess { crop, input: model.input.clone() };
     let mut table = PredictionTable::new(heads.iter().map(|h| Attribute { name: h.attribute.clone(), labels: h.labels.clone() }).collect());
     let mut skipped = Vec::new();
@@ -102,15 +113,21 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     };
     if model.pixel_input {
         let batches = Batches { samples, pre: &WholeImages, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
+        let mut placed = Vec::new();
         batches.for_each(|Decoded { tensor: images, good, failures, .. }| {
             report(failures, good.len());
             // One image per run: the images of a batch differ in size.
             for (image, &i) in images.into_iter().zip(&good) {
                 let shape = [1, image.height() as usize, image.width() as usize, 3];
-                run_batch(model, &heads, &shape, image.into_raw(), &[samples[i].key.as_str()], &mut table)?;
+                let found = run_batch(model, &heads, landmarks_output.as_deref(), &shape, image.into_raw(), &[samples[i].key.as_str()], &mut table)?;
+                placed.extend(found.map(|l| (samples[i].key.clone(), l)));
             }
             Ok(())
         })?;
+        if landmarks_output.is_some() {
+            let placed: std::collections::HashMap<String, [f32; 10]> = placed.into_iter().collect();
+            table.add_landmarks(|key| placed.get(key).copied());
+        }
     } else {
         let batches = Batches { samples, pre: &pre, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
         batches.for_each(|Decoded { tensor, good, failures, .. }| {
@@ -119,26 +136,38 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
                 return Ok(());
             }
             let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
-            run_batch(model, &heads, &pre.input.batch_shape(keys.len()), tensor, &keys, &mut table)
+            run_batch(model, &heads, None, &pre.input.batch_shape(keys.len()), tensor, &keys, &mut table).map(|_| ())
         })?;
     }
     bar.finish_and_clear();
     Ok(PredictSummary { table, skipped, crop, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Runs one batch of prepared images (`shape`: the input's) and adds a row per image to `table`.
+/// Runs one batch of prepared images (`shape`: the input's) and adds a row per image to
+/// `table`. With `landmarks` (the output of a model that places its own crop, one image per
+/// run), returns the image's landmarks.
 fn run_batch<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
     model: &mut Model,
     heads: &[ExportedHead],
+    landmarks: Option<&str>,
     shape: &[usize],
     tensor: Vec<T>,
     keys: &[&str],
     table: &mut PredictionTable,
-) -> Result<()> {
+) -> Result<Option<[f32; 10]>> {
     let n = keys.len();
-    let outputs: Vec<String> = heads.iter().map(|h| h.output.clone()).collect();
-    let probs = runtime::run_f32(&mut model.session, &model.input_name, shape, tensor, &outputs)
+    let outputs: Vec<String> = heads.iter().map(|h| h.output.clone()).chain(landmarks.map(str::to_string)).collect();
+    let mut probs = runtime::run_f32(&mut model.session, &model.input_name, shape, tensor, &outputs)
         .with_context(|| format!("running {} on a batch of {n}", model.path.display()))?;
+    let placed = match landmarks {
+        Some(name) => {
+            let (shape, values) = probs.pop().context("no landmarks output")?;
+            let points: [f32; 10] =
+                values.try_into().map_err(|_| anyhow::anyhow!("output {name} of {} has shape {shape:?}, expected [1, 10]", model.path.display()))?;
+            Some(points)
+        }
+        None => None,
+    };
     for ((shape, _), h) in probs.iter().zip(heads) {
         if shape[..] != [n, h.labels.len()] {
             bail!("output {} of {} has shape {shape:?}, expected [{n}, {}]", h.output, model.path.display(), h.labels.len());
@@ -148,5 +177,5 @@ fn run_batch<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone
         let per_head: Vec<&[f32]> = probs.iter().zip(heads).map(|((_, p), h)| &p[row * h.labels.len()..(row + 1) * h.labels.len()]).collect();
         table.push(key, &per_head);
     }
-    Ok(())
+    Ok(placed)
 }

@@ -124,7 +124,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
         let started = Instant::now();
         let out = crop_dir.join("model.onnx");
         let heads: Vec<&Path> = exportable.iter().map(PathBuf::as_path).collect();
-        crate::export::export(&opts.model, &heads, &out, false)?;
+        crate::export::export(&opts.model, &heads, &out, crate::export::Input::Tensor)?;
         timed(format!("export {crop}"), started, out.display().to_string());
         exported.push(out);
     }

@@ -10,7 +10,7 @@ use common::{constant_landmark_model, python, retrain, stderr, synthetic_mtfl, t
 use retrain::cache::{Cache, Shard};
 use retrain::dataset::mtfl::{self, Split};
 use retrain::eval::{self, Evaluation};
-use retrain::export;
+use retrain::export::{self, Input};
 use retrain::extract::{self, ExtractOptions};
 use retrain::head::{self, Solver, TrainOptions};
 use retrain::model::Model;
@@ -103,7 +103,7 @@ fn exported_model_predicts_what_eval_scored_for_every_test_image() {
     assert!(evals[1].metrics.accuracy > 0.7, "smile accuracy {}", evals[1].metrics.accuracy);
 
     let model_path = w.dir.path().join("model.onnx");
-    let exported = export::export(&w.backbone, &paths(&heads), &model_path, false).unwrap();
+    let exported = export::export(&w.backbone, &paths(&heads), &model_path, Input::Tensor).unwrap();
     assert_eq!(exported.iter().map(|h| h.output.as_str()).collect::<Vec<_>>(), ["p_gender", "p_smile"]);
     let model = Model::load(&model_path, &cpu(), None).unwrap();
     let outputs: Vec<&str> = model.session.outputs().iter().map(|o| o.name()).collect();
@@ -127,7 +127,7 @@ fn the_exported_model_passes_onnx_checker_and_runs_in_python_onnxruntime() {
     let w = world();
     let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
     let model_path = w.dir.path().join("model.onnx");
-    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, false).unwrap();
+    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, Input::Tensor).unwrap();
     let model_path = model_path.as_path();
     let mut model = Model::load(model_path, &cpu(), None).unwrap();
     let n = 2 * model.input.image_len();
@@ -158,7 +158,7 @@ fn the_nose_crop_travels_from_cache_to_exported_model_to_predict() {
     let heads = heads(&w, &train, "nose");
     let e = eval::evaluate(&heads[0], &test, &cpu()).unwrap();
     let model_path = w.dir.path().join("nose.onnx");
-    export::export(&w.backbone, &paths(&heads), &model_path, false).unwrap();
+    export::export(&w.backbone, &paths(&heads), &model_path, Input::Tensor).unwrap();
     let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
     assert_eq!(summary.crop, crop);
     assert_agree(&e, &summary, 0);
@@ -172,16 +172,16 @@ fn export_refuses_heads_it_cannot_join() {
     let out = w.dir.path().join("never.onnx");
 
     let other_backbone = tiny_backbone(&w.dir.path().join("other.onnx"), 2);
-    let err = format!("{:#}", export::export(&other_backbone, &paths(&heads), &out, false).err().unwrap());
+    let err = format!("{:#}", export::export(&other_backbone, &paths(&heads), &out, Input::Tensor).err().unwrap());
     assert!(err.contains("sha256") && err.contains("other.onnx"), "{err}");
 
     let twice = [heads[0].as_path(), heads[0].as_path()];
-    let err = format!("{:#}", export::export(&w.backbone, &twice, &out, false).err().unwrap());
+    let err = format!("{:#}", export::export(&w.backbone, &twice, &out, Input::Tensor).err().unwrap());
     assert!(err.contains("two heads for attribute 'gender'"), "{err}");
 
     let nose_train = extract_split(&w, &w.backbone, Split::Training, "nose:12".parse().unwrap());
     let nose_heads = self::heads(&w, &nose_train, "nose");
-    let err = format!("{:#}", export::export(&w.backbone, &[heads[0].as_path(), nose_heads[1].as_path()], &out, false).err().unwrap());
+    let err = format!("{:#}", export::export(&w.backbone, &[heads[0].as_path(), nose_heads[1].as_path()], &out, Input::Tensor).err().unwrap());
     assert!(err.contains("differently preprocessed"), "{err}");
     assert!(!out.exists());
 }
@@ -195,7 +195,7 @@ fn the_python_predictor_runs_face_crop_models_and_crops_as_retrain_does() {
     let crop: Crop = "face:2.5".parse().unwrap();
     let train = extract_split(&w, &w.backbone, Split::Training, crop);
     let model_path = w.dir.path().join("face.onnx");
-    export::export(&w.backbone, &paths(&heads(&w, &train, "face")), &model_path, false).unwrap();
+    export::export(&w.backbone, &paths(&heads(&w, &train, "face")), &model_path, Input::Tensor).unwrap();
     let csv = w.dir.path().join("python.csv");
     let script = common::repo().join("scripts/onnxruntime_predict.py");
     let o = std::process::Command::new(&python)
@@ -284,7 +284,7 @@ fn a_pixel_input_model_prepares_images_as_extract_does() {
     let heads = heads(&w, &train, "original");
     let e = eval::evaluate(&heads[0], &test, &cpu()).unwrap();
     let model_path = w.dir.path().join("pixels.onnx");
-    export::export(&w.backbone, &paths(&heads), &model_path, true).unwrap();
+    export::export(&w.backbone, &paths(&heads), &model_path, Input::Pixels).unwrap();
     let mut model = Model::load(&model_path, &cpu(), None).unwrap();
     assert!(model.pixel_input);
     assert_eq!(model.input_name, export::PIXELS);
@@ -321,7 +321,7 @@ fn a_pixel_input_model_gives_python_onnxruntime_retrains_answer() {
     let w = world();
     let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
     let model_path = w.dir.path().join("pixels.onnx");
-    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, true).unwrap();
+    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, Input::Pixels).unwrap();
     let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
     let csv = w.dir.path().join("python.csv");
     let o = std::process::Command::new(&python)
@@ -350,13 +350,13 @@ fn a_pixel_input_model_is_refused_for_landmark_crops_and_by_extract() {
     let w = world();
     let nose = extract_split(&w, &w.backbone, Split::Training, "nose:12".parse().unwrap());
     let out = w.dir.path().join("never.onnx");
-    let err = format!("{:#}", export::export(&w.backbone, &paths(&heads(&w, &nose, "nose")), &out, true).unwrap_err());
+    let err = format!("{:#}", export::export(&w.backbone, &paths(&heads(&w, &nose, "nose")), &out, Input::Pixels).unwrap_err());
     assert!(err.contains("--pixel-input needs heads trained on crop original") && err.contains("nose:12"), "{err}");
     assert!(!out.exists());
 
     let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
     let model_path = w.dir.path().join("pixels.onnx");
-    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, true).unwrap();
+    export::export(&w.backbone, &paths(&heads(&w, &train, "original")), &model_path, Input::Pixels).unwrap();
     let mut model = Model::load(&model_path, &cpu(), None).unwrap();
     let err = format!("{:#}", model.run(vec![0.0; model.input.image_len()], 1).unwrap_err());
     assert!(err.contains("--pixel-input") && err.contains("pixels.onnx"), "{err}");
@@ -405,15 +405,13 @@ fn predict_on_plain_photos_crops_faces_from_predicted_landmarks() {
     let train = extract_split(&w, &w.backbone, Split::Training, crop);
     let heads = heads(&w, &train, "face");
     let model_path = w.dir.path().join("face.onnx");
-    export::export(&w.backbone, &paths(&heads), &model_path, false).unwrap();
+    export::export(&w.backbone, &paths(&heads), &model_path, Input::Tensor).unwrap();
     let annotated = predict_all(&model_path, &w.mtfl.join("testing.txt"));
     assert_eq!(annotated.crop, crop);
 
     // the same images as a plain list of files: the face crop needs landmarks, so without a
     // landmark model every image is skipped, with one each is cropped where it places them
-    let list = w.dir.path().join("plain.txt");
-    let names: Vec<String> = predict::images_from_list(&w.mtfl.join("testing.txt")).unwrap().iter().map(|s| s.path.display().to_string()).collect();
-    std::fs::write(&list, names.join("\n")).unwrap();
+    let (list, names) = plain_list(&w);
     let without = predict_all(&model_path, &list);
     assert_eq!((without.table.len(), without.skipped.len()), (0, names.len()));
     let landmarks = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), annotated_fractions(), None);
@@ -460,4 +458,97 @@ fn predict_on_plain_photos_crops_faces_from_predicted_landmarks() {
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{report}{}", stderr(&o));
     assert_eq!(report.matches("mean error 0.00% of the inter-ocular distance, failures (> 10%) 0.0%").count(), 2, "{report}");
+}
+
+/// The test images as a plain list of files (no landmarks), and the samples it gives.
+fn plain_list(w: &World) -> (PathBuf, Vec<retrain::dataset::Sample>) {
+    let list = w.dir.path().join("plain.txt");
+    let names: Vec<String> = predict::images_from_list(&w.mtfl.join("testing.txt")).unwrap().iter().map(|s| s.path.display().to_string()).collect();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let samples = predict::images_from_list(&list).unwrap();
+    assert!(samples.iter().all(|s| s.landmarks.is_none()));
+    (list, samples)
+}
+
+/// `export --landmarks`: the landmark model, its second pass on its own crop and the heads'
+/// face crop all inside one graph. Fed plain photos it places the landmarks `predict
+/// --landmarks` places with the two files (the windows are computed op for op as retrain's),
+/// answers as they do, and Python onnxruntime fed PIL's decoded images answers the same.
+#[test]
+fn a_model_with_its_landmark_model_inside_crops_plain_photos_as_predict_landmarks_does() {
+    let w = world();
+    // trained on face:1.5 crops: the second pass sees a window smaller than the 24 x 24 image;
+    // landmarks off the centre, so that each window is placed unlike its transpose
+    let off_centre: [f32; 10] = std::array::from_fn(|j| annotated_fractions()[j] + (if j < 5 { -3.0 } else { 2.0 }) / IMAGE_SIZE as f32);
+    let landmarks = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), off_centre, Some("face:1.5"));
+    let (list, plain) = plain_list(&w);
+    let mut located = plain.clone();
+    retrain::locate::Locator::load(&landmarks, &cpu()).unwrap().locate(&mut located, 2, 7, Some(1), false).unwrap();
+    for (tag, crop) in [("face", Crop::Face { scale_percent: 200 }), ("nose", Crop::Nose { size: 12 })] {
+        let train = extract_split(&w, &w.backbone, Split::Training, crop);
+        let heads = heads(&w, &train, tag);
+        let two_files = w.dir.path().join(format!("{tag}.onnx"));
+        export::export(&w.backbone, &paths(&heads), &two_files, Input::Tensor).unwrap();
+        let joined = w.dir.path().join(format!("{tag}-joined.onnx"));
+        export::export(&w.backbone, &paths(&heads), &joined, Input::Located(export::Landmarks { model: &landmarks, passes: 2 })).unwrap();
+        let mut model = Model::load(&two_files, &cpu(), None).unwrap();
+        let opts = PredictOptions { crop: None, batch: 7, decode_threads: Some(1), show_progress: false };
+        let want = predict::predict(&mut model, &located, &opts).unwrap().table;
+        let got = predict_all(&joined, &list);
+        assert!(got.skipped.is_empty() && got.table.len() == plain.len(), "{:?}", got.skipped);
+        assert_eq!(got.crop, crop, "the heads' crop is reported");
+        let placed = got.table.landmarks.as_ref().expect("the joined model outputs its landmarks");
+        let mut worst = 0f32;
+        for (i, path) in got.table.paths.iter().enumerate() {
+            let j = want.paths.iter().position(|p| p == path).unwrap();
+            let by_locator = located.iter().find(|s| s.key == *path).unwrap().landmarks.unwrap();
+            let by_graph = placed[i].unwrap();
+            assert!(by_graph.iter().zip(by_locator).all(|(a, b)| (a - b).abs() < 1e-4), "{path}: {by_graph:?} vs {by_locator:?}");
+            for a in 0..2 {
+                for (p, q) in got.table.row(a, i).iter().zip(want.row(a, j)) {
+                    worst = worst.max((p - q).abs());
+                }
+            }
+        }
+        // The same windows; the graph slices the window and resizes it alone (as PIL's crop
+        // then resize), where fast_image_resize's kernel also reads the pixels just outside it.
+        assert!(worst < 5e-2, "{tag}: probabilities differ by up to {worst}");
+        if tag == "face" {
+            python_answers_as_retrain(&joined, &list, &got.table);
+        }
+        let not_landmarks = Input::Located(export::Landmarks { model: &w.backbone, passes: 2 });
+        let err = format!("{:#}", export::export(&w.backbone, &paths(&heads), &w.dir.path().join("never.onnx"), not_landmarks).unwrap_err());
+        assert!(err.contains("landmark model") && err.contains("backbone.onnx") && err.contains("no output 'landmarks'"), "{err}");
+    }
+}
+
+/// scripts/onnxruntime_predict.py on a model exported with --landmarks writes `table`'s CSV:
+/// the same columns, landmarks to the last digit, probabilities to float rounding.
+fn python_answers_as_retrain(model: &Path, list: &Path, table: &retrain::predictions::PredictionTable) {
+    let Some(python) = python() else { return };
+    let w = tempfile::tempdir().unwrap();
+    let csv = w.path().join("python.csv");
+    let o = std::process::Command::new(&python)
+        .arg(common::repo().join("scripts/onnxruntime_predict.py"))
+        .arg(model)
+        .args(["--list".as_ref(), list.as_os_str(), "--out".as_ref(), csv.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = table.to_csv();
+    let theirs = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(theirs.lines().next(), ours.lines().next(), "the same columns, landmarks included");
+    assert_eq!(theirs.lines().count(), ours.lines().count());
+    for line in theirs.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        let mine: Vec<&str> = ours.lines().find(|l| l.starts_with(&format!("{},", cells[0]))).unwrap().split(',').collect();
+        let n = cells.len();
+        assert_eq!(cells[n - 10..], mine[n - 10..], "{}: landmarks", cells[0]);
+        for (a, b) in cells[1..n - 10].iter().zip(&mine[1..n - 10]) {
+            match (a.parse::<f32>(), b.parse::<f32>()) {
+                (Ok(a), Ok(b)) => assert!((a - b).abs() < 2e-6, "{}: Python {a} vs retrain {b}", cells[0]),
+                _ => assert_eq!(a, b, "{}: labels", cells[0]),
+            }
+        }
+    }
 }

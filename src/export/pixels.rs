@@ -29,6 +29,8 @@ pub struct Front {
     pub input: Vec<u8>,
     /// The backbone's own input, now computed by the front.
     pub replaces: String,
+    /// Graph outputs the front adds (the placed landmarks).
+    pub outputs: Vec<Vec<u8>>,
 }
 
 fn name(part: &str) -> String {
@@ -36,6 +38,17 @@ fn name(part: &str) -> String {
 }
 
 pub fn front(spec: &InputSpec, target: &str) -> Result<Front> {
+    let (nodes, initializers) = prepare(spec, PIXELS, target, "retrain/pixels")?;
+    let input = onnx::typed_value_info(PIXELS, UINT8, &[Dim::Named("N"), Dim::Named("height"), Dim::Named("width"), Dim::Fixed(3)]);
+    Ok(Front { nodes, initializers, input, replaces: target.to_string(), outputs: Vec::new() })
+}
+
+/// Encoded graph parts (nodes, or initializers).
+pub type Parts = Vec<Vec<u8>>;
+
+/// The nodes (named `prefix/...`) that resize and scale the uint8 NHWC image `source` into the
+/// network input `target`, and their constants.
+pub fn prepare(spec: &InputSpec, source: &str, target: &str, prefix: &str) -> Result<(Parts, Parts)> {
     let mut resize = vec![onnx::int_attribute("antialias", 1), onnx::ints_attribute("axes", &[2, 3])];
     resize.push(onnx::string_attribute("coordinate_transformation_mode", "half_pixel"));
     match spec.resize {
@@ -46,10 +59,10 @@ pub fn front(spec: &InputSpec, target: &str) -> Result<Front> {
     }
     let scale: Vec<f32> = (0..3).map(|c| 1.0 / (255.0 * spec.std[c])).collect();
     let offset: Vec<f32> = (0..3).map(|c| -spec.mean[c] / spec.std[c]).collect();
-    let n = |s: &str| name(s);
+    let n = |s: &str| format!("{prefix}/{s}");
     let scaled_nchw = if spec.layout == Layout::Nchw { target.to_string() } else { n("scaled") };
     let mut nodes = vec![
-        onnx::node("Cast", &n("cast"), &[PIXELS], &[&n("float")], &[onnx::int_attribute("to", onnx::FLOAT)]),
+        onnx::node("Cast", &n("cast"), &[source], &[&n("float")], &[onnx::int_attribute("to", onnx::FLOAT)]),
         onnx::node("Transpose", &n("to_nchw"), &[&n("float")], &[&n("nchw")], &[onnx::ints_attribute("perm", &[0, 3, 1, 2])]),
         onnx::node("Resize", &n("resize"), &[&n("nchw"), "", "", &n("sizes")], &[&n("resized")], &resize),
         onnx::node("Round", &n("round"), &[&n("resized")], &[&n("rounded")], &[]),
@@ -67,8 +80,7 @@ pub fn front(spec: &InputSpec, target: &str) -> Result<Front> {
         onnx::tensor_f32(&n("scale"), &[1, 3, 1, 1], &scale),
         onnx::tensor_f32(&n("offset"), &[1, 3, 1, 1], &offset),
     ];
-    let input = onnx::typed_value_info(PIXELS, UINT8, &[Dim::Named("N"), Dim::Named("height"), Dim::Named("width"), Dim::Fixed(3)]);
-    Ok(Front { nodes, initializers, input, replaces: target.to_string() })
+    Ok((nodes, initializers))
 }
 
 /// Reductions whose `axes` moved from an attribute to an input at opset 18 (ReduceSum moved at 13).
