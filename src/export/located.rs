@@ -18,6 +18,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::pixels::{self, Front, PIXELS, PIXEL_OPSET};
 use super::{default_opset, first_input, needed_tensors};
@@ -246,7 +247,7 @@ impl LandmarkModel {
         if !nodes.iter().any(|n| onnx::strings(n, node_field::OUTPUT).is_ok_and(|o| o.iter().any(|o| o == LANDMARKS_OUTPUT))) {
             bail!("it has no output '{LANDMARKS_OUTPUT}' (x1..x5, y1..y5 as fractions of its input)");
         }
-        let sha256 = crate::model::file_sha256(path)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes)); // as model::file_sha256, without reading the file twice
         Ok(LandmarkModel { nodes, initializers, weights, input, spec, crop, opset, sha256 })
     }
 
