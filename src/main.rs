@@ -17,6 +17,7 @@ use retrain::model::Model;
 use retrain::predict::{self, PredictOptions};
 use retrain::preprocess::Crop;
 use retrain::quantize;
+use retrain::reproduce::beyond::BeyondOptions;
 use retrain::reproduce::{self, ReproduceOptions};
 use retrain::runtime::{self, Device, SessionConfig};
 use retrain::train;
@@ -282,22 +283,24 @@ struct ReproduceArgs {
     /// MTFL folder (holding training.txt, testing.txt and the images).
     #[arg(long)]
     mtfl: PathBuf,
-    /// The backbone.
-    #[arg(long, default_value = "onnx/inception_v3.onnx")]
-    model: PathBuf,
+    /// The backbone [default: onnx/inception_v3.onnx]; with --beyond several, comma-separated,
+    /// a head set each [default: onnx/inception_v3.onnx,onnx/faceres.onnx].
+    #[arg(long, value_delimiter = ',')]
+    model: Vec<PathBuf>,
     /// Where bottleneck caches are kept (and resumed from).
     #[arg(long, default_value = "cache")]
     cache_dir: PathBuf,
-    /// Heads, evaluations, exported models and report.md.
-    #[arg(long, default_value = "reports/reproduce")]
-    out: PathBuf,
-    /// Crops to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "original,nose")]
+    /// Heads, evaluations, exported models and report.md [default: reports/reproduce,
+    /// with --beyond reports/beyond].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Crops to run, comma-separated [default: original,nose; with --beyond original,face].
+    #[arg(long, value_delimiter = ',')]
     crops: Vec<Crop>,
-    /// Attributes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "gender,smile")]
+    /// Attributes, comma-separated [default: gender,smile; with --beyond all four].
+    #[arg(long, value_delimiter = ',')]
     attributes: Vec<String>,
-    /// Solvers, comma-separated; the first one's heads are exported.
+    /// Solvers, comma-separated; the first one's heads are exported (the study's report only).
     #[arg(long, value_delimiter = ',', default_value = "sgd,linfa")]
     solvers: Vec<Solver>,
     #[arg(long, default_value_t = 0)]
@@ -308,6 +311,20 @@ struct ReproduceArgs {
     /// Runs of scripts/finetune_study.sh to report beside the study's second approach.
     #[arg(long, default_value = "runs/finetune")]
     finetune_runs: PathBuf,
+    /// Every attribute through every pipeline: heads on each --model and crop, the `retrain
+    /// train` / `retrain finetune` runs under --runs, and the deployable model validation
+    /// prefers, written as OUT/model.onnx (plain photos in, every attribute and the landmarks out).
+    #[arg(long)]
+    beyond: bool,
+    /// With --beyond: folders of training runs (RUN/result.json, one level deeper too).
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// With --beyond: share of training.txt the heads hold out for validation (percent).
+    #[arg(long, default_value_t = 10.0)]
+    validation_percent: f64,
+    /// With --beyond: passes of the landmark model inside the deployable file.
+    #[arg(long, default_value_t = 2)]
+    landmark_passes: usize,
     #[command(flatten)]
     stream: ImageRunArgs,
 }
@@ -877,25 +894,59 @@ fn run_predict(a: PredictArgs) -> Result<()> {
 }
 
 fn run_reproduce(a: ReproduceArgs) -> Result<()> {
-    let opts = ReproduceOptions {
-        mtfl: a.mtfl,
-        model: a.model,
-        cache_dir: a.cache_dir,
-        out_dir: a.out,
-        crops: a.crops,
-        attributes: a.attributes,
-        solvers: a.solvers,
-        seed: a.seed,
+    let data = reproduce::Extraction {
+        mtfl: a.mtfl.clone(),
+        cache_dir: a.cache_dir.clone(),
         batch: a.stream.batch,
         limit: a.limit,
         session: a.stream.run.config(),
         decode_threads: a.stream.decode_threads,
         show_progress: !a.stream.quiet,
+    };
+    let markdown = if a.beyond { run_beyond(a, data)? } else { run_study(a, data)? };
+    println!("{markdown}");
+    Ok(())
+}
+
+/// `given`, or `default` where nothing was given.
+fn or_default(given: Vec<String>, default: &[&str]) -> Vec<String> {
+    if given.is_empty() {
+        default.iter().map(|s| s.to_string()).collect()
+    } else {
+        given
+    }
+}
+
+fn run_beyond(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
+    let opts = BeyondOptions {
+        data,
+        backbones: if a.model.is_empty() { vec!["onnx/inception_v3.onnx".into(), "onnx/faceres.onnx".into()] } else { a.model },
+        crops: if a.crops.is_empty() { vec![Crop::Original, "face".parse()?] } else { a.crops },
+        attributes: or_default(a.attributes, &retrain::dataset::MTFL_ATTRIBUTES),
+        out_dir: a.out.unwrap_or_else(|| PathBuf::from("reports/beyond")),
+        runs: a.runs,
+        seed: a.seed,
+        validation_percent: a.validation_percent,
+        landmark_passes: a.landmark_passes,
+    };
+    Ok(reproduce::beyond::beyond(&opts)?.markdown)
+}
+
+fn run_study(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
+    let models = if a.model.is_empty() { vec!["onnx/inception_v3.onnx".into()] } else { a.model };
+    let [model] =
+        <[PathBuf; 1]>::try_from(models).map_err(|m| anyhow::anyhow!("the study's report takes one --model ({} given); --beyond takes several", m.len()))?;
+    let opts = ReproduceOptions {
+        data,
+        model,
+        out_dir: a.out.unwrap_or_else(|| PathBuf::from("reports/reproduce")),
+        crops: if a.crops.is_empty() { vec![Crop::Original, "nose".parse()?] } else { a.crops },
+        attributes: or_default(a.attributes, &["gender", "smile"]),
+        solvers: a.solvers,
+        seed: a.seed,
         finetune_runs: a.finetune_runs,
     };
-    let report = reproduce::reproduce(&opts)?;
-    println!("{}", report.markdown);
-    Ok(())
+    Ok(reproduce::reproduce(&opts)?.markdown)
 }
 
 #[cfg(test)]

@@ -31,12 +31,28 @@ pub const STUDY_ACCURACY: [(&str, Crop, f64); 4] = [
     ("smile", Crop::Nose { size: 150 }, 0.701),
 ];
 
+pub mod beyond;
+pub mod deployed;
+pub mod runs;
+
+/// How a report reads MTFL through a backbone (the study's and `--beyond`'s alike).
+#[derive(Debug, Clone)]
+pub struct Extraction {
+    pub mtfl: PathBuf,
+    pub cache_dir: PathBuf,
+    pub batch: usize,
+    /// Only the first N images of each split (quick runs).
+    pub limit: Option<usize>,
+    pub session: SessionConfig,
+    pub decode_threads: Option<usize>,
+    pub show_progress: bool,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ReproduceOptions {
-    pub mtfl: PathBuf,
+    pub data: Extraction,
     pub model: PathBuf,
-    pub cache_dir: PathBuf,
     /// Heads, evaluations, exported models and the report go here.
     pub out_dir: PathBuf,
     pub crops: Vec<Crop>,
@@ -44,12 +60,6 @@ pub struct ReproduceOptions {
     /// Heads are trained with each; the first one's heads are exported.
     pub solvers: Vec<Solver>,
     pub seed: u64,
-    pub batch: usize,
-    /// Only the first N images of each split (quick runs).
-    pub limit: Option<usize>,
-    pub session: SessionConfig,
-    pub decode_threads: Option<usize>,
-    pub show_progress: bool,
     /// Where `scripts/finetune_study.sh` leaves the second approach's runs
     /// (`ATTRIBUTE-CROP/result.json`); the report shows those it finds.
     pub finetune_runs: PathBuf,
@@ -71,50 +81,48 @@ pub struct Report {
     pub markdown: String,
 }
 
+/// The stages run so far, each printed as it ends.
+#[derive(Default)]
+pub struct Stages(pub Vec<Stage>);
+
+impl Stages {
+    pub fn done(&mut self, name: String, started: Instant, note: String) {
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("{name}: {seconds:.1} s {note}");
+        self.0.push(Stage { name, seconds, note });
+    }
+
+    /// The markdown table of every stage and their total.
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("## Wall time per stage\n\n| stage | seconds | note |\n|---|---:|---|\n");
+        for st in &self.0 {
+            let _ = writeln!(s, "| {} | {:.1} | {} |", st.name, st.seconds, st.note);
+        }
+        let total: f64 = self.0.iter().map(|s| s.seconds).sum();
+        let _ = writeln!(s, "| **total** | {total:.1} | |\n");
+        s
+    }
+}
+
 /// Runs the whole study and writes `out_dir/report.md`.
 pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
-    let mut stages = Vec::new();
-    let mut timed = |name: String, started: Instant, note: String| {
-        eprintln!("{name}: {:.1} s {note}", started.elapsed().as_secs_f64());
-        stages.push(Stage { name, seconds: started.elapsed().as_secs_f64(), note });
-    };
+    let mut stages = Stages::default();
     let started = Instant::now();
-    let mut model = Model::load(&opts.model, &opts.session, None)?;
-    timed(format!("load {}", opts.model.display()), started, String::new());
+    let mut model = Model::load(&opts.model, &opts.data.session, None)?;
+    stages.done(format!("load {}", opts.model.display()), started, String::new());
     let mut evaluations = Vec::new();
     let mut exported = Vec::new();
     for &crop in &opts.crops {
-        let mut caches = Vec::new();
-        for split in [Split::Training, Split::Testing] {
-            let started = Instant::now();
-            let summary = extract_split(opts, &mut model, crop, split)?;
-            let note = format!("{} new rows ({} were cached), {}", summary.rows_after - summary.rows_before, summary.rows_before, summary.out.display());
-            timed(format!("extract {crop} {}", split.name()), started, note);
-            caches.push(summary.out);
-        }
-        let (train_path, test_path) = (&caches[0], &caches[1]);
-        let train = Cache::read(train_path)?;
+        let (train_path, test_path) = opts.data.both_splits(&mut model, crop, &mut stages)?;
+        let train = Cache::read(&train_path)?;
         let crop_dir = opts.out_dir.join(crop.to_string().replace(':', "-"));
         let mut exportable = Vec::new();
         for attribute in &opts.attributes {
             for (k, &solver) in opts.solvers.iter().enumerate() {
-                let started = Instant::now();
                 let head_path = crop_dir.join(format!("{attribute}-{}.onnx", solver.name()));
                 let head_opts = TrainOptions { seed: opts.seed, ..TrainOptions::new(attribute, solver) };
-                let note = if head::reuse::reusable(&head_path, &train, &head_opts).is_some() {
-                    "reused: same cache contents and settings".to_string()
-                } else {
-                    let trained = head::train(&train, train_path, &head_opts, &mut |_| {})?;
-                    trained.head.save(&head_path, &trained.curve)?;
-                    format!("{:.2} s fitting", trained.head.info.train_seconds)
-                };
-                timed(format!("train {crop} {attribute} {}", solver.name()), started, note);
-                let started = Instant::now();
-                let evaluation = eval::evaluate(&head_path, test_path, &opts.session)?;
-                let stem = head_path.with_extension("");
-                let (json, png, csv) = (stem.with_extension("eval.json"), stem.with_extension("confusion.png"), stem.with_extension("predictions.csv"));
-                evaluation.write(Some(&json), Some(&png), Some(&csv))?;
-                timed(format!("eval {crop} {attribute} {}", solver.name()), started, percent(Some(evaluation.metrics.accuracy)));
+                let name = format!("{crop} {attribute} {}", solver.name());
+                let evaluation = fit_and_score(&head_path, (&train, &train_path), &test_path, &head_opts, &opts.data.session, &name, &mut stages)?;
                 evaluations.push((crop, evaluation));
                 if k == 0 {
                     exportable.push(head_path);
@@ -125,27 +133,73 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
         let out = crop_dir.join("model.onnx");
         let heads: Vec<&Path> = exportable.iter().map(PathBuf::as_path).collect();
         crate::export::export(&opts.model, &heads, &out, crate::export::Input::Tensor)?;
-        timed(format!("export {crop}"), started, out.display().to_string());
+        stages.done(format!("export {crop}"), started, out.display().to_string());
         exported.push(out);
     }
     let markdown = render(opts, &stages, &evaluations, &exported);
     crate::write_file(&opts.out_dir.join("report.md"), &markdown)?;
-    Ok(Report { stages, evaluations, exported, markdown })
+    Ok(Report { stages: stages.0, evaluations, exported, markdown })
 }
 
-fn extract_split(opts: &ReproduceOptions, model: &mut Model, crop: Crop, split: Split) -> Result<extract::ExtractSummary> {
-    let extract_opts = ExtractOptions {
-        crop,
-        batch: opts.batch,
-        out: None,
-        cache_dir: opts.cache_dir.clone(),
-        limit: opts.limit,
-        shard: Shard::WHOLE,
-        strict: false,
-        decode_threads: opts.decode_threads,
-        show_progress: opts.show_progress,
+impl Extraction {
+    /// The training and testing caches of `crop` (extracted, resumed or found whole).
+    pub fn both_splits(&self, model: &mut Model, crop: Crop, stages: &mut Stages) -> Result<(PathBuf, PathBuf)> {
+        let mut caches = Vec::new();
+        for split in [Split::Training, Split::Testing] {
+            let started = Instant::now();
+            let summary = self.split(model, crop, split)?;
+            let note = format!("{} new rows ({} were cached), {}", summary.rows_after - summary.rows_before, summary.rows_before, summary.out.display());
+            stages.done(format!("extract {} {crop} {}", model.path.display(), split.name()), started, note);
+            caches.push(summary.out);
+        }
+        let test = caches.pop().unwrap_or_default();
+        Ok((caches.pop().unwrap_or_default(), test))
+    }
+
+    fn split(&self, model: &mut Model, crop: Crop, split: Split) -> Result<extract::ExtractSummary> {
+        let extract_opts = ExtractOptions {
+            crop,
+            batch: self.batch,
+            out: None,
+            cache_dir: self.cache_dir.clone(),
+            limit: self.limit,
+            shard: Shard::WHOLE,
+            strict: false,
+            decode_threads: self.decode_threads,
+            show_progress: self.show_progress,
+        };
+        extract::extract_mtfl(&self.mtfl, split, model, &extract_opts)
+    }
+}
+
+/// Fits the head at `head_path` on the training cache unless the one there has the same inputs
+/// and settings ([`head::reuse`]), then scores it on the test cache, writing its evaluation,
+/// confusion matrix and predictions beside it.
+pub fn fit_and_score(
+    head_path: &Path,
+    (train, train_path): (&Cache, &Path),
+    test_path: &Path,
+    head_opts: &TrainOptions,
+    session: &SessionConfig,
+    name: &str,
+    stages: &mut Stages,
+) -> Result<Evaluation> {
+    let started = Instant::now();
+    let note = if head::reuse::reusable(head_path, train, head_opts).is_some() {
+        "reused: same cache contents and settings".to_string()
+    } else {
+        let trained = head::train(train, train_path, head_opts, &mut |_| {})?;
+        trained.head.save(head_path, &trained.curve)?;
+        format!("{:.2} s fitting", trained.head.info.train_seconds)
     };
-    extract::extract_mtfl(&opts.mtfl, split, model, &extract_opts)
+    stages.done(format!("train {name}"), started, note);
+    let started = Instant::now();
+    let evaluation = eval::evaluate(head_path, test_path, session)?;
+    let stem = head_path.with_extension("");
+    let (json, png, csv) = (stem.with_extension("eval.json"), stem.with_extension("confusion.png"), stem.with_extension("predictions.csv"));
+    evaluation.write(Some(&json), Some(&png), Some(&csv))?;
+    stages.done(format!("eval {name}"), started, percent(Some(evaluation.metrics.accuracy)));
+    Ok(evaluation)
 }
 
 fn study_accuracy(attribute: &str, crop: Crop) -> Option<f64> {
@@ -222,14 +276,14 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
     s
 }
 
-fn render(opts: &ReproduceOptions, stages: &[Stage], evaluations: &[(Crop, Evaluation)], exported: &[PathBuf]) -> String {
+fn render(opts: &ReproduceOptions, stages: &Stages, evaluations: &[(Crop, Evaluation)], exported: &[PathBuf]) -> String {
     let mut s = String::from("# Reproduction of the study's first approach (bottlenecks + softmax heads)\n\n");
     let _ = writeln!(
         s,
         "Backbone `{}`, MTFL `{}`{}, seed {}.\n",
         opts.model.display(),
-        opts.mtfl.display(),
-        opts.limit.map_or(String::new(), |l| format!(" (first {l} images of each split)")),
+        opts.data.mtfl.display(),
+        opts.data.limit.map_or(String::new(), |l| format!(" (first {l} images of each split)")),
         opts.seed
     );
     s.push_str("## Test accuracy\n\n| attribute | crop | head | study | ours | difference |\n|---|---|---|---:|---:|---:|\n");
@@ -245,12 +299,7 @@ fn render(opts: &ReproduceOptions, stages: &[Stage], evaluations: &[(Crop, Evalu
         s.push('\n');
     }
     s.push_str(&finetune_section(opts));
-    s.push_str("## Wall time per stage\n\n| stage | seconds | note |\n|---|---:|---|\n");
-    for st in stages {
-        let _ = writeln!(s, "| {} | {:.1} | {} |", st.name, st.seconds, st.note);
-    }
-    let total: f64 = stages.iter().map(|s| s.seconds).sum();
-    let _ = writeln!(s, "| **total** | {total:.1} | |\n");
+    s.push_str(&stages.markdown());
     s.push_str("Deployable models (pixels in, probabilities out):\n\n");
     for path in exported {
         let _ = writeln!(s, "- `{}`", path.display());

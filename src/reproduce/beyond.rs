@@ -1,0 +1,283 @@
+//! `retrain reproduce --beyond`: every MTFL attribute through every pipeline, side by side with
+//! the study's figures, and the deployable model validation prefers, exported as one file that
+//! works from plain photos (`OUT/model.onnx`).
+//!
+//! Heads are fitted here for each backbone and crop on the training list less a seeded,
+//! hashed validation share, with fixed settings; the trained networks are read from the
+//! `result.json` their runs wrote ([`super::runs`]). Every choice (which backbone and crop are
+//! deployed, which landmark model places their crop) is made on validation scores; the test
+//! list is read once per configuration shown.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::deployed::{self, PlainScores};
+use super::runs::{self, LandmarkRow, Row, Score};
+use super::{fit_and_score, Extraction, Stages, STUDY_ACCURACY, STUDY_FINETUNE_ACCURACY};
+use crate::cache::Cache;
+use crate::head::{Solver, TrainOptions};
+use crate::metrics::percent;
+use crate::model::Model;
+use crate::preprocess::Crop;
+
+/// The study's Table 5 (networks trained from scratch): its best figure per attribute.
+const STUDY_SCRATCH_ACCURACY: [(&str, &str, f64); 2] = [("smile", "TCDCN", 0.725), ("gender", "Cascade-CNN", 0.75)];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BeyondOptions {
+    pub data: Extraction,
+    /// Backbones whose bottlenecks get heads (InceptionV3, FaceRes, ...).
+    pub backbones: Vec<PathBuf>,
+    pub crops: Vec<Crop>,
+    pub attributes: Vec<String>,
+    /// `report.md`, `beyond.json`, heads and `model.onnx` go here.
+    pub out_dir: PathBuf,
+    /// Folders of `retrain train` / `retrain finetune` runs to report (and landmark models).
+    pub runs: PathBuf,
+    pub seed: u64,
+    /// Share of training.txt the heads hold out for validation.
+    pub validation_percent: f64,
+    /// Passes of the landmark model inside the deployable file.
+    pub landmark_passes: usize,
+}
+
+/// The heads of one backbone and crop, one per attribute.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadSet {
+    pub backbone: PathBuf,
+    pub crop: Crop,
+    pub heads: Vec<PathBuf>,
+    pub validation: Vec<Option<Score>>,
+    /// On the annotated-landmark crops of the test images.
+    pub test: Vec<Score>,
+}
+
+impl HeadSet {
+    /// What the deployable model is chosen by: mean validation balanced accuracy over the attributes.
+    pub fn choice_score(&self) -> f64 {
+        self.validation.iter().map(|v| v.map_or(0.0, |s| s.balanced_or_plain())).sum::<f64>() / self.validation.len().max(1) as f64
+    }
+}
+
+/// The deployable model and how it was chosen.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployed {
+    pub model: PathBuf,
+    pub backbone: PathBuf,
+    pub crop: Crop,
+    /// Mean validation balanced accuracy of its heads, the highest of the deployable sets.
+    pub validation_score: f64,
+    pub landmark_model: Option<PathBuf>,
+    pub plain: PlainScores,
+}
+
+/// Everything the report shows; also written to `OUT/beyond.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Beyond {
+    pub seed: u64,
+    pub validation_percent: f64,
+    pub head_sets: Vec<HeadSet>,
+    pub rows: Vec<Row>,
+    pub landmarks: Vec<LandmarkRow>,
+    pub deployed: Option<Deployed>,
+    #[serde(skip)]
+    pub markdown: String,
+}
+
+pub fn beyond(opts: &BeyondOptions) -> Result<Beyond> {
+    if opts.backbones.is_empty() || opts.crops.is_empty() || opts.attributes.is_empty() {
+        bail!("reproduce --beyond needs at least one backbone, crop and attribute");
+    }
+    let mut stages = Stages::default();
+    let head_sets = head_sets(opts, &mut stages)?;
+    let found = runs::runs_under(&opts.runs);
+    let mut rows: Vec<Row> = head_sets.iter().flat_map(|set| head_rows(opts, set)).collect();
+    rows.extend(found.iter().flat_map(|run| run.rows(&opts.attributes)));
+    let landmarks: Vec<LandmarkRow> = found.iter().filter_map(runs::Run::landmarks).collect();
+    let locator = runs::best_landmarks(&landmarks).and_then(|l| l.model.clone());
+    // The highest score wins; on a tie the first in --model and --crops order.
+    let deployable = head_sets.iter().filter(|s| s.crop == Crop::Original || locator.is_some()).fold(None, |best: Option<&HeadSet>, s| {
+        if best.is_some_and(|b| b.choice_score() >= s.choice_score()) {
+            best
+        } else {
+            Some(s)
+        }
+    });
+    let deployed = match deployable {
+        Some(set) => Some(deploy(opts, set, locator.filter(|_| set.crop != Crop::Original), &mut stages)?),
+        None => None,
+    };
+    let mut report = Beyond { seed: opts.seed, validation_percent: opts.validation_percent, head_sets, rows, landmarks, deployed, markdown: String::new() };
+    report.markdown = render(opts, &report, &stages);
+    crate::write_file(&opts.out_dir.join("report.md"), &report.markdown)?;
+    crate::write_file(&opts.out_dir.join("beyond.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    Ok(report)
+}
+
+/// Extracts both splits per backbone and crop, fits (or reuses) a head per attribute, scores each on test.
+fn head_sets(opts: &BeyondOptions, stages: &mut Stages) -> Result<Vec<HeadSet>> {
+    let mut sets = Vec::new();
+    for backbone in &opts.backbones {
+        let started = Instant::now();
+        let mut model = Model::load(backbone, &opts.data.session, None)?;
+        stages.done(format!("load {}", backbone.display()), started, String::new());
+        for &crop in &opts.crops {
+            let (train_path, test_path) = opts.data.both_splits(&mut model, crop, stages)?;
+            let train = Cache::read(&train_path)?;
+            let dir = opts.out_dir.join("heads").join(format!("{}-{crop}", stem(backbone)).replace(':', "-"));
+            let mut set = HeadSet { backbone: backbone.clone(), crop, heads: Vec::new(), validation: Vec::new(), test: Vec::new() };
+            for attribute in &opts.attributes {
+                let head_path = dir.join(format!("{attribute}.onnx"));
+                let head_opts =
+                    TrainOptions { seed: opts.seed, validation_percent: Some(opts.validation_percent), ..TrainOptions::new(attribute, Solver::Linfa) };
+                let name = format!("{} {crop} {attribute}", stem(backbone));
+                let e = fit_and_score(&head_path, (&train, &train_path), &test_path, &head_opts, &opts.data.session, &name, stages)?;
+                let validation = e.head.validation_accuracy.map(|accuracy| Score { accuracy, balanced: e.head.validation_balanced_accuracy });
+                set.heads.push(head_path);
+                set.validation.push(validation);
+                set.test.push(Score::of(&e.metrics));
+            }
+            sets.push(set);
+        }
+    }
+    Ok(sets)
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+fn head_rows(opts: &BeyondOptions, set: &HeadSet) -> Vec<Row> {
+    let configuration = format!("crop {}, L-BFGS (linfa), standardised, no class weights, {}% validation", set.crop, opts.validation_percent);
+    (0..set.heads.len())
+        .map(|i| Row {
+            attribute: opts.attributes[i].clone(),
+            pipeline: format!("`{}` bottlenecks + softmax head", stem(&set.backbone)),
+            configuration: configuration.clone(),
+            validation: set.validation[i],
+            test: Some(set.test[i]),
+        })
+        .collect()
+}
+
+fn deploy(opts: &BeyondOptions, set: &HeadSet, locator: Option<PathBuf>, stages: &mut Stages) -> Result<Deployed> {
+    let started = Instant::now();
+    let model = opts.out_dir.join("model.onnx");
+    deployed::export_deployable(&set.backbone, &set.heads, set.crop, locator.as_deref(), opts.landmark_passes, &model)?;
+    stages.done("export the deployable model".into(), started, model.display().to_string());
+    let started = Instant::now();
+    let plain = deployed::score_plain_photos(&model, &opts.data, &opts.out_dir.join("model.predictions.csv"))?;
+    stages.done("predict the plain test photos".into(), started, format!("{} images", plain.images));
+    Ok(Deployed { model, backbone: set.backbone.clone(), crop: set.crop, validation_score: set.choice_score(), landmark_model: locator, plain })
+}
+
+fn score_cell(s: Option<Score>) -> String {
+    match s {
+        None => "not read".to_string(),
+        Some(s) => format!("{} ({})", percent(Some(s.accuracy)), percent(s.balanced)),
+    }
+}
+
+/// The study's figures for `attribute`: (what, accuracy).
+fn study_rows(attribute: &str) -> Vec<(String, f64)> {
+    let mut found: Vec<(String, f64)> =
+        STUDY_ACCURACY.iter().filter(|(a, _, _)| *a == attribute).map(|(_, crop, v)| (format!("InceptionV3 bottlenecks + softmax, crop {crop}"), *v)).collect();
+    found.extend(STUDY_FINETUNE_ACCURACY.iter().filter(|(a, _)| *a == attribute).map(|(_, v)| ("InceptionV3 fine-tuned".to_string(), *v)));
+    found.extend(STUDY_SCRATCH_ACCURACY.iter().filter(|(a, _, _)| *a == attribute).map(|(_, net, v)| (format!("{net} from scratch"), *v)));
+    found
+}
+
+fn render(opts: &BeyondOptions, r: &Beyond, stages: &Stages) -> String {
+    let mut s = String::from("# Beyond the study: every MTFL attribute through every pipeline\n\n");
+    let _ = writeln!(
+        s,
+        "MTFL `{}`{}, seed {}. How settings were chosen: the heads have fixed settings (below) and are fitted on \
+         training.txt less {}% held out for validation (a hash of the file names, seeded); the trained networks \
+         chose theirs on their own validation share, as their `result.json` records (found under `{}`). The \
+         test list was read once per configuration shown; \"not read\" marks a run made with `--no-test`. \
+         Cells: accuracy (balanced accuracy, the mean recall over the classes).\n",
+        opts.data.mtfl.display(),
+        opts.data.limit.map_or(String::new(), |l| format!(" (first {l} images of each split)")),
+        opts.seed,
+        opts.validation_percent,
+        opts.runs.display()
+    );
+    for attribute in &opts.attributes {
+        let _ = writeln!(s, "## {attribute}\n\n| pipeline | configuration | validation | test |\n|---|---|---:|---:|");
+        for row in r.rows.iter().filter(|row| row.attribute == *attribute) {
+            let _ = writeln!(s, "| {} | {} | {} | {} |", row.pipeline, row.configuration, score_cell(row.validation), score_cell(row.test));
+        }
+        for (what, v) in study_rows(attribute) {
+            let _ = writeln!(s, "| the study (TensorFlow) | {what} | | {} |", percent(Some(v)));
+        }
+        s.push('\n');
+    }
+    s.push_str(&landmarks_section(&r.landmarks));
+    s.push_str(&deployed_section(r));
+    s.push_str(&stages.markdown());
+    s
+}
+
+fn landmarks_section(rows: &[LandmarkRow]) -> String {
+    let mut s = String::from("## Landmarks (mean error over the inter-ocular distance)\n\n");
+    if rows.is_empty() {
+        s.push_str("No run with a landmark task was found (`retrain train --attribute all` on multi-task artifacts makes one; docs/training.md).\n\n");
+        return s;
+    }
+    s.push_str("| run | validation | test |\n|---|---:|---:|\n");
+    for row in rows {
+        let test = row.test.map_or("not read".to_string(), |e| format!("{:.2}%", 100.0 * e));
+        let _ = writeln!(s, "| `{}` | {} | {test} |", row.run.display(), row.validation.map_or("-".to_string(), |e| format!("{:.2}%", 100.0 * e)));
+    }
+    s.push('\n');
+    s
+}
+
+fn deployed_section(r: &Beyond) -> String {
+    let mut s = String::from("## The deployable model\n\n");
+    let Some(d) = &r.deployed else {
+        s.push_str("None: every head set needs a crop placed by landmarks, and no landmark model was found.\n\n");
+        return s;
+    };
+    let located = d
+        .landmark_model
+        .as_ref()
+        .map_or(String::new(), |l| format!(", its crop placed by the landmark model `{}` inside the file (the lowest validation error above)", l.display()));
+    let _ = writeln!(
+        s,
+        "`{}`: backbone `{}`, crop {}{located}. Chosen as the head set with the highest mean validation \
+         balanced accuracy ({:.1}%) among those that can run on plain photos. Input: decoded RGB pixels \
+         `[1, H, W, 3]` uint8 (`retrain predict --model {}` takes image files).\n",
+        d.model.display(),
+        d.backbone.display(),
+        d.crop,
+        100.0 * d.validation_score,
+        d.model.display()
+    );
+    let set = r.head_sets.iter().find(|h| h.backbone == d.backbone && h.crop == d.crop);
+    let _ = writeln!(
+        s,
+        "On the {} test photos, annotations withheld ({} skipped; {:.0} s):\n\n| attribute | annotated-landmark crops | plain photos | difference (points) |\n|---|---:|---:|---:|",
+        d.plain.images, d.plain.skipped, d.plain.seconds
+    );
+    for (i, (attribute, plain)) in d.plain.attributes.iter().enumerate() {
+        let annotated = set.and_then(|h| h.test.get(i).copied());
+        let diff = annotated.map_or("-".to_string(), |a| format!("{:+.1}", 100.0 * (plain.accuracy - a.accuracy)));
+        let _ = writeln!(s, "| {attribute} | {} | {} | {diff} |", score_cell(annotated), score_cell(Some(*plain)));
+    }
+    if let (Some(e), Some(f)) = (d.plain.landmark_error, d.plain.landmark_failures) {
+        let _ = writeln!(
+            s,
+            "\nLandmarks placed inside the file: mean error {:.2}% of the inter-ocular distance (failures above 10%: {:.1}%).",
+            100.0 * e,
+            100.0 * f
+        );
+    }
+    s.push('\n');
+    s
+}
