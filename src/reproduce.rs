@@ -144,16 +144,14 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
 impl Extraction {
     /// The training and testing caches of `crop` (extracted, resumed or found whole).
     pub fn both_splits(&self, model: &mut Model, crop: Crop, stages: &mut Stages) -> Result<(PathBuf, PathBuf)> {
-        let mut caches = Vec::new();
-        for split in [Split::Training, Split::Testing] {
+        let mut cache_of = |split: Split| -> Result<PathBuf> {
             let started = Instant::now();
             let summary = self.split(model, crop, split)?;
             let note = format!("{} new rows ({} were cached), {}", summary.rows_after - summary.rows_before, summary.rows_before, summary.out.display());
             stages.done(format!("extract {} {crop} {}", model.path.display(), split.name()), started, note);
-            caches.push(summary.out);
-        }
-        let test = caches.pop().unwrap_or_default();
-        Ok((caches.pop().unwrap_or_default(), test))
+            Ok(summary.out)
+        };
+        Ok((cache_of(Split::Training)?, cache_of(Split::Testing)?))
     }
 
     fn split(&self, model: &mut Model, crop: Crop, split: Split) -> Result<extract::ExtractSummary> {

@@ -158,6 +158,7 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     // and still answer exactly as `retrain predict` does on the plain photos.
     let (third, log) = beyond("face:2");
     assert_eq!(log.matches("reused: same cache contents and settings").count(), 4, "{log}");
+    assert!(!log.contains("reused: the same file on the same photos"), "another file was deployed: {log}");
     let deployed = &third["deployed"];
     assert_eq!((deployed["backbone"].as_str().unwrap(), deployed["crop"].as_str().unwrap()), (s(&seeing), "face:2"));
     assert_eq!(deployed["landmark_model"].as_str().unwrap(), s(&run.join("model.onnx")));
@@ -167,4 +168,9 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&predicted).unwrap(), std::fs::read_to_string(out.join("model.predictions.csv")).unwrap());
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("placed by the landmark model"));
+
+    // Nothing changed: the same file is exported, and its scores are read back, not predicted again.
+    let (fourth, log) = beyond("face:2");
+    assert!(log.contains("predict the plain test photos") && log.contains("reused: the same file on the same photos"), "{log}");
+    assert_eq!(fourth["deployed"], third["deployed"]);
 }

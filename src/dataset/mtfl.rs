@@ -6,7 +6,7 @@
 //! unknown label code) is reported with file and line and left out; the other lines are kept.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -30,6 +30,11 @@ impl Split {
             Split::Testing => "testing",
         }
     }
+
+    /// The annotation file of this split in the MTFL folder `root`.
+    pub fn annotations(self, root: &Path) -> PathBuf {
+        root.join(format!("{}.txt", self.name()))
+    }
 }
 
 impl std::str::FromStr for Split {
@@ -45,7 +50,7 @@ impl std::str::FromStr for Split {
 
 /// Reads `root/<split>.txt`, resolving image paths against `root`.
 pub fn load(root: &Path, split: Split) -> Result<Dataset> {
-    let file = root.join(format!("{}.txt", split.name()));
+    let file = split.annotations(root);
     let text = fs::read(&file)
         .with_context(|| format!("cannot read MTFL annotations {} (is --mtfl the folder holding training.txt and testing.txt?)", file.display()))?;
     let text = String::from_utf8_lossy(&text);

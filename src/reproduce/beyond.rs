@@ -171,9 +171,17 @@ fn deploy(opts: &BeyondOptions, set: &HeadSet, locator: Option<PathBuf>, stages:
     deployed::export_deployable(&set.backbone, &set.heads, set.crop, locator.as_deref(), opts.landmark_passes, &model)?;
     stages.done("export the deployable model".into(), started, model.display().to_string());
     let started = Instant::now();
-    let plain = deployed::score_plain_photos(&model, &opts.data, &opts.out_dir.join("model.predictions.csv"))?;
-    stages.done("predict the plain test photos".into(), started, format!("{} images", plain.images));
+    let (plain, reused) = deployed::score_plain_photos(&model, &opts.data, &opts.out_dir.join("model.predictions.csv"), earlier_plain_scores(opts))?;
+    let note = if reused { "reused: the same file on the same photos".to_string() } else { format!("{} images", plain.images) };
+    stages.done("predict the plain test photos".into(), started, note);
     Ok(Deployed { model, backbone: set.backbone.clone(), crop: set.crop, validation_score: set.choice_score(), landmark_model: locator, plain })
+}
+
+/// The plain-photo scores the last run left in `OUT/beyond.json`, if any.
+fn earlier_plain_scores(opts: &BeyondOptions) -> Option<PlainScores> {
+    let text = std::fs::read_to_string(opts.out_dir.join("beyond.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    serde_json::from_value(json["deployed"]["plain"].clone()).ok()
 }
 
 fn score_cell(s: Option<Score>) -> String {

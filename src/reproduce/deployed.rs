@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::runs::Score;
 use super::Extraction;
@@ -14,13 +14,18 @@ use crate::dataset::mtfl::{self, Split};
 use crate::dataset::Sample;
 use crate::export::{self, Input, Landmarks};
 use crate::metrics;
-use crate::model::Model;
+use crate::model::{self, Model};
 use crate::predict::{self, PredictOptions};
 use crate::preprocess::Crop;
 
 /// How the deployable model did on the plain test photos.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlainScores {
+    /// What was scored: the file (SHA-256), the annotation list (SHA-256 of testing.txt) and
+    /// the limit on its images; the same three make a later run reuse these scores.
+    pub model_sha256: String,
+    pub testing_sha256: String,
+    pub limit: Option<usize>,
     pub images: usize,
     pub skipped: usize,
     /// Per attribute, in the model's order.
@@ -45,8 +50,15 @@ pub fn export_deployable(backbone: &Path, heads: &[PathBuf], crop: Crop, landmar
 }
 
 /// Runs `model_path` on MTFL's test photos without their annotations and scores its answers
-/// (and landmarks) against them; its predictions go to `csv`.
-pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path) -> Result<PlainScores> {
+/// (and landmarks) against them; its predictions go to `csv`. The `earlier` scores are
+/// returned instead (`true`) when they are of the same file on the same photos and `csv` is there.
+pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path, earlier: Option<PlainScores>) -> Result<(PlainScores, bool)> {
+    let model_sha256 = model::file_sha256(model_path)?;
+    let testing_sha256 = model::file_sha256(&Split::Testing.annotations(&data.mtfl))?;
+    let same = |e: &PlainScores| e.model_sha256 == model_sha256 && e.testing_sha256 == testing_sha256 && e.limit == data.limit && csv.is_file();
+    if let Some(e) = earlier.filter(same) {
+        return Ok((e, true));
+    }
     let mut dataset = mtfl::load(&data.mtfl, Split::Testing)?;
     dataset.samples.truncate(data.limit.unwrap_or(usize::MAX));
     let annotated: HashMap<&str, &Sample> = dataset.samples.iter().map(|s| (s.key.as_str(), s)).collect();
@@ -77,14 +89,18 @@ pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path) -> R
         .filter_map(|(placed, key)| Some(landmark_error(&annotated[key.as_str()].landmarks?, &(*placed)?)))
         .collect();
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    Ok(PlainScores {
+    let scores = PlainScores {
+        model_sha256,
+        testing_sha256,
+        limit: data.limit,
         images: table.len(),
         skipped: summary.skipped.len(),
         attributes,
         landmark_failures: mean(errors.iter().map(|&e| f64::from(u8::from(e > 0.1))).collect()),
         landmark_error: mean(errors),
         seconds: summary.seconds,
-    })
+    };
+    Ok((scores, false))
 }
 
 /// Mean distance of the five placed points to the annotated ones over the inter-ocular

@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::metrics::{self, Metrics};
 
 /// Accuracy and balanced accuracy (mean recall over the classes) of one configuration on one set.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     pub accuracy: f64,
     /// `None` where the run recorded accuracy alone.
