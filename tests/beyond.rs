@@ -56,6 +56,24 @@ onnx.save(m, sys.argv[1])
     backbone.to_path_buf()
 }
 
+/// Per set and attribute, the chosen head is the first of the highest validation balanced
+/// accuracy among its recipes, and it is the set's head for that attribute.
+fn check_recipe_choice(report: &Value) {
+    for set in report["head_sets"].as_array().unwrap() {
+        let candidates = set["candidates"].as_array().unwrap();
+        for (k, head) in set["heads"].as_array().unwrap().iter().enumerate() {
+            let attribute = candidates.iter().find(|c| c["head"] == *head).unwrap()["attribute"].clone();
+            let of_attribute: Vec<&Value> = candidates.iter().filter(|c| c["attribute"] == attribute).collect();
+            assert_eq!(of_attribute.len(), 3, "three recipes for {attribute}");
+            let score = |c: &Value| c["validation"]["balanced"].as_f64().unwrap();
+            let best = of_attribute.iter().fold(of_attribute[0], |b, c| if score(c) > score(b) { c } else { b });
+            assert_eq!(best["head"], *head, "set {} attribute {k}", set["backbone"]);
+            assert!(best["chosen"].as_bool().unwrap());
+            assert_eq!(of_attribute.iter().filter(|c| c["chosen"].as_bool().unwrap()).count(), 1);
+        }
+    }
+}
+
 /// Accuracy of `predict`'s CSV on `attribute` against the MTFL annotations (codes 1 and 2 ->
 /// the head's first and second label).
 fn csv_accuracy(csv: &str, testing: &str, attribute: &str, column: usize, labels: [&str; 2]) -> f64 {
@@ -103,6 +121,7 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     let (first, log) = beyond("original,face:2");
     assert_eq!(log.matches("reused").count(), 0, "{log}");
     assert_eq!(first["head_sets"].as_array().unwrap().len(), 4, "two backbones x two crops");
+    check_recipe_choice(&first);
     let deployed = &first["deployed"];
     let (backbone, crop) = best_by_validation(&first, &["original"]);
     assert_eq!((backbone.as_str(), crop.as_str()), (s(&seeing), "original"));
@@ -133,7 +152,7 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     let o = retrain(&[&train[..], &["--out", s(&run), "--threads", "1", "--quiet"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let (second, log) = beyond("original,face:2");
-    assert_eq!(log.matches("reused: same cache contents and settings").count(), 8, "{log}");
+    assert_eq!(log.matches("reused: same cache contents and settings").count(), 24, "2 backbones x 2 crops x 2 attributes x 3 recipes: {log}");
     assert!(log.contains("0 new rows"), "{log}");
     let result = read_json(&run.join("result.json"));
     let val_gender = result["val_tasks"].as_array().unwrap().iter().find(|t| t["name"] == "gender").unwrap()["metrics"]["accuracy"].clone();
@@ -157,7 +176,7 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     // Face crops only: the deployable file must place its crop with the run's landmark model,
     // and still answer exactly as `retrain predict` does on the plain photos.
     let (third, log) = beyond("face:2");
-    assert_eq!(log.matches("reused: same cache contents and settings").count(), 4, "{log}");
+    assert_eq!(log.matches("reused: same cache contents and settings").count(), 12, "{log}");
     assert!(!log.contains("reused: the same file on the same photos"), "another file was deployed: {log}");
     let deployed = &third["deployed"];
     assert_eq!((deployed["backbone"].as_str().unwrap(), deployed["crop"].as_str().unwrap()), (s(&seeing), "face:2"));

@@ -3,7 +3,8 @@
 //! works from plain photos (`OUT/model.onnx`).
 //!
 //! Heads are fitted here for each backbone and crop on the training list less a seeded,
-//! hashed validation share, with fixed settings; the trained networks are read from the
+//! hashed validation share, three recipes per attribute ([`RECIPES`]), of which validation
+//! keeps one; the trained networks are read from the
 //! `result.json` their runs wrote ([`super::runs`]). Every choice (which backbone and crop are
 //! deployed, which landmark model places their crop) is made on validation scores; the test
 //! list is read once per configuration shown.
@@ -19,7 +20,7 @@ use super::deployed::{self, PlainScores};
 use super::runs::{self, LandmarkRow, Row, Score};
 use super::{fit_and_score, Extraction, Stages, STUDY_ACCURACY, STUDY_FINETUNE_ACCURACY};
 use crate::cache::Cache;
-use crate::head::{Solver, TrainOptions};
+use crate::head::{ClassWeight, Solver, TrainOptions};
 use crate::metrics::percent;
 use crate::model::Model;
 use crate::preprocess::Crop;
@@ -46,15 +47,61 @@ pub struct BeyondOptions {
     pub landmark_passes: usize,
 }
 
-/// The heads of one backbone and crop, one per attribute.
+/// How a head is fitted (beside the fixed settings: standardised, seeded, the same validation share).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Recipe {
+    pub solver: Solver,
+    pub class_weight: ClassWeight,
+}
+
+/// The recipes fitted for every attribute; the best validation balanced accuracy picks one per
+/// attribute (ties: the first here).
+const RECIPES: [Recipe; 3] = [
+    Recipe { solver: Solver::Sgd, class_weight: ClassWeight::None },
+    Recipe { solver: Solver::Sgd, class_weight: ClassWeight::Balanced },
+    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None },
+];
+
+impl Recipe {
+    /// The head file's stem after the attribute: `sgd`, `sgd-balanced`, `linfa`.
+    fn file_stem(self) -> String {
+        match self.class_weight {
+            ClassWeight::None => self.solver.name().to_string(),
+            ClassWeight::Balanced => format!("{}-balanced", self.solver.name()),
+        }
+    }
+
+    fn describe(self) -> String {
+        let solver = if self.solver == Solver::Linfa { "L-BFGS (linfa)" } else { "mini-batch SGD (the study's)" };
+        match self.class_weight {
+            ClassWeight::None => solver.to_string(),
+            ClassWeight::Balanced => format!("{solver}, balanced class weights"),
+        }
+    }
+}
+
+/// One fitted head: its recipe and scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub attribute: String,
+    pub recipe: Recipe,
+    pub head: PathBuf,
+    pub validation: Option<Score>,
+    /// On the annotated-landmark crops of the test images.
+    pub test: Score,
+    pub chosen: bool,
+}
+
+/// The heads of one backbone and crop: every candidate, and per attribute the chosen one.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeadSet {
     pub backbone: PathBuf,
     pub crop: Crop,
+    /// The chosen heads, one per attribute, with their scores.
     pub heads: Vec<PathBuf>,
     pub validation: Vec<Option<Score>>,
-    /// On the annotated-landmark crops of the test images.
     pub test: Vec<Score>,
+    pub candidates: Vec<Candidate>,
 }
 
 impl HeadSet {
@@ -101,13 +148,8 @@ pub fn beyond(opts: &BeyondOptions) -> Result<Beyond> {
     let landmarks: Vec<LandmarkRow> = found.iter().filter_map(runs::Run::landmarks).collect();
     let locator = runs::best_landmarks(&landmarks).and_then(|l| l.model.clone());
     // The highest score wins; on a tie the first in --model and --crops order.
-    let deployable = head_sets.iter().filter(|s| s.crop == Crop::Original || locator.is_some()).fold(None, |best: Option<&HeadSet>, s| {
-        if best.is_some_and(|b| b.choice_score() >= s.choice_score()) {
-            best
-        } else {
-            Some(s)
-        }
-    });
+    let runnable: Vec<&HeadSet> = head_sets.iter().filter(|s| s.crop == Crop::Original || locator.is_some()).collect();
+    let deployable = (!runnable.is_empty()).then(|| runnable[first_best(&runnable, |s| s.choice_score())]);
     let deployed = match deployable {
         Some(set) => Some(deploy(opts, set, locator.filter(|_| set.crop != Crop::Original), &mut stages)?),
         None => None,
@@ -119,7 +161,8 @@ pub fn beyond(opts: &BeyondOptions) -> Result<Beyond> {
     Ok(report)
 }
 
-/// Extracts both splits per backbone and crop, fits (or reuses) a head per attribute, scores each on test.
+/// Extracts both splits per backbone and crop, fits (or reuses) every recipe's head per
+/// attribute, scores each on test, and keeps per attribute the one validation prefers.
 fn head_sets(opts: &BeyondOptions, stages: &mut Stages) -> Result<Vec<HeadSet>> {
     let mut sets = Vec::new();
     for backbone in &opts.backbones {
@@ -130,17 +173,28 @@ fn head_sets(opts: &BeyondOptions, stages: &mut Stages) -> Result<Vec<HeadSet>> 
             let (train_path, test_path) = opts.data.both_splits(&mut model, crop, stages)?;
             let train = Cache::read(&train_path)?;
             let dir = opts.out_dir.join("heads").join(format!("{}-{crop}", stem(backbone)).replace(':', "-"));
-            let mut set = HeadSet { backbone: backbone.clone(), crop, heads: Vec::new(), validation: Vec::new(), test: Vec::new() };
+            let mut set = HeadSet { backbone: backbone.clone(), crop, heads: Vec::new(), validation: Vec::new(), test: Vec::new(), candidates: Vec::new() };
             for attribute in &opts.attributes {
-                let head_path = dir.join(format!("{attribute}.onnx"));
-                let head_opts =
-                    TrainOptions { seed: opts.seed, validation_percent: Some(opts.validation_percent), ..TrainOptions::new(attribute, Solver::Linfa) };
-                let name = format!("{} {crop} {attribute}", stem(backbone));
-                let e = fit_and_score(&head_path, (&train, &train_path), &test_path, &head_opts, &opts.data.session, &name, stages)?;
-                let validation = e.head.validation_accuracy.map(|accuracy| Score { accuracy, balanced: e.head.validation_balanced_accuracy });
-                set.heads.push(head_path);
-                set.validation.push(validation);
-                set.test.push(Score::of(&e.metrics));
+                let mut fitted = Vec::new();
+                for recipe in RECIPES {
+                    let head_path = dir.join(format!("{attribute}-{}.onnx", recipe.file_stem()));
+                    let head_opts = TrainOptions {
+                        seed: opts.seed,
+                        class_weight: recipe.class_weight,
+                        validation_percent: Some(opts.validation_percent),
+                        ..TrainOptions::new(attribute, recipe.solver)
+                    };
+                    let name = format!("{} {crop} {attribute} {}", stem(backbone), recipe.file_stem());
+                    let e = fit_and_score(&head_path, (&train, &train_path), &test_path, &head_opts, &opts.data.session, &name, stages)?;
+                    let validation = e.head.validation_accuracy.map(|accuracy| Score { accuracy, balanced: e.head.validation_balanced_accuracy });
+                    fitted.push(Candidate { attribute: attribute.clone(), recipe, head: head_path, validation, test: Score::of(&e.metrics), chosen: false });
+                }
+                let best = first_best(&fitted, |c| c.validation.map_or(0.0, |v| v.balanced_or_plain()));
+                fitted[best].chosen = true;
+                set.heads.push(fitted[best].head.clone());
+                set.validation.push(fitted[best].validation);
+                set.test.push(fitted[best].test);
+                set.candidates.extend(fitted);
             }
             sets.push(set);
         }
@@ -148,19 +202,30 @@ fn head_sets(opts: &BeyondOptions, stages: &mut Stages) -> Result<Vec<HeadSet>> 
     Ok(sets)
 }
 
+/// The index of the highest `score`; on a tie the first.
+fn first_best<T>(items: &[T], score: impl Fn(&T) -> f64) -> usize {
+    (0..items.len()).fold(0, |best, i| if score(&items[i]) > score(&items[best]) { i } else { best })
+}
+
 fn stem(path: &Path) -> String {
     path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 fn head_rows(opts: &BeyondOptions, set: &HeadSet) -> Vec<Row> {
-    let configuration = format!("crop {}, L-BFGS (linfa), standardised, no class weights, {}% validation", set.crop, opts.validation_percent);
-    (0..set.heads.len())
-        .map(|i| Row {
-            attribute: opts.attributes[i].clone(),
+    set.candidates
+        .iter()
+        .map(|c| Row {
+            attribute: c.attribute.clone(),
             pipeline: format!("`{}` bottlenecks + softmax head", stem(&set.backbone)),
-            configuration: configuration.clone(),
-            validation: set.validation[i],
-            test: Some(set.test[i]),
+            configuration: format!(
+                "crop {}, {}, standardised, {}% validation{}",
+                set.crop,
+                c.recipe.describe(),
+                opts.validation_percent,
+                if c.chosen { " (**chosen** on validation)" } else { "" }
+            ),
+            validation: c.validation,
+            test: Some(c.test),
         })
         .collect()
 }
@@ -204,8 +269,9 @@ fn render(opts: &BeyondOptions, r: &Beyond, stages: &Stages) -> String {
     let mut s = String::from("# Beyond the study: every MTFL attribute through every pipeline\n\n");
     let _ = writeln!(
         s,
-        "MTFL `{}`{}, seed {}. How settings were chosen: the heads have fixed settings (below) and are fitted on \
-         training.txt less {}% held out for validation (a hash of the file names, seeded); the trained networks \
+        "MTFL `{}`{}, seed {}. How settings were chosen: three head recipes per attribute (below) are fitted on \
+         training.txt less {}% held out for validation (a hash of the file names, seeded), and the one with the \
+         best validation balanced accuracy is **chosen** (ties: the first listed); the trained networks \
          chose theirs on their own validation share, as their `result.json` records (found under `{}`). The \
          test list was read once per configuration shown; \"not read\" marks a run made with `--no-test`. \
          Cells: accuracy (balanced accuracy, the mean recall over the classes).\n",
