@@ -92,23 +92,30 @@ pub struct Candidate {
     pub chosen: bool,
 }
 
-/// The heads of one backbone and crop: every candidate, and per attribute the chosen one.
+/// The heads of one backbone and crop: every recipe's per attribute, one of them chosen.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeadSet {
     pub backbone: PathBuf,
     pub crop: Crop,
-    /// The chosen heads, one per attribute, with their scores.
-    pub heads: Vec<PathBuf>,
-    pub validation: Vec<Option<Score>>,
-    pub test: Vec<Score>,
     pub candidates: Vec<Candidate>,
 }
 
 impl HeadSet {
-    /// What the deployable model is chosen by: mean validation balanced accuracy over the attributes.
-    pub fn choice_score(&self) -> f64 {
-        self.validation.iter().map(|v| v.map_or(0.0, |s| s.balanced_or_plain())).sum::<f64>() / self.validation.len().max(1) as f64
+    /// The chosen head of each attribute, in attribute order.
+    pub fn chosen(&self) -> Vec<&Candidate> {
+        self.candidates.iter().filter(|c| c.chosen).collect()
     }
+
+    /// What the deployable model is chosen by: mean validation balanced accuracy of the chosen heads.
+    pub fn choice_score(&self) -> f64 {
+        let chosen = self.chosen();
+        chosen.iter().map(|c| validation_score(c)).sum::<f64>() / chosen.len().max(1) as f64
+    }
+}
+
+/// What a head is kept by: validation balanced accuracy (0 without validation rows).
+fn validation_score(c: &Candidate) -> f64 {
+    c.validation.map_or(0.0, |v| v.balanced_or_plain())
 }
 
 /// The deployable model and how it was chosen.
@@ -161,8 +168,7 @@ pub fn beyond(opts: &BeyondOptions) -> Result<Beyond> {
     Ok(report)
 }
 
-/// Extracts both splits per backbone and crop, fits (or reuses) every recipe's head per
-/// attribute, scores each on test, and keeps per attribute the one validation prefers.
+/// Extracts both splits per backbone and crop and fits (or reuses) every recipe's head per attribute.
 fn head_sets(opts: &BeyondOptions, stages: &mut Stages) -> Result<Vec<HeadSet>> {
     let mut sets = Vec::new();
     for backbone in &opts.backbones {
@@ -171,35 +177,45 @@ fn head_sets(opts: &BeyondOptions, stages: &mut Stages) -> Result<Vec<HeadSet>> 
         stages.done(format!("load {}", backbone.display()), started, String::new());
         for &crop in &opts.crops {
             let (train_path, test_path) = opts.data.both_splits(&mut model, crop, stages)?;
-            let train = Cache::read(&train_path)?;
+            let splits = Splits { train: Cache::read(&train_path)?, train_path, test_path };
             let dir = opts.out_dir.join("heads").join(format!("{}-{crop}", stem(backbone)).replace(':', "-"));
-            let mut set = HeadSet { backbone: backbone.clone(), crop, heads: Vec::new(), validation: Vec::new(), test: Vec::new(), candidates: Vec::new() };
+            let mut candidates = Vec::new();
             for attribute in &opts.attributes {
-                let mut fitted = Vec::new();
-                for recipe in RECIPES {
-                    let head_path = dir.join(format!("{attribute}-{}.onnx", recipe.file_stem()));
-                    let head_opts = TrainOptions {
-                        seed: opts.seed,
-                        class_weight: recipe.class_weight,
-                        validation_percent: Some(opts.validation_percent),
-                        ..TrainOptions::new(attribute, recipe.solver)
-                    };
-                    let name = format!("{} {crop} {attribute} {}", stem(backbone), recipe.file_stem());
-                    let e = fit_and_score(&head_path, (&train, &train_path), &test_path, &head_opts, &opts.data.session, &name, stages)?;
-                    let validation = e.head.validation_accuracy.map(|accuracy| Score { accuracy, balanced: e.head.validation_balanced_accuracy });
-                    fitted.push(Candidate { attribute: attribute.clone(), recipe, head: head_path, validation, test: Score::of(&e.metrics), chosen: false });
-                }
-                let best = first_best(&fitted, |c| c.validation.map_or(0.0, |v| v.balanced_or_plain()));
-                fitted[best].chosen = true;
-                set.heads.push(fitted[best].head.clone());
-                set.validation.push(fitted[best].validation);
-                set.test.push(fitted[best].test);
-                set.candidates.extend(fitted);
+                candidates.extend(fit_recipes(opts, &splits, &dir, &format!("{} {crop} {attribute}", stem(backbone)), attribute, stages)?);
             }
-            sets.push(set);
+            sets.push(HeadSet { backbone: backbone.clone(), crop, candidates });
         }
     }
     Ok(sets)
+}
+
+/// The caches one head set is fitted and scored on.
+struct Splits {
+    train: Cache,
+    train_path: PathBuf,
+    test_path: PathBuf,
+}
+
+/// Every recipe's head for `attribute` in `dir`, scored on test; the first of the best
+/// validation score is marked chosen.
+fn fit_recipes(opts: &BeyondOptions, splits: &Splits, dir: &Path, name: &str, attribute: &str, stages: &mut Stages) -> Result<Vec<Candidate>> {
+    let mut fitted = Vec::new();
+    for recipe in RECIPES {
+        let head = dir.join(format!("{attribute}-{}.onnx", recipe.file_stem()));
+        let head_opts = TrainOptions {
+            seed: opts.seed,
+            class_weight: recipe.class_weight,
+            validation_percent: Some(opts.validation_percent),
+            ..TrainOptions::new(attribute, recipe.solver)
+        };
+        let name = format!("{name} {}", recipe.file_stem());
+        let e = fit_and_score(&head, (&splits.train, &splits.train_path), &splits.test_path, &head_opts, &opts.data.session, &name, stages)?;
+        let validation = e.head.validation_accuracy.map(|accuracy| Score { accuracy, balanced: e.head.validation_balanced_accuracy });
+        fitted.push(Candidate { attribute: attribute.to_string(), recipe, head, validation, test: Score::of(&e.metrics), chosen: false });
+    }
+    let best = first_best(&fitted, validation_score);
+    fitted[best].chosen = true;
+    Ok(fitted)
 }
 
 /// The index of the highest `score`; on a tie the first.
@@ -233,7 +249,8 @@ fn head_rows(opts: &BeyondOptions, set: &HeadSet) -> Vec<Row> {
 fn deploy(opts: &BeyondOptions, set: &HeadSet, locator: Option<PathBuf>, stages: &mut Stages) -> Result<Deployed> {
     let started = Instant::now();
     let model = opts.out_dir.join("model.onnx");
-    deployed::export_deployable(&set.backbone, &set.heads, set.crop, locator.as_deref(), opts.landmark_passes, &model)?;
+    let heads: Vec<PathBuf> = set.chosen().iter().map(|c| c.head.clone()).collect();
+    deployed::export_deployable(&set.backbone, &heads, set.crop, locator.as_deref(), opts.landmark_passes, &model)?;
     stages.done("export the deployable model".into(), started, model.display().to_string());
     let started = Instant::now();
     let (plain, reused) = deployed::score_plain_photos(&model, &opts.data, &opts.out_dir.join("model.predictions.csv"), earlier_plain_scores(opts))?;
@@ -340,7 +357,7 @@ fn deployed_section(r: &Beyond) -> String {
         d.plain.images, d.plain.skipped, d.plain.seconds
     );
     for (i, (attribute, plain)) in d.plain.attributes.iter().enumerate() {
-        let annotated = set.and_then(|h| h.test.get(i).copied());
+        let annotated = set.and_then(|h| h.chosen().get(i).map(|c| c.test));
         let diff = annotated.map_or("-".to_string(), |a| format!("{:+.1}", 100.0 * (plain.accuracy - a.accuracy)));
         let _ = writeln!(s, "| {attribute} | {} | {} | {diff} |", score_cell(annotated), score_cell(Some(*plain)));
     }
