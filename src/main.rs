@@ -917,10 +917,13 @@ fn or_default(given: Vec<String>, default: &[&str]) -> Vec<String> {
     }
 }
 
+/// The study's backbone, the default of `reproduce --model` (with FaceRes under --beyond).
+const INCEPTION: &str = "onnx/inception_v3.onnx";
+
 fn run_beyond(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
     let opts = BeyondOptions {
         data,
-        backbones: if a.model.is_empty() { vec!["onnx/inception_v3.onnx".into(), "onnx/faceres.onnx".into()] } else { a.model },
+        backbones: if a.model.is_empty() { vec![INCEPTION.into(), "onnx/faceres.onnx".into()] } else { a.model },
         crops: if a.crops.is_empty() { vec![Crop::Original, "face".parse()?] } else { a.crops },
         attributes: or_default(a.attributes, &retrain::dataset::MTFL_ATTRIBUTES),
         out_dir: a.out.unwrap_or_else(|| PathBuf::from("reports/beyond")),
@@ -933,7 +936,7 @@ fn run_beyond(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
 }
 
 fn run_study(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
-    let models = if a.model.is_empty() { vec!["onnx/inception_v3.onnx".into()] } else { a.model };
+    let models = if a.model.is_empty() { vec![INCEPTION.into()] } else { a.model };
     let [model] =
         <[PathBuf; 1]>::try_from(models).map_err(|m| anyhow::anyhow!("the study's report takes one --model ({} given); --beyond takes several", m.len()))?;
     let opts = ReproduceOptions {

@@ -17,6 +17,7 @@ use crate::metrics;
 use crate::model::{self, Model};
 use crate::predict::{self, PredictOptions};
 use crate::preprocess::Crop;
+use crate::train::data::Landmarks as AnnotatedLandmarks;
 
 /// How the deployable model did on the plain test photos.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,7 +97,7 @@ pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path, earl
         images: table.len(),
         skipped: summary.skipped.len(),
         attributes,
-        landmark_failures: mean(errors.iter().map(|&e| f64::from(u8::from(e > 0.1))).collect()),
+        landmark_failures: mean(errors.iter().map(|&e| f64::from(u8::from(e > AnnotatedLandmarks::FAILURE_ERROR))).collect()),
         landmark_error: mean(errors),
         seconds: summary.seconds,
     };
@@ -106,5 +107,5 @@ pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path, earl
 /// Mean distance of the five placed points to the annotated ones over the inter-ocular
 /// distance (both in the image's pixels), as `retrain train` scores its landmark task.
 fn landmark_error(annotated: &[f32; 10], placed: &[f32; 10]) -> f64 {
-    crate::train::data::Landmarks { fractions: *annotated, window: [1.0, 1.0] }.error(placed)
+    AnnotatedLandmarks { fractions: *annotated, window: [1.0, 1.0] }.error(placed)
 }

@@ -39,6 +39,10 @@ pub struct Landmarks {
 }
 
 impl Landmarks {
+    /// An image whose [`Landmarks::error`] is above this counts as a failure (10% of the
+    /// inter-ocular distance, the usual cut in the landmark literature).
+    pub const FAILURE_ERROR: f64 = 0.1;
+
     /// Mean distance between `predicted` (fractions) and these landmarks over the five
     /// points, as a fraction of the inter-ocular distance (between the eye centres).
     pub fn error(&self, predicted: &[f32]) -> f64 {

@@ -142,7 +142,7 @@ fn scores(heads: &[Head], sums: Vec<Sums>) -> Scores {
                 loss: mean(s.loss),
                 metrics: head.labels.as_ref().map(|labels| metrics::score(&s.truth, &s.predicted, labels)),
                 mean_error: errors.map(|e| mean(e.iter().sum())),
-                failure_rate: errors.map(|e| mean(e.iter().filter(|&&x| x > 0.1).count() as f64)),
+                failure_rate: errors.map(|e| mean(e.iter().filter(|&&x| x > super::data::Landmarks::FAILURE_ERROR).count() as f64)),
             }
         })
         .collect();
