@@ -110,14 +110,7 @@ impl Distortions {
             }
         }
         if self.flip && draws.flip {
-            for x in &mut points[..5] {
-                *x = 1.0 - *x;
-            }
-            // MTFL order: left eye, right eye, nose, left mouth corner, right mouth corner
-            for (a, b) in [(0, 1), (3, 4)] {
-                points.swap(a, b);
-                points.swap(a + 5, b + 5);
-            }
+            mirror_landmarks(points);
         }
     }
 
@@ -165,7 +158,21 @@ impl Strides {
     }
 }
 
-fn mirror(image: &mut [f32], spec: &InputSpec) {
+/// Landmarks (x1..x5, y1..y5 as fractions of the image) of the image mirrored left to right:
+/// x becomes 1 - x, and the left and right eyes and mouth corners trade places.
+pub fn mirror_landmarks(points: &mut [f32]) {
+    for x in &mut points[..5] {
+        *x = 1.0 - *x;
+    }
+    // MTFL order: left eye, right eye, nose, left mouth corner, right mouth corner
+    for (a, b) in [(0, 1), (3, 4)] {
+        points.swap(a, b);
+        points.swap(a + 5, b + 5);
+    }
+}
+
+/// One image tensor of `spec`, mirrored left to right in place.
+pub fn mirror(image: &mut [f32], spec: &InputSpec) {
     let (h, w, s) = (spec.height as usize, spec.width as usize, Strides::of(spec));
     for c in 0..3 {
         for y in 0..h {

@@ -5,12 +5,17 @@
 //! The first pass sees the whole image. A model trained on face crops then looks again, on
 //! the face crop placed from the first estimate, as cascaded landmark detectors refine their
 //! estimate: where the first pass sees the face small or off centre, the second sees it
-//! framed as in training.
+//! framed as in training. With [`Passes::mirror`] every pass also sees its input mirrored
+//! and averages the two estimates (test-time flip averaging, as landmark detectors do): on
+//! MTFL's validation faces it lowered the mean error from 7.67% to 6.70% of the inter-ocular
+//! distance and the failures from 16.9% to 9.1% (README, "Every attribute, every pipeline").
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
+use crate::augment::{mirror, mirror_landmarks};
 use crate::dataset::Sample;
 use crate::export::CROP_KEY;
 use crate::model::Model;
@@ -21,6 +26,17 @@ use crate::stream::{Batches, Decoded, WithWindows};
 
 /// The output a landmark model gives: x1..x5, y1..y5 as fractions of its input.
 pub const LANDMARKS_OUTPUT: &str = "landmarks";
+
+/// How a landmark model is run on each image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passes {
+    /// The whole image, then (for a model trained on another crop) its own crop placed from
+    /// the estimate, `count` passes in all (at least 1).
+    pub count: usize,
+    /// Each pass also runs on its input mirrored left to right and averages the two
+    /// estimates, the mirror's points flipped back ([`mirror_landmarks`]).
+    pub mirror: bool,
+}
 
 pub struct Locator {
     model: Model,
@@ -54,8 +70,8 @@ impl Locator {
     /// first only where the model was trained on another crop than the whole image). An image
     /// that cannot be read keeps the landmarks it had: the step that reads it next (`predict`)
     /// reports it, once.
-    pub fn locate(&mut self, samples: &mut [Sample], passes: usize, batch: usize, decode_threads: Option<usize>, show_progress: bool) -> Result<()> {
-        for pass in 0..passes.max(1) {
+    pub fn locate(&mut self, samples: &mut [Sample], passes: Passes, batch: usize, decode_threads: Option<usize>, show_progress: bool) -> Result<()> {
+        for pass in 0..passes.count.max(1) {
             if pass > 0 && self.crop == Crop::Original {
                 break;
             }
@@ -70,7 +86,7 @@ impl Locator {
                 if good.is_empty() {
                     return Ok(());
                 }
-                let values = self.model.run(images, good.len())?;
+                let values = self.estimate(images, good.len(), passes.mirror)?;
                 for ((&i, window), points) in good.iter().zip(&windows).zip(values.chunks(10)) {
                     found.push((i, window.to_pixels(points)));
                 }
@@ -82,5 +98,27 @@ impl Locator {
             }
         }
         Ok(())
+    }
+
+    /// The landmarks of `n` images (the model's input tensor), as fractions of it: averaged
+    /// with those of the mirrored images when `mirror` (the exported graph does the same, op
+    /// for op: `export::located`).
+    fn estimate(&mut self, images: Vec<f32>, n: usize, mirror: bool) -> Result<Vec<f32>> {
+        if !mirror {
+            return self.model.run(images, n);
+        }
+        let mut mirrored = images.clone();
+        for image in mirrored.chunks_mut(self.model.input.image_len()) {
+            self::mirror(image, &self.model.input);
+        }
+        let mut values = self.model.run(images, n)?;
+        let mut flipped = self.model.run(mirrored, n)?;
+        for (points, back) in values.chunks_mut(10).zip(flipped.chunks_mut(10)) {
+            mirror_landmarks(back);
+            for (v, b) in points.iter_mut().zip(back.iter()) {
+                *v = (*v + b) * 0.5;
+            }
+        }
+        Ok(values)
     }
 }

@@ -245,9 +245,8 @@ struct ExportArgs {
     /// the model outputs the landmarks too. Implies --pixel-input, one image per run.
     #[arg(long)]
     landmarks: Option<PathBuf>,
-    /// Passes of the built-in landmark model (as predict's --landmark-passes).
-    #[arg(long, default_value_t = 2)]
-    landmark_passes: usize,
+    #[command(flatten)]
+    locate: LocateArgs,
 }
 
 #[derive(Args)]
@@ -268,9 +267,8 @@ struct PredictArgs {
     /// the output gains their columns x1..x5, y1..y5 (pixels).
     #[arg(long)]
     landmarks: Option<PathBuf>,
-    /// Passes of the landmark model: the whole image, then its own crop placed from the estimate.
-    #[arg(long, default_value_t = 2)]
-    landmark_passes: usize,
+    #[command(flatten)]
+    locate: LocateArgs,
     /// Output: .csv or .json.
     #[arg(long)]
     out: PathBuf,
@@ -322,11 +320,29 @@ struct ReproduceArgs {
     /// With --beyond: share of training.txt the heads hold out for validation (percent).
     #[arg(long, default_value_t = 10.0)]
     validation_percent: f64,
-    /// With --beyond: passes of the landmark model inside the deployable file.
-    #[arg(long, default_value_t = 2)]
-    landmark_passes: usize,
+    /// With --beyond: how the landmark model inside the deployable file runs.
+    #[command(flatten)]
+    locate: LocateArgs,
     #[command(flatten)]
     stream: ImageRunArgs,
+}
+
+/// How a landmark model runs (predict --landmarks, export --landmarks, reproduce --beyond).
+#[derive(Args)]
+struct LocateArgs {
+    /// Passes of the landmark model: the whole image, then its own crop placed from the estimate.
+    #[arg(long, default_value_t = 2)]
+    landmark_passes: usize,
+    /// Do not average each pass with its run on the mirrored image (averaging is the default:
+    /// it lowered the landmark error on MTFL's validation faces from 7.67% to 6.70%).
+    #[arg(long)]
+    no_landmark_mirror: bool,
+}
+
+impl LocateArgs {
+    fn passes(&self) -> retrain::locate::Passes {
+        retrain::locate::Passes { count: self.landmark_passes, mirror: !self.no_landmark_mirror }
+    }
 }
 
 #[derive(Args)]
@@ -846,7 +862,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
 fn run_export(a: ExportArgs) -> Result<()> {
     let heads: Vec<&Path> = a.heads.iter().map(PathBuf::as_path).collect();
     let input = match (&a.landmarks, a.pixel_input) {
-        (Some(model), _) => export::Input::Located(export::Landmarks { model, passes: a.landmark_passes }),
+        (Some(model), _) => export::Input::Located(export::Landmarks { model, passes: a.locate.passes() }),
         (None, true) => export::Input::Pixels,
         (None, false) => export::Input::Tensor,
     };
@@ -872,7 +888,7 @@ fn run_predict(a: PredictArgs) -> Result<()> {
             anyhow::bail!("model {} places its crop with the landmark model inside it: drop --landmarks", a.model.display());
         }
         let mut locator = retrain::locate::Locator::load(path, &config)?;
-        locator.locate(&mut samples, a.landmark_passes, a.stream.batch, a.stream.decode_threads, !a.stream.quiet)?;
+        locator.locate(&mut samples, a.locate.passes(), a.stream.batch, a.stream.decode_threads, !a.stream.quiet)?;
     }
     let opts = PredictOptions { crop: a.crop, batch: a.stream.batch, decode_threads: a.stream.decode_threads, show_progress: !a.stream.quiet };
     let mut summary = predict::predict(&mut model, &samples, &opts)?;
@@ -930,7 +946,7 @@ fn run_beyond(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
         runs: a.runs,
         seed: a.seed,
         validation_percent: a.validation_percent,
-        landmark_passes: a.landmark_passes,
+        landmark_passes: a.locate.passes(),
     };
     Ok(reproduce::beyond::beyond(&opts)?.markdown)
 }

@@ -6,13 +6,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{constant_landmark_model, python, retrain, stderr, synthetic_mtfl, tiny_backbone, IMAGE_SIZE};
+use common::{constant_landmark_model, linear_landmark_model, python, retrain, stderr, synthetic_mtfl, tiny_backbone, IMAGE_SIZE};
 use retrain::cache::{Cache, Shard};
 use retrain::dataset::mtfl::{self, Split};
 use retrain::eval::{self, Evaluation};
 use retrain::export::{self, Input};
 use retrain::extract::{self, ExtractOptions};
 use retrain::head::{self, Solver, TrainOptions};
+use retrain::locate::Passes;
 use retrain::model::Model;
 use retrain::predict::{self, PredictOptions};
 use retrain::preprocess::Crop;
@@ -380,7 +381,7 @@ fn a_landmark_model_places_landmarks_on_the_whole_image_then_on_its_own_crop() {
         let model = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), f, crop);
         let mut samples = plain.clone();
         let mut locator = retrain::locate::Locator::load(&model, &cpu()).unwrap();
-        locator.locate(&mut samples, passes, 7, Some(1), false).unwrap();
+        locator.locate(&mut samples, Passes { count: passes, mirror: false }, 7, Some(1), false).unwrap();
         // pass 1: fractions of the whole 24 x 24 image; pass 2 on a face crop: of its window
         let first = f.map(|v| v * side);
         let want = match (crop, passes) {
@@ -394,6 +395,65 @@ fn a_landmark_model_places_landmarks_on_the_whole_image_then_on_its_own_crop() {
         for s in &samples {
             let got = s.landmarks.unwrap_or_else(|| panic!("{crop:?}/{passes}: {} has no landmarks", s.key));
             assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-4), "{crop:?}/{passes}: {got:?} vs {want:?}");
+        }
+    }
+}
+
+/// With `mirror`, each pass averages the model's answer with its answer on the mirrored input,
+/// flipped back: a constant model gives the mean of its points and their mirror image.
+#[test]
+fn mirror_averaging_flips_the_mirrored_estimate_back_before_averaging() {
+    let w = world();
+    let (_, plain) = plain_list(&w);
+    let f = annotated_fractions();
+    let model = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), f, None);
+    let mut samples = plain.clone();
+    retrain::locate::Locator::load(&model, &cpu()).unwrap().locate(&mut samples, Passes { count: 1, mirror: true }, 7, Some(1), false).unwrap();
+    let mut back = f;
+    retrain::augment::mirror_landmarks(&mut back);
+    // x: the mean of x and 1 - x of the other side's point; y: the mean of the pair's y
+    let want: Vec<f32> = f.iter().zip(back).map(|(a, b)| (a + b) * 0.5 * IMAGE_SIZE as f32).collect();
+    assert!((want[0] - (f[0] + 1.0 - f[1]) * 0.5 * IMAGE_SIZE as f32).abs() < 1e-4, "{want:?}");
+    for s in &samples {
+        let got = s.landmarks.unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "{}: {got:?} vs {want:?}", s.key);
+    }
+}
+
+/// Mirror averaging makes the estimate mirror-symmetric: on the mirrored photo it places the
+/// mirror image of what it places on the photo, even for a model whose own answer is not
+/// (without averaging the two differ). Both passes, the second on the model's own crop.
+#[test]
+fn with_mirror_averaging_a_mirrored_photo_gets_mirrored_landmarks() {
+    let w = world();
+    let (_, plain) = plain_list(&w);
+    let model = linear_landmark_model(&w.dir.path().join("landmarks.onnx"), annotated_fractions(), Some("face:1.5"));
+    let mirrored: Vec<_> = plain
+        .iter()
+        .map(|s| {
+            let path = w.dir.path().join(format!("mirrored-{}", s.path.file_name().unwrap().to_string_lossy()));
+            image::imageops::flip_horizontal(&image::open(&s.path).unwrap().to_rgb8()).save(&path).unwrap();
+            retrain::dataset::Sample { path: path.clone(), key: path.display().to_string(), ..s.clone() }
+        })
+        .collect();
+    let side = IMAGE_SIZE as f32;
+    let mirror_pixels = |p: [f32; 10]| {
+        let mut f = p.map(|v| v / side);
+        retrain::augment::mirror_landmarks(&mut f);
+        f.map(|v| v * side)
+    };
+    for mirror in [true, false] {
+        let located = |samples: &[retrain::dataset::Sample]| {
+            let mut samples = samples.to_vec();
+            retrain::locate::Locator::load(&model, &cpu()).unwrap().locate(&mut samples, Passes { count: 2, mirror }, 7, Some(1), false).unwrap();
+            samples.iter().map(|s| s.landmarks.unwrap()).collect::<Vec<_>>()
+        };
+        let (on_photo, on_mirror) = (located(&plain), located(&mirrored));
+        let worst = on_photo.iter().zip(&on_mirror).flat_map(|(p, m)| mirror_pixels(*p).into_iter().zip(*m).map(|(a, b)| (a - b).abs())).fold(0f32, f32::max);
+        if mirror {
+            assert!(worst < 1e-3, "mirror-averaged landmarks are off their mirror image by {worst} px");
+        } else {
+            assert!(worst > 0.1, "the test model's own answer should not be mirror-symmetric (off by {worst} px)");
         }
     }
 }
@@ -483,14 +543,15 @@ fn a_model_with_its_landmark_model_inside_crops_plain_photos_as_predict_landmark
     let landmarks = constant_landmark_model(&w.dir.path().join("landmarks.onnx"), off_centre, Some("face:1.5"));
     let (list, plain) = plain_list(&w);
     let mut located = plain.clone();
-    retrain::locate::Locator::load(&landmarks, &cpu()).unwrap().locate(&mut located, 2, 7, Some(1), false).unwrap();
+    let passes = Passes { count: 2, mirror: true };
+    retrain::locate::Locator::load(&landmarks, &cpu()).unwrap().locate(&mut located, passes, 7, Some(1), false).unwrap();
     for (tag, crop) in [("face", Crop::Face { scale_percent: 200 }), ("nose", Crop::Nose { size: 12 })] {
         let train = extract_split(&w, &w.backbone, Split::Training, crop);
         let heads = heads(&w, &train, tag);
         let two_files = w.dir.path().join(format!("{tag}.onnx"));
         export::export(&w.backbone, &paths(&heads), &two_files, Input::Tensor).unwrap();
         let joined = w.dir.path().join(format!("{tag}-joined.onnx"));
-        export::export(&w.backbone, &paths(&heads), &joined, Input::Located(export::Landmarks { model: &landmarks, passes: 2 })).unwrap();
+        export::export(&w.backbone, &paths(&heads), &joined, Input::Located(export::Landmarks { model: &landmarks, passes })).unwrap();
         let mut model = Model::load(&two_files, &cpu(), None).unwrap();
         let opts = PredictOptions { crop: None, batch: 7, decode_threads: Some(1), show_progress: false };
         let want = predict::predict(&mut model, &located, &opts).unwrap().table;
@@ -516,10 +577,57 @@ fn a_model_with_its_landmark_model_inside_crops_plain_photos_as_predict_landmark
         if tag == "face" {
             python_answers_as_retrain(&joined, &list, &got.table);
         }
-        let not_landmarks = Input::Located(export::Landmarks { model: &w.backbone, passes: 2 });
+        let not_landmarks = Input::Located(export::Landmarks { model: &w.backbone, passes });
         let err = format!("{:#}", export::export(&w.backbone, &paths(&heads), &w.dir.path().join("never.onnx"), not_landmarks).unwrap_err());
         assert!(err.contains("landmark model") && err.contains("backbone.onnx") && err.contains("no output 'landmarks'"), "{err}");
     }
+}
+
+/// The graph's mirrored run sees the mirrored pixels: with a model whose answer depends on
+/// them (and is not mirror-symmetric), the landmarks the exported file places equal the
+/// Locator's with averaging, and differ from them without. One pass (a model of the whole
+/// image): the windows of later passes are rounded, and a change of 1e-4 px could move one.
+#[test]
+fn the_graph_averages_with_the_mirrored_pixels_as_the_locator_does() {
+    let w = world();
+    let landmarks = linear_landmark_model(&w.dir.path().join("landmarks.onnx"), annotated_fractions(), None);
+    // photos brighter on one side than the other, unlike the data set's even colours
+    let names: Vec<String> = (0..4u32)
+        .map(|k| {
+            let path = w.dir.path().join(format!("uneven-{k}.png"));
+            image::RgbImage::from_fn(IMAGE_SIZE, IMAGE_SIZE, |x, y| image::Rgb([(x * 10 + k * 5) as u8, (y * 5) as u8, (230 - x * 9) as u8]))
+                .save(&path)
+                .unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let list = w.dir.path().join("uneven.txt");
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let plain = predict::images_from_list(&list).unwrap();
+    let crop = Crop::Face { scale_percent: 200 };
+    let heads = heads(&w, &extract_split(&w, &w.backbone, Split::Training, crop), "face");
+    let mut placed = Vec::new();
+    for mirror in [true, false] {
+        let passes = Passes { count: 2, mirror };
+        let mut located = plain.clone();
+        retrain::locate::Locator::load(&landmarks, &cpu()).unwrap().locate(&mut located, passes, 7, Some(1), false).unwrap();
+        let joined = w.dir.path().join(format!("mirror-{mirror}.onnx"));
+        export::export(&w.backbone, &paths(&heads), &joined, Input::Located(export::Landmarks { model: &landmarks, passes })).unwrap();
+        let got = predict_all(&joined, &list);
+        for (i, path) in got.table.paths.iter().enumerate() {
+            let by_locator = located.iter().find(|s| s.key == *path).unwrap().landmarks.unwrap();
+            let by_graph = got.table.landmarks.as_ref().unwrap()[i].unwrap();
+            // within 2e-3 px: the graph resizes as PIL does, retrain's resizer reads a little more
+            assert!(by_graph.iter().zip(by_locator).all(|(a, b)| (a - b).abs() < 2e-3), "mirror {mirror}, {path}: {by_graph:?} vs {by_locator:?}");
+        }
+        placed.push(located);
+    }
+    let moved = placed[0]
+        .iter()
+        .zip(&placed[1])
+        .flat_map(|(a, b)| a.landmarks.unwrap().into_iter().zip(b.landmarks.unwrap()).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
+    assert!(moved > 0.1, "averaging should move this model's landmarks (by {moved} px)");
 }
 
 /// scripts/onnxruntime_predict.py on a model exported with --landmarks writes `table`'s CSV:

@@ -10,8 +10,10 @@
 //! so a window is the one retrain's Rust crop would take from the same landmarks (where their
 //! centre falls outside the image, which retrain's crop refuses, the graph still shifts the
 //! window inside). The window is sliced out and resized alone, as PIL's crop then resize;
-//! retrain's own resize also lets its kernel read the pixels just outside the window. One
-//! image per run (windows differ per image): the pixel input is `[1, H, W, 3]`.
+//! retrain's own resize also lets its kernel read the pixels just outside the window. With
+//! [`Passes::mirror`] each pass runs the landmark model a second time on its input mirrored
+//! (a Slice with step -1 over the width) and averages the two, as `Locator` does. One image
+//! per run (windows differ per image): the pixel input is `[1, H, W, 3]`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -22,11 +24,11 @@ use sha2::{Digest, Sha256};
 
 use super::pixels::{self, Front, PIXELS, PIXEL_OPSET};
 use super::{default_opset, first_input, needed_tensors};
-use crate::locate::LANDMARKS_OUTPUT;
+use crate::locate::{Passes, LANDMARKS_OUTPUT};
 use crate::model::{input_spec, METADATA_PREFIX};
 use crate::onnx::wire::{fields, Encoder};
 use crate::onnx::{self, graph_field, model_field, node_field, Dim, UINT8};
-use crate::preprocess::{Crop, InputSpec};
+use crate::preprocess::{Crop, InputSpec, Layout};
 
 /// Description key (metadata `retrain.located_by`) of a model that places its crop itself ([`LocatedBy`]).
 pub const LOCATED_KEY: &str = "located_by";
@@ -40,12 +42,15 @@ pub struct LocatedBy {
     /// The crop the landmark model was trained on (its passes after the first see it).
     pub crop: String,
     pub passes: usize,
+    /// Each pass averaged with the mirrored input's estimate (false in files made before it existed).
+    #[serde(default)]
+    pub mirror: bool,
 }
 
-/// The landmark model to build in, and how many passes it makes (as `predict --landmark-passes`).
+/// The landmark model to build in, and how it runs (as `predict --landmark-passes`).
 pub struct Landmarks<'a> {
     pub model: &'a Path,
-    pub passes: usize,
+    pub passes: Passes,
 }
 
 /// A graph being written: nodes and constants with names of their own under `prefix`.
@@ -251,26 +256,59 @@ impl LandmarkModel {
         Ok(LandmarkModel { nodes, initializers, weights, input, spec, crop, opset, sha256 })
     }
 
-    /// One pass over the pixels `source` (uint8 [1, h, w, 3]): the landmarks as fractions of it, [1, 10].
-    fn pass(&self, g: &mut Ops, source: &str, pass: usize) -> Result<String> {
+    /// One pass over the pixels `source` (uint8 [1, h, w, 3]): the landmarks as fractions of
+    /// it, [1, 10]; with `mirror`, averaged with those of the mirrored input as `Locator::estimate`.
+    fn pass(&self, g: &mut Ops, source: &str, pass: usize, mirror: bool) -> Result<String> {
         let prefix = format!("retrain/landmarks/pass{pass}");
         let input = format!("{prefix}/input");
         let (nodes, constants) = pixels::prepare(&self.spec, source, &input, &format!("{prefix}/pixels"))?;
         g.nodes.extend(nodes);
         g.initializers.extend(constants);
+        let found = self.render(g, &input, &prefix)?;
+        if !mirror {
+            return Ok(found);
+        }
+        let width_axis = match self.spec.layout {
+            Layout::Nhwc => 2,
+            Layout::Nchw => 3,
+        };
+        let (start, end, axis, step) = (g.ints(&[-1]), g.ints(&[i64::MIN]), g.ints(&[width_axis]), g.ints(&[-1]));
+        let mirrored = g.op("Slice", &[&input, &start, &end, &axis, &step], &[]);
+        let back = self.render(g, &mirrored, &format!("{prefix}/mirrored"))?;
+        let back = mirror_landmarks(g, &back);
+        let sum = g.binary("Add", &found, &back);
+        let half = g.float(0.5);
+        Ok(g.binary("Mul", &sum, &half))
+    }
+
+    /// The model's nodes on `input` (under `prefix`, sharing the weights): its landmarks output.
+    fn render(&self, g: &mut Ops, input: &str, prefix: &str) -> Result<String> {
         let rename = |name: &str| match name {
             "" => String::new(),
-            n if n == self.input => input.clone(),
+            n if n == self.input => input.to_string(),
             n if self.weights.contains(n) => format!("{WEIGHTS}/{n}"),
             n => format!("{prefix}/{n}"),
         };
         for node in &self.nodes {
-            let (node, constant) = pixels::at_opset_18(&renamed_node(node, &rename, &prefix)?, self.opset)?;
+            let (node, constant) = pixels::at_opset_18(&renamed_node(node, &rename, prefix)?, self.opset)?;
             g.nodes.push(node);
             g.initializers.extend(constant);
         }
         Ok(rename(LANDMARKS_OUTPUT))
     }
+}
+
+/// `augment::mirror_landmarks` on [1, 10] fractions: x -> 1 - x (as -x + 1, the same float),
+/// then the left and right eyes and mouth corners swapped.
+fn mirror_landmarks(g: &mut Ops, points: &str) -> String {
+    let sign = g.fresh("constant");
+    g.initializers.push(onnx::tensor_f32(&sign, &[10], &[-1.0, -1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0]));
+    let offset = g.fresh("constant");
+    g.initializers.push(onnx::tensor_f32(&offset, &[10], &[1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]));
+    let negated = g.binary("Mul", points, &sign);
+    let moved = g.binary("Add", &negated, &offset);
+    let order = g.ints(&[1, 0, 2, 4, 3, 6, 5, 7, 9, 8]);
+    g.op("Gather", &[&moved, &order], &[onnx::int_attribute("axis", 1)])
 }
 
 /// `node` with every input and output name passed through `rename` and its name under `prefix`.
@@ -313,7 +351,7 @@ pub fn front(landmarks: &Landmarks, crop: Crop, spec: &InputSpec, target: &str) 
     let mut window = Window { x: g.float(0.0), y: g.float(0.0), w: w.to_string(), h: h.to_string() };
     let mut found = String::new();
     // passes after the first only for a model trained on another crop than the whole image
-    let passes = if model.crop == Crop::Original { 1 } else { landmarks.passes.max(1) };
+    let passes = if model.crop == Crop::Original { 1 } else { landmarks.passes.count.max(1) };
     for pass in 0..passes {
         let source = match pass {
             0 => PIXELS.to_string(),
@@ -322,7 +360,7 @@ pub fn front(landmarks: &Landmarks, crop: Crop, spec: &InputSpec, target: &str) 
                 slice(&mut g, &window)
             }
         };
-        let fractions = model.pass(&mut g, &source, pass + 1).with_context(label)?;
+        let fractions = model.pass(&mut g, &source, pass + 1, landmarks.passes.mirror).with_context(label)?;
         found = to_pixels(&mut g, &fractions, &window);
     }
     let heads_window = self::window(&mut g, crop, &found, (w, h));
@@ -335,7 +373,8 @@ pub fn front(landmarks: &Landmarks, crop: Crop, spec: &InputSpec, target: &str) 
     let input = onnx::typed_value_info(PIXELS, UINT8, &[Dim::Fixed(1), Dim::Named("height"), Dim::Named("width"), Dim::Fixed(3)]);
     let output = onnx::value_info(LANDMARKS_OUTPUT, &[Dim::Fixed(1), Dim::Fixed(10)]);
     let front = Front { nodes: g.nodes, initializers: g.initializers, input, replaces: target.to_string(), outputs: vec![output] };
-    let located = LocatedBy { output: LANDMARKS_OUTPUT.to_string(), model_sha256: model.sha256, crop: model.crop.to_string(), passes };
+    let located =
+        LocatedBy { output: LANDMARKS_OUTPUT.to_string(), model_sha256: model.sha256, crop: model.crop.to_string(), passes, mirror: landmarks.passes.mirror };
     Ok((front, located))
 }
 

@@ -21,6 +21,7 @@ use super::runs::{self, LandmarkRow, Row, Score};
 use super::{fit_and_score, Extraction, Stages, STUDY_ACCURACY, STUDY_FINETUNE_ACCURACY};
 use crate::cache::Cache;
 use crate::head::{ClassWeight, Solver, TrainOptions};
+use crate::locate::Passes;
 use crate::metrics::percent;
 use crate::model::Model;
 use crate::preprocess::Crop;
@@ -43,8 +44,8 @@ pub struct BeyondOptions {
     pub seed: u64,
     /// Share of training.txt the heads hold out for validation.
     pub validation_percent: f64,
-    /// Passes of the landmark model inside the deployable file.
-    pub landmark_passes: usize,
+    /// How the landmark model inside the deployable file runs.
+    pub landmark_passes: Passes,
 }
 
 /// How a head is fitted (beside the fixed settings: standardised, seeded, the same validation share).

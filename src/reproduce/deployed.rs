@@ -13,6 +13,7 @@ use super::Extraction;
 use crate::dataset::mtfl::{self, Split};
 use crate::dataset::Sample;
 use crate::export::{self, Input, Landmarks};
+use crate::locate::Passes;
 use crate::metrics;
 use crate::model::{self, Model};
 use crate::predict::{self, PredictOptions};
@@ -40,7 +41,7 @@ pub struct PlainScores {
 
 /// Writes `out`: `heads` on `backbone`, taking decoded pixels; a crop other than the whole
 /// image is placed by `landmark_model` inside the graph.
-pub fn export_deployable(backbone: &Path, heads: &[PathBuf], crop: Crop, landmark_model: Option<&Path>, passes: usize, out: &Path) -> Result<()> {
+pub fn export_deployable(backbone: &Path, heads: &[PathBuf], crop: Crop, landmark_model: Option<&Path>, passes: Passes, out: &Path) -> Result<()> {
     let input = match (crop, landmark_model) {
         (Crop::Original, _) => Input::Pixels,
         (_, Some(model)) => Input::Located(Landmarks { model, passes }),

@@ -155,3 +155,24 @@ pub fn constant_landmark_model(path: &Path, fractions: [f32; 10], crop: Option<&
     let extra: Vec<(&str, &str)> = crop.map(|c| ("crop", c)).into_iter().collect();
     write_described(path, &graph, &extra)
 }
+
+/// A landmark model whose answer depends on the image, and not symmetrically: `fractions`
+/// plus a fixed, uneven linear function of every input value (at most half their mean
+/// absolute value), so that mirroring the input changes it.
+pub fn linear_landmark_model(path: &Path, fractions: [f32; 10], crop: Option<&str>) -> PathBuf {
+    let inputs = 3 * (INPUT_SIZE * INPUT_SIZE) as usize;
+    let mut rng = Rng::new(7);
+    let weights: Vec<f32> = (0..10 * inputs).map(|_| (rng.next_f32() - 0.5) / inputs as f32).collect();
+    let graph = Graph {
+        name: "linear landmarks".into(),
+        nodes: vec![
+            node("Flatten", "flatten", &["input"], &["flat"], &[int_attribute("axis", 1)]),
+            node("Gemm", "landmarks", &["flat", "w", "b"], &["landmarks"], &[int_attribute("transB", 1)]),
+        ],
+        initializers: vec![tensor_f32("w", &[10, inputs as i64], &weights), tensor_f32("b", &[10], &fractions)],
+        inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
+        outputs: vec![value_info("landmarks", &[Dim::Named("N"), Dim::Fixed(10)])],
+    };
+    let extra: Vec<(&str, &str)> = crop.map(|c| ("crop", c)).into_iter().collect();
+    write_described(path, &graph, &extra)
+}
