@@ -229,10 +229,9 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
     let mut found = Vec::new();
     for attribute in &opts.attributes {
         for crop in &opts.crops {
-            for run in finetune_runs(&opts.finetune_runs, attribute, *crop) {
-                let path = run.join("result.json");
-                if let Some(v) = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
-                    found.push((attribute.clone(), *crop, path, v));
+            for dir in finetune_runs(&opts.finetune_runs, attribute, *crop) {
+                if let Some(run) = runs::read_run(&dir) {
+                    found.push((attribute.clone(), *crop, dir.join("result.json"), run.result));
                 }
             }
         }

@@ -73,7 +73,7 @@ fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-fn read_run(dir: &Path) -> Option<Run> {
+pub(super) fn read_run(dir: &Path) -> Option<Run> {
     let text = std::fs::read_to_string(dir.join("result.json")).ok()?;
     match serde_json::from_str(&text) {
         Ok(result) => Some(Run { dir: dir.to_path_buf(), result }),
