@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{extract_folders, folder_dataset, python, retrain, stderr, stdout, test_model};
+use common::{extract_folders, folder_dataset, pooled_backbone, python, retrain, stderr, stdout, test_model};
 use retrain::cache::Cache;
 use retrain::model::Model;
 use retrain::runtime::{Device, SessionConfig};
@@ -64,6 +64,33 @@ fn a_calibrated_int8_backbone_extracts_features_close_to_its_original() {
     assert_ne!(fp32.features, int8.features, "quantisation changed nothing: was the fp32 model copied?");
     let (mean, min) = cosines(&fp32, &int8);
     assert!(mean >= 0.99 && min >= 0.95, "int8 features: cosine to fp32 mean {mean:.4}, min {min:.4}");
+}
+
+/// ONNX Runtime's int8 AveragePool is slow, so the tool moves a pool after the 1x1 Conv it
+/// feeds (where it pools fewer channels), but only where that changes nothing: a pool that
+/// counts the padding would scale the Conv's bias at the border, and stays where it is.
+#[test]
+fn an_average_pool_moves_after_its_pointwise_conv_only_where_that_is_exact() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    folder_dataset(&images, &["a", "b"], 8);
+    for (count_include_pad, moved) in [(false, 1), (true, 0)] {
+        let model = pooled_backbone(&dir.path().join(format!("pooled-{count_include_pad}.onnx")), 3, count_include_pad);
+        let int8 = dir.path().join(format!("pooled-{count_include_pad}.int8.onnx"));
+        let (m, i, o) = (model.to_str().unwrap(), images.to_str().unwrap(), int8.to_str().unwrap());
+        let run = retrain(&["quantize", "--model", m, "--python", py.to_str().unwrap(), "--calibrate", "--folders", i, "--images", "16", "--out", o]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        assert!(stdout(&run).contains(&format!("; {moved} AveragePool moved after the 1x1 Conv it feeds")), "{}", stdout(&run));
+
+        let caches = [dir.path().join(format!("fp32-{count_include_pad}.h5")), dir.path().join(format!("int8-{count_include_pad}.h5"))];
+        for (backbone, cache) in [(m, &caches[0]), (o, &caches[1])] {
+            let e = retrain(&["extract", "--quiet", "--model", backbone, "--folders", i, "--out", cache.to_str().unwrap()]);
+            assert!(e.status.success(), "{}", stderr(&e));
+        }
+        let (mean, min) = cosines(&Cache::read(&caches[0]).unwrap(), &Cache::read(&caches[1]).unwrap());
+        assert!(mean >= 0.99 && min >= 0.95, "count_include_pad {count_include_pad}: cosine to fp32 mean {mean:.4}, min {min:.4}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use retrain::cache::{CacheWriter, Identity, Rows, Shard};
-use retrain::onnx::{self, int_attribute, node, tensor_f32, value_info, Dim, Graph};
+use retrain::onnx::{self, int_attribute, ints_attribute, node, tensor_f32, value_info, Dim, Graph};
 use retrain::rng::Rng;
 
 pub const IMAGE_SIZE: u32 = 24;
@@ -65,6 +65,38 @@ pub fn tiny_backbone(path: &Path, seed: u64) -> PathBuf {
         ],
         inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
         outputs: vec![value_info("bottleneck", &[Dim::Named("N"), Dim::Fixed(b)]), value_info("logits", &[Dim::Named("N"), Dim::Fixed(5)])],
+    };
+    write_described(path, &graph, &[("bottleneck", "bottleneck"), ("input_name", "input")])
+}
+
+/// A small NCHW backbone with an Inception-style pooling branch: Conv(3->8, 3x3) -> Relu ->
+/// AveragePool(3x3, stride 1, padding 1, `count_include_pad`) -> Conv(8->8, 1x1, bias) -> Relu
+/// -> GlobalAveragePool -> Flatten = `bottleneck` [N, 8]. Seeded random weights.
+pub fn pooled_backbone(path: &Path, seed: u64, count_include_pad: bool) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    let mut random = |n: usize, std: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * std) as f32).collect() };
+    let b = BOTTLENECK as i64;
+    let pool_attributes =
+        [ints_attribute("kernel_shape", &[3, 3]), ints_attribute("pads", &[1, 1, 1, 1]), int_attribute("count_include_pad", count_include_pad as i64)];
+    let graph = Graph {
+        name: "pooled backbone".into(),
+        nodes: vec![
+            node("Conv", "conv", &["input", "conv_w", "conv_b"], &["conv"], &[ints_attribute("pads", &[1, 1, 1, 1])]),
+            node("Relu", "relu", &["conv"], &["relu"], &[]),
+            node("AveragePool", "branch_pool", &["relu"], &["branch_pool"], &pool_attributes),
+            node("Conv", "pointwise", &["branch_pool", "pointwise_w", "pointwise_b"], &["pointwise"], &[]),
+            node("Relu", "relu2", &["pointwise"], &["relu2"], &[]),
+            node("GlobalAveragePool", "pool", &["relu2"], &["pool"], &[]),
+            node("Flatten", "flatten", &["pool"], &["bottleneck"], &[int_attribute("axis", 1)]),
+        ],
+        initializers: vec![
+            tensor_f32("conv_w", &[8, 3, 3, 3], &random(8 * 27, 0.5)),
+            tensor_f32("conv_b", &[8], &random(8, 0.1)),
+            tensor_f32("pointwise_w", &[b, 8, 1, 1], &random(BOTTLENECK * 8, 0.5)),
+            tensor_f32("pointwise_b", &[b], &random(BOTTLENECK, 0.5)),
+        ],
+        inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
+        outputs: vec![value_info("bottleneck", &[Dim::Named("N"), Dim::Fixed(b)])],
     };
     write_described(path, &graph, &[("bottleneck", "bottleneck"), ("input_name", "input")])
 }
