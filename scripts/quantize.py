@@ -39,7 +39,8 @@ class TensorReader(CalibrationDataReader):
         data = np.fromfile(path, dtype="<f4")
         if data.size != int(np.prod(shape)):
             sys.exit(f"{path}: {data.size} floats, but shape {shape} needs {int(np.prod(shape))}")
-        self.batches = iter([{input_name: data.reshape(shape)[i:i + BATCH]} for i in range(0, shape[0], BATCH)])
+        self.feeds = [{input_name: data.reshape(shape)[i:i + BATCH]} for i in range(0, shape[0], BATCH)]
+        self.batches = iter(self.feeds)
 
     def get_next(self):
         return next(self.batches, None)
@@ -112,17 +113,18 @@ def main():
         source, moved = a.model, 0
         if a.calibration:
             shape = [int(d) for d in a.shape.split(",")]
+            reader = TensorReader(a.calibration, shape, a.input)
             model = onnx.load(a.model)
             moved = pool_after_pointwise(model)
             if moved:
                 source = os.path.join(tmp, "pool_moved.onnx")
                 onnx.save(model, source)
-                check_same_outputs(a.model, source, TensorReader(a.calibration, shape, a.input).get_next())
+                check_same_outputs(a.model, source, reader.feeds[0])
         prepared = os.path.join(tmp, "prepared.onnx")
         # skip_symbolic_shape: sympy is not among our dependencies; ONNX shape inference suffices for CNNs
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         if a.calibration:
-            quantize_static(prepared, a.out, TensorReader(a.calibration, shape, a.input), quant_format=QuantFormat.QDQ,
+            quantize_static(prepared, a.out, reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             how = f"static int8 (QDQ; weights int8 per channel; activations uint8, MinMax ranges from {shape[0]} images{a.note}"
             how += f"; {moved} AveragePool moved after the 1x1 Conv it feeds)"
