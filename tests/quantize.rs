@@ -11,7 +11,10 @@ use retrain::model::Model;
 use retrain::runtime::{Device, SessionConfig};
 
 fn quantize(args: &[&str], python: &Path) -> std::process::Output {
-    let model = test_model("tiny_cnn.onnx");
+    quantize_model(&test_model("tiny_cnn.onnx"), args, python)
+}
+
+fn quantize_model(model: &Path, args: &[&str], python: &Path) -> std::process::Output {
     let mut all = vec!["quantize", "--model", model.to_str().unwrap(), "--python", python.to_str().unwrap()];
     all.extend(args);
     retrain(&all)
@@ -79,7 +82,7 @@ fn an_average_pool_moves_after_its_pointwise_conv_only_where_that_is_exact() {
         let model = pooled_backbone(&dir.path().join(format!("pooled-{count_include_pad}.onnx")), 3, count_include_pad);
         let int8 = dir.path().join(format!("pooled-{count_include_pad}.int8.onnx"));
         let (m, i, o) = (model.to_str().unwrap(), images.to_str().unwrap(), int8.to_str().unwrap());
-        let run = retrain(&["quantize", "--model", m, "--python", py.to_str().unwrap(), "--calibrate", "--folders", i, "--images", "16", "--out", o]);
+        let run = quantize_model(&model, &["--calibrate", "--folders", i, "--images", "16", "--out", o], &py);
         assert!(run.status.success(), "{}", stderr(&run));
         assert!(stdout(&run).contains(&format!("; {moved} AveragePool moved after the 1x1 Conv it feeds")), "{}", stdout(&run));
 
