@@ -2,10 +2,24 @@
 # The main job of README: installs what is missing (ONNX Runtime, HDF5, the InceptionV3 model),
 # then reproduces the study's tables on MTFL. Resumes from cache/ when run again.
 #   scripts/reproduce.sh --mtfl /path/to/MTFL [more retrain reproduce options]
-# With --beyond (every attribute, every pipeline) it also converts the FaceRes backbone.
+# With --beyond (every attribute, every pipeline) it also converts the FaceRes backbone and,
+# where RUNS/landmarks-faceres has none yet, fits the landmark model that places the face crop
+# on plain photos (scripts/landmark_regressor.py; training.txt only, about 4 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 setup_flags=(--model)
-for arg in "$@"; do [ "$arg" = --beyond ] && setup_flags+=(--faceres); done
+beyond=0 mtfl="" runs=runs
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --beyond) beyond=1 setup_flags+=(--faceres) ;;
+    --mtfl) mtfl="${args[i + 1]:-}" ;;
+    --runs) runs="${args[i + 1]:-}" ;;
+  esac
+done
 scripts/setup.sh "${setup_flags[@]}"
+if [ "$beyond" = 1 ] && [ -n "$mtfl" ] && [ ! -f "$runs/landmarks-faceres/model.onnx" ]; then
+  .venv/bin/python scripts/landmark_regressor.py onnx/faceres.onnx "$mtfl" \
+    --layer conv_pw_11_relu/clip_by_value:0 --out "$runs/landmarks-faceres"
+fi
 exec target/release/retrain reproduce "$@"

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""A landmark model from a pretrained backbone: ridge regression of the five MTFL landmarks on
+the backbone's spatial features, written as one ONNX file that `retrain predict --landmarks`,
+`retrain export --landmarks` and `retrain reproduce --beyond` take.
+
+  landmark_regressor.py BACKBONE.onnx MTFL --layer TENSOR --out RUN
+      [--scale 3.2] [--jitter-scale 0.85,1.2] [--jitter-shift 0.1] [--ridge 1e3,3e3,1e4,3e4,1e5]
+      [--validation-percent 10] [--seed 0] [--limit N] [--batch 32] [--threads N]
+
+BACKBONE carries retrain's description in its metadata (`retrain.layout`, `height`, `width`,
+`mean`, `std`; `scripts/convert_faceres.py` writes it), TENSOR is one of its intermediate
+feature maps (for FaceRes `conv_pw_11_relu/clip_by_value:0`, 14x14x512: the 7x7 map after the
+last blocks places the points half as well on validation).
+
+Each training image of MTFL's training.txt is cut once to its face:SCALE window (a square of
+SCALE eye-to-mouth distances on the landmarks' mean, as retrain's face crop) whose side is
+scaled by a factor drawn from --jitter-scale and whose centre is moved by up to --jitter-shift
+of the side, seeded: a window placed from an estimate, like the second pass of `predict
+--landmarks` and like a face detector's box, is not centred on the true landmarks, and a model
+trained on exact windows learns the window instead of the face (measured on validation: 3.3%
+error on exact windows, 25% on jittered ones). Targets are the landmarks as fractions of the
+window, the model's input resized from it.
+
+The fit: ridge regression in its dual form (one Gram matrix of the training rows, one solve per
+candidate strength), the strength chosen by the mean error on the validation share of
+training.txt (retrain's split: SHA-256 of the seed and the file name, the share `retrain
+reproduce` holds out), its windows jittered the same way with their own seed. testing.txt is
+never read here.
+
+RUN/model.onnx: the backbone up to TENSOR, then Flatten, MatMul, Add -> output `landmarks`
+[N, 10] (x1..x5, y1..y5 as fractions of the input), with the backbone's description and
+`retrain.crop` = face:SCALE. RUN/result.json: the settings, every candidate's validation error,
+the error of the training mean shape on the same windows (the baseline a regressor must beat)
+and `val_tasks` with the chosen one's (`retrain reproduce --beyond` reads it).
+"""
+
+import argparse
+import hashlib
+import json
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+from PIL import Image
+
+BUCKETS = (1 << 27) - 1
+OUTPUT = "landmarks"
+
+
+def held_out(name, seed, percent):
+    """retrain's split (src/dataset/split.rs)."""
+    stem = name.replace("\\", "/").rsplit("/", 1)[-1].split("_nohash_")[0]
+    digest = hashlib.sha256(struct.pack("<Q", seed) + stem.encode()).digest()
+    return (int.from_bytes(digest[:8], "little") % (BUCKETS + 1)) * 100.0 / BUCKETS < percent
+
+
+def read_rows(mtfl):
+    rows = []
+    for number, line in enumerate((mtfl / "training.txt").read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 11:
+            raise SystemExit(f"{mtfl / 'training.txt'}:{number}: {len(parts)} columns, expected a path and 10 landmark values")
+        rows.append((parts[0].replace("\\", "/"), np.array([float(v) for v in parts[1:11]], np.float64)))
+    return rows
+
+
+def description(model):
+    return {p.key[len("retrain."):]: p.value for p in model.metadata_props if p.key.startswith("retrain.")}
+
+
+def triple(d, key, default):
+    values = [float(v) for v in d.get(key, str(default)).split(",")]
+    return np.array(values * 3 if len(values) == 1 else values, np.float32)
+
+
+class Input:
+    """The backbone's input as retrain's description says (src/model.rs input_spec)."""
+
+    def __init__(self, d, backbone):
+        missing = [k for k in ("layout", "height", "width") if k not in d]
+        if missing:
+            raise SystemExit(f"{backbone}: its metadata lacks retrain.{', retrain.'.join(missing)} (see scripts/convert_faceres.py)")
+        self.nchw = d["layout"].upper() == "NCHW"
+        self.size = (int(d["width"]), int(d["height"]))
+        self.mean, self.std = triple(d, "mean", 0), triple(d, "std", 1)
+        self.name = d.get("input_name")
+
+    def tensor(self, crops):
+        x = (np.stack([np.asarray(c, np.float32) for c in crops]) / 255.0 - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.nchw else x
+
+
+def window(points, scale, rng, jitter_scale, jitter_shift):
+    """A jittered face:SCALE square (x0, y0, side), in image pixels."""
+    x, y = points[:5], points[5:]
+    distance = np.hypot((x[3] + x[4]) / 2 - (x[0] + x[1]) / 2, (y[3] + y[4]) / 2 - (y[0] + y[1]) / 2)
+    side = max(distance * scale * rng.uniform(*jitter_scale), 1.0)
+    cx = x.mean() + rng.uniform(-jitter_shift, jitter_shift) * side
+    cy = y.mean() + rng.uniform(-jitter_shift, jitter_shift) * side
+    side = round(side)
+    return round(cx - side / 2), round(cy - side / 2), side
+
+
+def features(session, spec, layer, mtfl, rows, a, seed, what):
+    """Features and targets of one jittered window per row (outside the image: black, as PIL crops)."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    start = time.time()
+    for first in range(0, len(rows), a.batch):
+        crops, targets = [], []
+        for path, points in rows[first:first + a.batch]:
+            image = Image.open(mtfl / path).convert("RGB")
+            x0, y0, side = window(points, a.scale, rng, a.jitter_scale, a.jitter_shift)
+            crops.append(image.crop((x0, y0, x0 + side, y0 + side)).resize(spec.size, Image.BILINEAR))
+            targets.append(np.concatenate([(points[:5] - x0) / side, (points[5:] - y0) / side]))
+        out = session.run([layer], {spec.name: spec.tensor(crops)})[0]
+        xs.append(out.reshape(len(crops), -1).astype(np.float32))
+        ys.extend(targets)
+        done = first + len(crops)
+        if not a.quiet and (done % 1024 < a.batch or done == len(rows)):
+            print(f"  {what}: {done}/{len(rows)} windows, {done / (time.time() - start):.1f}/s", file=sys.stderr, flush=True)
+    return np.concatenate(xs), np.array(ys)
+
+
+def errors(predicted, truth):
+    """Per row: mean point distance over the inter-ocular distance (window units on both sides)."""
+    iod = np.hypot(truth[:, 1] - truth[:, 0], truth[:, 6] - truth[:, 5])
+    return np.hypot(predicted[:, :5] - truth[:, :5], predicted[:, 5:] - truth[:, 5:]).mean(1) / iod
+
+
+def fit(xt, yt, xv, yv, strengths):
+    """Dual ridge on centred rows: weights, bias, the chosen strength and every candidate's errors."""
+    mu, ym = xt.mean(0), yt.mean(0)
+    xt = xt - mu
+    gram = (xt @ xt.T).astype(np.float64)
+    scores, best = {}, None
+    for s in strengths:
+        alpha = np.linalg.solve(gram + s * np.eye(len(gram)), yt - ym)
+        w = (xt.T @ alpha.astype(np.float32)).astype(np.float64)
+        e = errors((xv - mu) @ w + ym, yv)
+        scores[s] = {"mean_error": float(e.mean()), "failure_rate": float((e > 0.1).mean())}
+        if best is None or scores[s]["mean_error"] < scores[best[0]]["mean_error"]:
+            best = (s, w)
+    s, w = best
+    return w.astype(np.float32), (ym - mu.astype(np.float64) @ w).astype(np.float32), s, scores
+
+
+def landmark_model(backbone, layer, w, b, d, crop, source):
+    """The backbone up to `layer`, then the regression: output `landmarks` [N, 10]."""
+    cut = onnx.load(backbone)
+    g = cut.graph
+    needed, kept = {layer}, []
+    for node in reversed(g.node):  # nodes are in topological order: walk back from `layer`
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    initializers = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(initializers)
+    del g.value_info[:]
+    g.initializer.extend([numpy_helper.from_array(w, "landmarks/weights"), numpy_helper.from_array(b, "landmarks/bias")])
+    g.node.extend([
+        helper.make_node("Flatten", [layer], ["landmarks/flat"], axis=1),
+        helper.make_node("MatMul", ["landmarks/flat", "landmarks/weights"], ["landmarks/product"]),
+        helper.make_node("Add", ["landmarks/product", "landmarks/bias"], [OUTPUT]),
+    ])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, ["N", 10]))
+    kept = {k: v for k, v in d.items() if k not in ("bottleneck", "crop", "source")}
+    props = {f"retrain.{k}": v for k, v in {**kept, "crop": crop, "source": source}.items()}
+    del cut.metadata_props[:]
+    helper.set_model_props(cut, props)
+    onnx.checker.check_model(cut)
+    return cut
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("backbone", type=Path)
+    ap.add_argument("mtfl", type=Path)
+    ap.add_argument("--layer", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--scale", type=float, default=3.2)
+    ap.add_argument("--jitter-scale", type=lambda t: tuple(float(v) for v in t.split(",")), default=(0.85, 1.2))
+    ap.add_argument("--jitter-shift", type=float, default=0.1)
+    ap.add_argument("--ridge", type=lambda t: [float(v) for v in t.split(",")], default=[1e3, 3e3, 1e4, 3e4, 1e5])
+    ap.add_argument("--validation-percent", type=float, default=10.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, help="only the first N rows of training.txt")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: every core)")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    start = time.time()
+    model = onnx.load(a.backbone, load_external_data=False)
+    d = description(model)
+    spec = Input(d, a.backbone)
+    spec.name = spec.name or model.graph.input[0].name
+    model.graph.output.append(helper.make_tensor_value_info(a.layer, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = a.threads
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise SystemExit(f"{a.backbone}: cannot expose tensor '{a.layer}' as an output: {e}")
+    rows = read_rows(a.mtfl)[: a.limit]
+    train = [r for r in rows if not held_out(r[0], a.seed, a.validation_percent)]
+    val = [r for r in rows if held_out(r[0], a.seed, a.validation_percent)]
+    if len(train) < 2 or not val:
+        raise SystemExit(f"{a.mtfl / 'training.txt'}: {len(train)} training and {len(val)} validation rows; need at least 2 and 1")
+    xt, yt = features(session, spec, a.layer, a.mtfl, train, a, a.seed, "training")
+    xv, yv = features(session, spec, a.layer, a.mtfl, val, a, a.seed + 1, "validation")
+    w, b, strength, scores = fit(xt, yt, xv, yv, a.ridge)
+    mean_shape = errors(np.broadcast_to(yt.mean(0), yv.shape), yv)
+    crop = f"face:{a.scale:g}"
+    backbone_sha = hashlib.sha256(a.backbone.read_bytes()).hexdigest()
+    source = (f"landmark ridge regression (scripts/landmark_regressor.py) on {a.backbone.name} "
+              f"(sha256 {backbone_sha[:12]}) tensor {a.layer}, {crop} windows jittered, seed {a.seed}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    onnx.save(landmark_model(a.backbone, a.layer, w, b, d, crop, source), a.out / "model.onnx")
+    chosen = scores[strength]
+    result = {
+        "attribute": "landmarks",
+        "pipeline": "landmark ridge regression on a pretrained backbone",
+        "backbone": str(a.backbone), "backbone_sha256": backbone_sha, "layer": a.layer, "features": int(xt.shape[1]),
+        "crop": crop, "test_crop": "original",
+        "jitter": {"scale": list(a.jitter_scale), "shift": a.jitter_shift},
+        "seed": a.seed, "validation_percent": a.validation_percent,
+        "train_rows": len(train), "validation_rows": len(val),
+        "ridge": strength, "candidates": [{"ridge": s, **v} for s, v in scores.items()],
+        "chosen_by": "lowest mean error on the validation share's jittered windows",
+        "mean_shape": {"mean_error": float(mean_shape.mean()), "failure_rate": float((mean_shape > 0.1).mean())},
+        "val_tasks": [{"name": "landmarks", **chosen}],
+        "test_tasks": [],
+        "seconds": round(time.time() - start, 1),
+    }
+    (a.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    for s, v in scores.items():
+        mark = "  (chosen)" if s == strength else ""
+        print(f"ridge {s:g}: validation mean error {100 * v['mean_error']:.2f}%, failures {100 * v['failure_rate']:.1f}%{mark}")
+    print(f"the training mean shape on every validation window: mean error {100 * mean_shape.mean():.2f}%")
+    print(f"wrote {a.out / 'model.onnx'} and {a.out / 'result.json'}: {len(train)} training, {len(val)} validation windows, {result['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+//! `scripts/landmark_regressor.py` on generated faces: five bright dots on noise, placed and
+//! sized differently per image. Its ridge regression on a small backbone's feature map must
+//! beat the mean shape on its validation windows, and the model it writes must place the
+//! points through retrain's own landmark passes (`retrain::locate`) on the whole images.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{python, repo, stderr, tiny_backbone};
+use image::{Rgb, RgbImage};
+use retrain::dataset::mtfl::{self, Split};
+use retrain::locate::{Locator, Passes};
+use retrain::rng::Rng;
+use retrain::runtime::{Device, SessionConfig};
+use serde_json::Value;
+
+const SIDE: u32 = 48;
+
+/// `n` images of `SIDE` px in MTFL's format (training.txt only: the script never reads
+/// testing.txt). The eye-to-mouth distance is about SIDE / 3.2, so each whole image is framed
+/// about as the face:3.2 windows the regressor is trained on.
+fn dotted_faces(root: &Path, n: usize) {
+    std::fs::create_dir_all(root.join("img")).unwrap();
+    let mut rng = Rng::new(5);
+    let mut lines = String::new();
+    for i in 0..n {
+        let d = 13.0 + 3.0 * rng.next_f32();
+        let (cx, cy) = (SIDE as f32 / 2.0 + 6.0 * (rng.next_f32() - 0.5), SIDE as f32 / 2.0 + 6.0 * (rng.next_f32() - 0.5));
+        let x = [cx - 0.5 * d, cx + 0.5 * d, cx, cx - 0.4 * d, cx + 0.4 * d];
+        let y = [cy - 0.55 * d, cy - 0.55 * d, cy, cy + 0.45 * d, cy + 0.45 * d];
+        let mut image = RgbImage::from_fn(SIDE, SIDE, |_, _| Rgb([0, 0, 0].map(|_: u8| (40.0 * rng.next_f32()) as u8)));
+        for (&px, &py) in x.iter().zip(&y) {
+            for (dx, dy) in (-2..=2).flat_map(|dx| (-2..=2).map(move |dy| (dx, dy))) {
+                let (u, v) = ((px.round() as i32 + dx) as u32, (py.round() as i32 + dy) as u32);
+                if u < SIDE && v < SIDE {
+                    image.put_pixel(u, v, Rgb([255, 255, 255]));
+                }
+            }
+        }
+        let key = format!("img/{i:04}.png");
+        image.save(root.join(&key)).unwrap();
+        let coords: Vec<String> = x.iter().chain(&y).map(|v| format!("{v:.3}")).collect();
+        lines.push_str(&format!("{key} {} 1 1 2 3\n", coords.join(" ")));
+    }
+    std::fs::write(root.join("training.txt"), lines).unwrap();
+}
+
+/// Mean distance of the five points over the inter-ocular distance, per image.
+fn error(truth: &[f32; 10], placed: &[f32; 10]) -> f64 {
+    let iod = (truth[1] - truth[0]).hypot(truth[6] - truth[5]) as f64;
+    (0..5).map(|k| (truth[k] - placed[k]).hypot(truth[k + 5] - placed[k + 5]) as f64).sum::<f64>() / 5.0 / iod
+}
+
+#[test]
+fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_passes() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mtfl");
+    dotted_faces(&root, 240);
+    let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 3);
+    let run = dir.path().join("run");
+    let o = Command::new(&py)
+        .arg(repo().join("scripts/landmark_regressor.py"))
+        .args([backbone.as_os_str(), root.as_os_str()])
+        .args(["--layer", "relu", "--ridge", "0.1,10,1000", "--validation-percent", "20", "--quiet", "--threads", "1"])
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "landmark_regressor.py failed: {}", stderr(&o));
+    let result: Value = serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
+    let chosen = result["val_tasks"][0]["mean_error"].as_f64().unwrap();
+    let mean_shape = result["mean_shape"]["mean_error"].as_f64().unwrap();
+    println!("validation: regressor {chosen:.4}, mean shape {mean_shape:.4}");
+    assert_eq!(result["val_tasks"][0]["name"], "landmarks");
+    let lowest = result["candidates"].as_array().unwrap().iter().map(|c| c["mean_error"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+    assert_eq!(chosen, lowest, "the strength kept is the one with the lowest validation error");
+    assert!(chosen < 0.6 * mean_shape, "validation error {chosen} is not well below the mean shape's {mean_shape}");
+
+    // The written model through retrain's own passes on the whole images, their annotations withheld.
+    let mut samples = mtfl::load(&root, Split::Training).unwrap().samples;
+    let truth: Vec<[f32; 10]> = samples.iter().map(|s| s.landmarks.unwrap()).collect();
+    let mean: [f32; 10] = std::array::from_fn(|j| truth.iter().map(|t| t[j]).sum::<f32>() / truth.len() as f32);
+    samples.iter_mut().for_each(|s| s.landmarks = None);
+    let mut locator = Locator::load(&run.join("model.onnx"), &SessionConfig::new(Device::Cpu)).unwrap();
+    locator.locate(&mut samples, Passes { count: 2, mirror: true }, 16, Some(1), false).unwrap();
+    let mean_of = |errors: Vec<f64>| errors.iter().sum::<f64>() / errors.len() as f64;
+    let located = mean_of(samples.iter().zip(&truth).map(|(s, t)| error(t, &s.landmarks.expect("placed"))).collect());
+    let baseline = mean_of(truth.iter().map(|t| error(t, &mean)).collect());
+    println!("whole images through retrain::locate: {located:.4}, the mean shape {baseline:.4}");
+    assert!(located < 0.6 * baseline, "located error {located} is not well below the mean shape's {baseline}");
+}
