@@ -37,7 +37,6 @@ and `val_tasks` with the chosen one's (`retrain reproduce --beyond` reads it).
 import argparse
 import hashlib
 import json
-import struct
 import sys
 import time
 from pathlib import Path
@@ -48,15 +47,9 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from PIL import Image
 
-BUCKETS = (1 << 27) - 1
+from landmark_mirror_validation import held_out  # retrain's split (src/dataset/split.rs)
+
 OUTPUT = "landmarks"
-
-
-def held_out(name, seed, percent):
-    """retrain's split (src/dataset/split.rs)."""
-    stem = name.replace("\\", "/").rsplit("/", 1)[-1].split("_nohash_")[0]
-    digest = hashlib.sha256(struct.pack("<Q", seed) + stem.encode()).digest()
-    return (int.from_bytes(digest[:8], "little") % (BUCKETS + 1)) * 100.0 / BUCKETS < percent
 
 
 def read_rows(mtfl):
@@ -116,14 +109,20 @@ def features(session, spec, layer, mtfl, rows, a, seed, what):
     for first in range(0, len(rows), a.batch):
         crops, targets = [], []
         for path, points in rows[first:first + a.batch]:
-            image = Image.open(mtfl / path).convert("RGB")
             x0, y0, side = window(points, a.scale, rng, a.jitter_scale, a.jitter_shift)
+            try:
+                image = Image.open(mtfl / path).convert("RGB")
+            except (OSError, ValueError) as e:  # reported and skipped, as retrain skips a bad image
+                print(f"skipped {mtfl / path}: {e}", file=sys.stderr)
+                continue
             crops.append(image.crop((x0, y0, x0 + side, y0 + side)).resize(spec.size, Image.BILINEAR))
             targets.append(np.concatenate([(points[:5] - x0) / side, (points[5:] - y0) / side]))
+        if not crops:
+            continue
         out = session.run([layer], {spec.name: spec.tensor(crops)})[0]
         xs.append(out.reshape(len(crops), -1).astype(np.float32))
         ys.extend(targets)
-        done = first + len(crops)
+        done = min(first + a.batch, len(rows))
         if not a.quiet and (done % 1024 < a.batch or done == len(rows)):
             print(f"  {what}: {done}/{len(rows)} windows, {done / (time.time() - start):.1f}/s", file=sys.stderr, flush=True)
     return np.concatenate(xs), np.array(ys)

@@ -1,7 +1,8 @@
 //! `scripts/landmark_regressor.py` on generated faces: five bright dots on noise, placed and
 //! sized differently per image. Its ridge regression on a small backbone's feature map must
 //! beat the mean shape on its validation windows, and the model it writes must place the
-//! points through retrain's own landmark passes (`retrain::locate`) on the whole images.
+//! points through retrain's own landmark passes (`retrain::locate`) on the whole images. A file
+//! that is not an image is reported and skipped.
 
 mod common;
 
@@ -17,6 +18,7 @@ use retrain::runtime::{Device, SessionConfig};
 use serde_json::Value;
 
 const SIDE: u32 = 48;
+const BROKEN: &str = "img/broken.png";
 
 /// `n` images of `SIDE` px in MTFL's format (training.txt only: the script never reads
 /// testing.txt). The eye-to-mouth distance is about SIDE / 3.2, so each whole image is framed
@@ -44,6 +46,9 @@ fn dotted_faces(root: &Path, n: usize) {
         let coords: Vec<String> = x.iter().chain(&y).map(|v| format!("{v:.3}")).collect();
         lines.push_str(&format!("{key} {} 1 1 2 3\n", coords.join(" ")));
     }
+    // One file that is not an image: reported and skipped, the others kept.
+    std::fs::write(root.join(BROKEN), b"not an image").unwrap();
+    lines.push_str(&format!("{BROKEN} 20 28 24 21 27 18 18 24 30 30 1 1 2 3\n"));
     std::fs::write(root.join("training.txt"), lines).unwrap();
 }
 
@@ -70,6 +75,7 @@ fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_p
         .output()
         .unwrap();
     assert!(o.status.success(), "landmark_regressor.py failed: {}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("skipped {}", root.join(BROKEN).display())), "the broken image is not reported: {}", stderr(&o));
     let result: Value = serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
     let chosen = result["val_tasks"][0]["mean_error"].as_f64().unwrap();
     let mean_shape = result["mean_shape"]["mean_error"].as_f64().unwrap();
@@ -81,6 +87,7 @@ fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_p
 
     // The written model through retrain's own passes on the whole images, their annotations withheld.
     let mut samples = mtfl::load(&root, Split::Training).unwrap().samples;
+    samples.retain(|s| s.key != BROKEN);
     let truth: Vec<[f32; 10]> = samples.iter().map(|s| s.landmarks.unwrap()).collect();
     let mean: [f32; 10] = std::array::from_fn(|j| truth.iter().map(|t| t[j]).sum::<f32>() / truth.len() as f32);
     samples.iter_mut().for_each(|s| s.landmarks = None);
