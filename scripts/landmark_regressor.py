@@ -48,6 +48,7 @@ from onnx import helper, numpy_helper
 from PIL import Image
 
 from landmark_mirror_validation import held_out  # retrain's split (src/dataset/split.rs)
+from make_artifacts import prune_unused
 
 OUTPUT = "landmarks"
 
@@ -155,16 +156,9 @@ def landmark_model(backbone, layer, w, b, d, crop, source):
     """The backbone up to `layer`, then the regression: output `landmarks` [N, 10]."""
     cut = onnx.load(backbone)
     g = cut.graph
-    needed, kept = {layer}, []
-    for node in reversed(g.node):  # nodes are in topological order: walk back from `layer`
-        if needed.intersection(node.output):
-            kept.append(node)
-            needed.update(node.input)
-    del g.node[:]
-    g.node.extend(reversed(kept))
-    initializers = [t for t in g.initializer if t.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(initializers)
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(layer, onnx.TensorProto.FLOAT, None))
+    prune_unused(cut)  # what `layer` does not need (the last blocks, the backbone's heads)
     del g.value_info[:]
     g.initializer.extend([numpy_helper.from_array(w, "landmarks/weights"), numpy_helper.from_array(b, "landmarks/bias")])
     g.node.extend([
