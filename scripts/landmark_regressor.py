@@ -29,7 +29,12 @@ never read here.
 
 RUN/model.onnx: the backbone up to TENSOR, then Flatten, MatMul, Add -> output `landmarks`
 [N, 10] (x1..x5, y1..y5 as fractions of the input), with the backbone's description and
-`retrain.crop` = face:SCALE. RUN/result.json: the settings, every candidate's validation error,
+`retrain.crop` = face:SCALE. RUN/BACKBONE-geometry.onnx (where the backbone's description names
+a bottleneck): the whole backbone, whose bottleneck `features_geometry` is its own followed by
+11 values of the landmarks it places on the same input (the five points relative to the eyes'
+centre and the inter-ocular distance, over the eye-to-mouth distance), for heads of attributes
+the face's geometry shows, such as head pose; `extract`, `train-head`, `export` and
+`reproduce --beyond --model` take it as any backbone. RUN/result.json: the settings, every candidate's validation error,
 the error of the training mean shape on the same windows (the baseline a regressor must beat)
 and `val_tasks` with the chosen one's (`retrain reproduce --beyond` reads it).
 """
@@ -51,6 +56,8 @@ from landmark_mirror_validation import held_out  # retrain's split (src/dataset/
 from make_artifacts import prune_unused
 
 OUTPUT = "landmarks"
+GEOMETRY = "landmark_geometry"
+WITH_GEOMETRY = "features_geometry"
 
 
 def read_rows(mtfl):
@@ -152,6 +159,66 @@ def fit(xt, yt, xv, yv, strengths):
     return w.astype(np.float32), (ym - mu.astype(np.float64) @ w).astype(np.float32), s, scores
 
 
+def add_regression(g, layer, w, b, out, prefix="landmarks"):
+    """Flatten, MatMul, Add from `layer` to the landmarks [N, 10], named `out`."""
+    g.initializer.extend([numpy_helper.from_array(w, f"{prefix}/weights"), numpy_helper.from_array(b, f"{prefix}/bias")])
+    g.node.extend([
+        helper.make_node("Flatten", [layer], [f"{prefix}/flat"], axis=1),
+        helper.make_node("MatMul", [f"{prefix}/flat", f"{prefix}/weights"], [f"{prefix}/product"]),
+        helper.make_node("Add", [f"{prefix}/product", f"{prefix}/bias"], [out]),
+    ])
+
+
+def geometry_matrices():
+    """Constant maps of the ten coordinates (x1..x5, y1..y5): to the points relative to the eyes'
+    centre, to the eyes-to-mouth vector and to the left-to-right eye vector."""
+    relative = np.eye(10, dtype=np.float32)
+    for axis in (0, 5):
+        relative[axis:axis + 2, axis:axis + 5] -= 0.5  # minus the mean of the two eyes
+    to_mouth = np.zeros((10, 2), np.float32)
+    eyes = np.zeros((10, 2), np.float32)
+    for column, axis in enumerate((0, 5)):
+        to_mouth[axis + 3:axis + 5, column] = 0.5
+        to_mouth[axis:axis + 2, column] = -0.5
+        eyes[axis, column], eyes[axis + 1, column] = -1.0, 1.0
+    return relative, to_mouth, eyes
+
+
+def add_geometry(g, landmarks):
+    """`landmark_geometry` [N, 11] from the tensor `landmarks`: the five points relative to the eyes' centre
+    and the inter-ocular distance, both over the eye-to-mouth distance, so that where and how
+    large the face sits in the window does not matter, while the head's turn (the nose and
+    mouth moving off the eyes' centre, the eyes closing up) shows."""
+    relative, to_mouth, eyes = geometry_matrices()
+    consts = {"geometry/relative": relative, "geometry/to_mouth": to_mouth, "geometry/eyes": eyes,
+              "geometry/ones": np.ones((2, 1), np.float32), "geometry/epsilon": np.array([1e-6], np.float32)}
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+
+    def length(vector, name):  # [N, 2] -> [N, 1]
+        return [helper.make_node("Mul", [vector, vector], [f"{name}/squares"]),
+                helper.make_node("MatMul", [f"{name}/squares", "geometry/ones"], [f"{name}/sum"]),
+                helper.make_node("Sqrt", [f"{name}/sum"], [name])]
+
+    g.node.extend([
+        helper.make_node("MatMul", [landmarks, "geometry/relative"], ["geometry/points"]),
+        helper.make_node("MatMul", [landmarks, "geometry/to_mouth"], ["geometry/mouth_vector"]),
+        helper.make_node("MatMul", [landmarks, "geometry/eyes"], ["geometry/eye_vector"]),
+        *length("geometry/mouth_vector", "geometry/mouth_length"),
+        *length("geometry/eye_vector", "geometry/interocular"),
+        helper.make_node("Add", ["geometry/mouth_length", "geometry/epsilon"], ["geometry/scale"]),
+        helper.make_node("Concat", ["geometry/points", "geometry/interocular"], ["geometry/unscaled"], axis=1),
+        helper.make_node("Div", ["geometry/unscaled", "geometry/scale"], [GEOMETRY]),
+    ])
+
+
+def described(model, d, **changes):
+    props = {f"retrain.{k}": v for k, v in {**{k: v for k, v in d.items() if k not in changes}, **changes}.items() if v is not None}
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    return model
+
+
 def landmark_model(backbone, layer, w, b, d, crop, source):
     """The backbone up to `layer`, then the regression: output `landmarks` [N, 10]."""
     cut = onnx.load(backbone)
@@ -160,20 +227,27 @@ def landmark_model(backbone, layer, w, b, d, crop, source):
     g.output.append(helper.make_tensor_value_info(layer, onnx.TensorProto.FLOAT, None))
     prune_unused(cut)  # what `layer` does not need (the last blocks, the backbone's heads)
     del g.value_info[:]
-    g.initializer.extend([numpy_helper.from_array(w, "landmarks/weights"), numpy_helper.from_array(b, "landmarks/bias")])
-    g.node.extend([
-        helper.make_node("Flatten", [layer], ["landmarks/flat"], axis=1),
-        helper.make_node("MatMul", ["landmarks/flat", "landmarks/weights"], ["landmarks/product"]),
-        helper.make_node("Add", ["landmarks/product", "landmarks/bias"], [OUTPUT]),
-    ])
+    add_regression(g, layer, w, b, OUTPUT)
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, ["N", 10]))
-    kept = {k: v for k, v in d.items() if k not in ("bottleneck", "crop", "source")}
-    props = {f"retrain.{k}": v for k, v in {**kept, "crop": crop, "source": source}.items()}
-    del cut.metadata_props[:]
-    helper.set_model_props(cut, props)
-    onnx.checker.check_model(cut)
-    return cut
+    return described(cut, d, bottleneck=None, crop=crop, source=source)
+
+
+def backbone_with_geometry(backbone, layer, w, b, d, source):
+    """The whole backbone whose bottleneck gains the geometry of the landmarks it places itself:
+    `features_geometry` = Concat(bottleneck, `landmark_geometry`), one backbone run for both."""
+    model = onnx.load(backbone)
+    g = model.graph
+    # Names of its own: an exported model with the landmark model inside has it (and its
+    # output `landmarks`) beside this backbone.
+    add_regression(g, layer, w, b, "geometry/landmarks", prefix="geometry/regression")
+    add_geometry(g, "geometry/landmarks")
+    g.node.append(helper.make_node("Concat", [d["bottleneck"], GEOMETRY], [WITH_GEOMETRY], axis=1))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(WITH_GEOMETRY, onnx.TensorProto.FLOAT, ["N", None]))
+    prune_unused(model)
+    del g.value_info[:]
+    return described(model, d, bottleneck=WITH_GEOMETRY, crop=None, source=f"{d.get('source', backbone.name)}; bottleneck + {source}")
 
 
 def main(argv=None):
@@ -220,6 +294,8 @@ def main(argv=None):
               f"(sha256 {backbone_sha[:12]}) tensor {a.layer}, {crop} windows jittered, seed {a.seed}")
     a.out.mkdir(parents=True, exist_ok=True)
     onnx.save(landmark_model(a.backbone, a.layer, w, b, d, crop, source), a.out / "model.onnx")
+    if "bottleneck" in d:
+        onnx.save(backbone_with_geometry(a.backbone, a.layer, w, b, d, source), a.out / f"{a.backbone.stem}-geometry.onnx")
     chosen = scores[strength]
     result = {
         "attribute": "landmarks",

@@ -2,17 +2,20 @@
 //! sized differently per image. Its ridge regression on a small backbone's feature map must
 //! beat the mean shape on its validation windows, and the model it writes must place the
 //! points through retrain's own landmark passes (`retrain::locate`) on the whole images. A file
-//! that is not an image is reported and skipped.
+//! that is not an image is reported and skipped. The backbone it also writes gives the
+//! backbone's bottleneck followed by the geometry of the landmarks it places.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{python, repo, stderr, tiny_backbone};
+use common::{python, repo, retrain, stderr, tiny_backbone, BOTTLENECK};
 use image::{Rgb, RgbImage};
 use retrain::dataset::mtfl::{self, Split};
 use retrain::locate::{Locator, Passes};
+use retrain::model::Model;
+use retrain::preprocess::{Crop, Preprocess};
 use retrain::rng::Rng;
 use retrain::runtime::{Device, SessionConfig};
 use serde_json::Value;
@@ -44,7 +47,7 @@ fn dotted_faces(root: &Path, n: usize) {
         let key = format!("img/{i:04}.png");
         image.save(root.join(&key)).unwrap();
         let coords: Vec<String> = x.iter().chain(&y).map(|v| format!("{v:.3}")).collect();
-        lines.push_str(&format!("{key} {} 1 1 2 3\n", coords.join(" ")));
+        lines.push_str(&format!("{key} {} {} 1 2 3\n", coords.join(" "), 1 + i % 2));
     }
     // One file that is not an image: reported and skipped, the others kept.
     std::fs::write(root.join(BROKEN), b"not an image").unwrap();
@@ -98,4 +101,74 @@ fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_p
     let baseline = mean_of(truth.iter().map(|t| error(t, &mean)).collect());
     println!("whole images through retrain::locate: {located:.4}, the mean shape {baseline:.4}");
     assert!(located < 0.6 * baseline, "located error {located} is not well below the mean shape's {baseline}");
+}
+
+/// The geometry `backbone.onnx` appends: the points relative to the eyes' centre, then the
+/// inter-ocular distance, all over the eye-to-mouth distance.
+fn geometry(l: &[f32]) -> Vec<f32> {
+    let (ex, ey) = ((l[0] + l[1]) / 2.0, (l[5] + l[6]) / 2.0);
+    let (mx, my) = ((l[3] + l[4]) / 2.0, (l[8] + l[9]) / 2.0);
+    let d = (mx - ex).hypot(my - ey) + 1e-6;
+    let mut g: Vec<f32> = (0..10).map(|j| (l[j] - if j < 5 { ex } else { ey }) / d).collect();
+    g.push((l[1] - l[0]).hypot(l[6] - l[5]) / d);
+    g
+}
+
+#[test]
+fn the_backbone_with_geometry_appends_the_placed_landmarks_geometry_to_the_bottleneck() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mtfl");
+    dotted_faces(&root, 60);
+    let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 3);
+    let run = dir.path().join("run");
+    let o = Command::new(&py)
+        .arg(repo().join("scripts/landmark_regressor.py"))
+        .args([backbone.as_os_str(), root.as_os_str()])
+        .args(["--layer", "relu", "--ridge", "10", "--validation-percent", "20", "--quiet", "--threads", "1"])
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "landmark_regressor.py failed: {}", stderr(&o));
+    let config = SessionConfig::new(Device::Cpu);
+    let mut plain = Model::load(&backbone, &config, None).unwrap();
+    let mut with_geometry = Model::load(&run.join("backbone-geometry.onnx"), &config, None).unwrap();
+    let mut landmarks = Model::load(&run.join("model.onnx"), &config, Some("landmarks")).unwrap();
+    assert_eq!(with_geometry.output_dim, BOTTLENECK + 11, "the bottleneck, then 11 geometry values");
+    let samples = mtfl::load(&root, Split::Training).unwrap().samples;
+    let pre = Preprocess { crop: Crop::Original, input: plain.input.clone() };
+    let mut tensor = vec![0f32; 4 * pre.input.image_len()];
+    for (s, slot) in samples.iter().take(4).zip(tensor.chunks_mut(pre.input.image_len())) {
+        pre.load_into(s, slot).unwrap();
+    }
+    let features = with_geometry.run(tensor.clone(), 4).unwrap();
+    let bottleneck = plain.run(tensor.clone(), 4).unwrap();
+    let placed = landmarks.run(tensor, 4).unwrap();
+    for i in 0..4 {
+        let row = &features[i * (BOTTLENECK + 11)..(i + 1) * (BOTTLENECK + 11)];
+        assert_eq!(&row[..BOTTLENECK], &bottleneck[i * BOTTLENECK..(i + 1) * BOTTLENECK], "image {i}: the bottleneck as it was");
+        for (got, want) in row[BOTTLENECK..].iter().zip(geometry(&placed[i * 10..(i + 1) * 10])) {
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "image {i}: geometry {got}, expected {want}");
+        }
+    }
+
+    // A head on that bottleneck, exported with the landmark model inside (both place landmarks,
+    // under names of their own), answers on plain images.
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (cache, head, located, out) = (path("cache.h5"), path("gender.onnx"), path("located.onnx"), path("p.csv"));
+    let (geo, marks, mtfl) = (path("run/backbone-geometry.onnx"), path("run/model.onnx"), path("mtfl"));
+    for args in [
+        vec!["extract", "--model", &geo, "--mtfl", &mtfl, "--split", "training", "--crop", "face", "--out", &cache],
+        vec!["train-head", "--attribute", "gender", "--cache", &cache, "--out", &head],
+        vec!["export", "--model", &geo, "--head", &head, "--landmarks", &marks, "--out", &located],
+    ] {
+        let o = retrain(&args);
+        assert!(o.status.success(), "retrain {args:?} failed: {}", stderr(&o));
+    }
+    let list = dir.path().join("photos.txt");
+    std::fs::write(&list, samples.iter().take(8).map(|s| format!("{}\n", s.path.display())).collect::<String>()).unwrap();
+    let o = retrain(&["predict", "--model", &located, "--list", list.to_str().unwrap(), "--out", &out]);
+    assert!(o.status.success(), "predict failed: {}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1 + 8, "a header and one row per photo");
 }
