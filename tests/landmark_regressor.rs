@@ -61,6 +61,20 @@ fn error(truth: &[f32; 10], placed: &[f32; 10]) -> f64 {
     (0..5).map(|k| (truth[k] - placed[k]).hypot(truth[k + 5] - placed[k + 5]) as f64).sum::<f64>() / 5.0 / iod
 }
 
+/// `scripts/landmark_regressor.py` on the tiny backbone's `relu` map with 20% held out; must succeed.
+fn fit(py: &Path, backbone: &Path, root: &Path, run: &Path, ridge: &str) -> std::process::Output {
+    let o = Command::new(py)
+        .arg(repo().join("scripts/landmark_regressor.py"))
+        .args([backbone.as_os_str(), root.as_os_str()])
+        .args(["--layer", "relu", "--ridge", ridge, "--validation-percent", "20", "--quiet", "--threads", "1"])
+        .arg("--out")
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "landmark_regressor.py failed: {}", stderr(&o));
+    o
+}
+
 #[test]
 fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_passes() {
     let Some(py) = python() else { return };
@@ -69,15 +83,7 @@ fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_p
     dotted_faces(&root, 240);
     let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 3);
     let run = dir.path().join("run");
-    let o = Command::new(&py)
-        .arg(repo().join("scripts/landmark_regressor.py"))
-        .args([backbone.as_os_str(), root.as_os_str()])
-        .args(["--layer", "relu", "--ridge", "0.1,10,1000", "--validation-percent", "20", "--quiet", "--threads", "1"])
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "landmark_regressor.py failed: {}", stderr(&o));
+    let o = fit(&py, &backbone, &root, &run, "0.1,10,1000");
     assert!(stderr(&o).contains(&format!("skipped {}", root.join(BROKEN).display())), "the broken image is not reported: {}", stderr(&o));
     let result: Value = serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
     let chosen = result["val_tasks"][0]["mean_error"].as_f64().unwrap();
@@ -103,7 +109,7 @@ fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_p
     assert!(located < 0.6 * baseline, "located error {located} is not well below the mean shape's {baseline}");
 }
 
-/// The geometry `backbone.onnx` appends: the points relative to the eyes' centre, then the
+/// The geometry `BACKBONE-geometry.onnx` appends: the points relative to the eyes' centre, then the
 /// inter-ocular distance, all over the eye-to-mouth distance.
 fn geometry(l: &[f32]) -> Vec<f32> {
     let (ex, ey) = ((l[0] + l[1]) / 2.0, (l[5] + l[6]) / 2.0);
@@ -122,15 +128,7 @@ fn the_backbone_with_geometry_appends_the_placed_landmarks_geometry_to_the_bottl
     dotted_faces(&root, 60);
     let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 3);
     let run = dir.path().join("run");
-    let o = Command::new(&py)
-        .arg(repo().join("scripts/landmark_regressor.py"))
-        .args([backbone.as_os_str(), root.as_os_str()])
-        .args(["--layer", "relu", "--ridge", "10", "--validation-percent", "20", "--quiet", "--threads", "1"])
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "landmark_regressor.py failed: {}", stderr(&o));
+    fit(&py, &backbone, &root, &run, "10");
     let config = SessionConfig::new(Device::Cpu);
     let mut plain = Model::load(&backbone, &config, None).unwrap();
     let mut with_geometry = Model::load(&run.join("backbone-geometry.onnx"), &config, None).unwrap();
