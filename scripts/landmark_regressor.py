@@ -84,14 +84,14 @@ def triple(d, key, default):
 class Input:
     """The backbone's input as retrain's description says (src/model.rs input_spec)."""
 
-    def __init__(self, d, backbone):
+    def __init__(self, d, backbone, model):
         missing = [k for k in ("layout", "height", "width") if k not in d]
         if missing:
             raise SystemExit(f"{backbone}: its metadata lacks retrain.{', retrain.'.join(missing)} (see scripts/convert_faceres.py)")
         self.nchw = d["layout"].upper() == "NCHW"
         self.size = (int(d["width"]), int(d["height"]))
         self.mean, self.std = triple(d, "mean", 0), triple(d, "std", 1)
-        self.name = d.get("input_name")
+        self.name = d.get("input_name") or model.graph.input[0].name
 
     def tensor(self, crops):
         x = (np.stack([np.asarray(c, np.float32) for c in crops]) / 255.0 - self.mean) / self.std
@@ -270,8 +270,7 @@ def main(argv=None):
     start = time.time()
     model = onnx.load(a.backbone, load_external_data=False)
     d = description(model)
-    spec = Input(d, a.backbone)
-    spec.name = spec.name or model.graph.input[0].name
+    spec = Input(d, a.backbone, model)
     model.graph.output.append(helper.make_tensor_value_info(a.layer, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = a.threads

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{python, repo, retrain, stderr, tiny_backbone, BOTTLENECK};
@@ -61,30 +61,40 @@ fn error(truth: &[f32; 10], placed: &[f32; 10]) -> f64 {
     (0..5).map(|k| (truth[k] - placed[k]).hypot(truth[k + 5] - placed[k + 5]) as f64).sum::<f64>() / 5.0 / iod
 }
 
+/// A fitted run on `n` generated faces: their folder, the tiny backbone, the script's output folder.
+struct Fitted {
+    /// Removed when dropped: keep it bound while the files are used.
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    backbone: PathBuf,
+    run: PathBuf,
+    stderr: String,
+}
+
 /// `scripts/landmark_regressor.py` on the tiny backbone's `relu` map with 20% held out; must succeed.
-fn fit(py: &Path, backbone: &Path, root: &Path, run: &Path, ridge: &str) -> std::process::Output {
+fn fit(n: usize, ridge: &str) -> Option<Fitted> {
+    let py = python()?;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mtfl");
+    dotted_faces(&root, n);
+    let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 3);
+    let run = dir.path().join("run");
     let o = Command::new(py)
         .arg(repo().join("scripts/landmark_regressor.py"))
         .args([backbone.as_os_str(), root.as_os_str()])
         .args(["--layer", "relu", "--ridge", ridge, "--validation-percent", "20", "--quiet", "--threads", "1"])
         .arg("--out")
-        .arg(run)
+        .arg(&run)
         .output()
         .unwrap();
     assert!(o.status.success(), "landmark_regressor.py failed: {}", stderr(&o));
-    o
+    Some(Fitted { stderr: stderr(&o), dir, root, backbone, run })
 }
 
 #[test]
 fn the_ridge_landmark_model_beats_the_mean_shape_and_runs_in_retrains_landmark_passes() {
-    let Some(py) = python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("mtfl");
-    dotted_faces(&root, 240);
-    let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 3);
-    let run = dir.path().join("run");
-    let o = fit(&py, &backbone, &root, &run, "0.1,10,1000");
-    assert!(stderr(&o).contains(&format!("skipped {}", root.join(BROKEN).display())), "the broken image is not reported: {}", stderr(&o));
+    let Some(Fitted { dir: _dir, root, run, stderr, .. }) = fit(240, "0.1,10,1000") else { return }; // _dir: the folder lives to the end
+    assert!(stderr.contains(&format!("skipped {}", root.join(BROKEN).display())), "the broken image is not reported: {stderr}");
     let result: Value = serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
     let chosen = result["val_tasks"][0]["mean_error"].as_f64().unwrap();
     let mean_shape = result["mean_shape"]["mean_error"].as_f64().unwrap();
@@ -122,13 +132,7 @@ fn geometry(l: &[f32]) -> Vec<f32> {
 
 #[test]
 fn the_backbone_with_geometry_appends_the_placed_landmarks_geometry_to_the_bottleneck() {
-    let Some(py) = python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("mtfl");
-    dotted_faces(&root, 60);
-    let backbone = tiny_backbone(&dir.path().join("backbone.onnx"), 3);
-    let run = dir.path().join("run");
-    fit(&py, &backbone, &root, &run, "10");
+    let Some(Fitted { dir, root, backbone, run, .. }) = fit(60, "10") else { return };
     let config = SessionConfig::new(Device::Cpu);
     let mut plain = Model::load(&backbone, &config, None).unwrap();
     let mut with_geometry = Model::load(&run.join("backbone-geometry.onnx"), &config, None).unwrap();
