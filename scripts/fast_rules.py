@@ -1,4 +1,5 @@
-"""Faster reverse rules for Conv and MaxPool, installed into onnx-ad while artifacts are built.
+"""Faster reverse rules for Conv, MaxPool, AveragePool and Relu, installed into onnx-ad while
+artifacts are built.
 
 onnx-ad's own rules are general but slow on CPU (measured on TCDCN, batch 64, 2 cores: the
 train step took 9.2x the forward pass):
@@ -18,11 +19,17 @@ networks use, and hand every other case back to onnx-ad's rule:
 - MaxPool with kernel == stride, no padding, no dilation, floor mode: the adjoint goes to the
   elements equal to their window's maximum, divided by how many there are (a tie shares it,
   so the result is still a valid subgradient); rows and columns that no window covers get 0.
+- AveragePool, stride 1: the adjoint of a window sum is a window sum, so it is one
+  AveragePool (count_include_pad=1) of the adjoint scaled by kernel size / window count,
+  instead of a grouped ConvTranspose with a kernel of ones.
+- Relu: the mask read from the output (see relu_reverse).
 
 All of them assume one seed direction (a scalar loss), which is what make_artifacts.py asks.
 """
 
 import contextlib
+
+import numpy as np
 
 from onnx_ad import rules
 
@@ -233,27 +240,30 @@ def conv_reverse(ctx, node, grads):
     return result
 
 
-def _pool_fast_path(ctx, node):
+def _pool_window(ctx, node):
+    """Kernel, strides, pads and the static input and output shapes of a 2-D pool without
+    dilation or ceil mode; None for any other pool (onnx-ad's rule takes it)."""
     attrs, spatial = rules._pool_attributes(ctx, node, reverse=False)
-    shape_x = ctx.shapes.static(node.input[0])
-    simple = (spatial == 2 and attrs["kernel_shape"] == attrs["strides"] and not any(attrs["pads"])
-              and attrs["dilations"] == [1, 1] and not rules.attribute(node, "ceil_mode", 0)
-              and shape_x is not None)
-    return (list(attrs["kernel_shape"]), list(shape_x)) if simple else None
+    shape_x, shape_y = ctx.shapes.static(node.input[0]), ctx.shapes.static(node.output[0])
+    if (spatial != 2 or attrs["dilations"] != [1, 1] or rules.attribute(node, "ceil_mode", 0)
+            or shape_x is None or shape_y is None):
+        return None
+    return dict(kernel=list(attrs["kernel_shape"]), strides=list(attrs["strides"]), pads=list(attrs["pads"]),
+                x=list(shape_x), y=list(shape_y))
 
 
 def _upsample(ctx, value, shape):
-    """Nearest-neighbour repeat of each window value over its window (Resize, floor)."""
+    """Nearest-neighbour repeat of each window value over its window (Resize, floor).  An
+    Expand of [B, C, H', 1, W', 1] to [B, C, H', kh, W', kw] does the same and measured 1.3-1.5x
+    slower train steps on TCDCN and Cascade-CNN: ONNX Runtime broadcasts element by element."""
     return ctx.b.op("Resize", [value, "", "", ctx.b.ints(shape)], mode="nearest",
                     coordinate_transformation_mode="asymmetric", nearest_mode="floor",
                     stem="pool_upsample")
 
 
-def max_pool_reverse(ctx, node, grads):
-    fast = _pool_fast_path(ctx, node)
-    if fast is None:
-        return _original["MaxPool"](ctx, node, grads)
-    (kh, kw), (b, c, h, w) = fast
+def _tiled_max_pool_adjoint(ctx, node, window, dy):
+    """Kernel == stride, no padding: the windows tile the input."""
+    (kh, kw), (b, c, h, w) = window["kernel"], window["x"]
     oh, ow = h // kh, w // kw
     x, y = node.input[0], node.output[0]
     covered_shape = [b, c, oh * kh, ow * kw]
@@ -262,12 +272,49 @@ def max_pool_reverse(ctx, node, grads):
                       to=ctx.dtype(x), stem="is_max")
     # ties per window = window mean * window size
     ties = ctx.b.op("AveragePool", [is_max], kernel_shape=[kh, kw], strides=[kh, kw], stem="pool_ties")
-    share = ctx.b.op("Div", [_squeeze_seed(ctx, grads[0], y),
-                             ctx.b.op("Mul", [ties, ctx.constant(float(kh * kw), ctx.dtype(x))])],
-                     stem="pool_share")
+    share = ctx.b.op("Div", [dy, ctx.b.op("Mul", [ties, ctx.constant(float(kh * kw), ctx.dtype(x))])], stem="pool_share")
     spread = ctx.b.op("Mul", [is_max, _upsample(ctx, share, covered_shape)], stem="a_maxpool")
     if (oh * kh, ow * kw) != (h, w):
         spread = ctx.b.op("Pad", [spread, ctx.b.ints([0, 0, 0, 0, 0, 0, h - oh * kh, w - ow * kw])])
+    return spread
+
+
+def max_pool_reverse(ctx, node, grads):
+    window = _pool_window(ctx, node)
+    if window is None:
+        return _original["MaxPool"](ctx, node, grads)
+    kernel, strides, pads = window["kernel"], window["strides"], window["pads"]
+    if kernel != strides or any(pads):
+        # Overlapping windows (InceptionV3's 3x3/2) stay with MaxPool-with-Indices + ScatterND:
+        # a mask per kernel offset needs one strided Slice each, which ONNX Runtime copies
+        # element by element (24 ms per offset on InceptionV3's first pool at batch 8, against
+        # about 100 ms for the whole ScatterND adjoint), plus a DepthToSpace to interleave.
+        return _original["MaxPool"](ctx, node, grads)
+    dx = _tiled_max_pool_adjoint(ctx, node, window, _squeeze_seed(ctx, grads[0], node.output[0]))
+    return [ctx.unsqueeze(dx, [-1])] + [None] * (len(node.input) - 1)
+
+
+def average_pool_reverse(ctx, node, grads):
+    """Stride 1: input element i receives the adjoint / count of every window that holds it,
+    the windows o = i + top - k + 1 .. i + top.  That is itself a window sum, with the padding
+    mirrored (k - 1 - pad): one AveragePool (count_include_pad=1) of the adjoint scaled by
+    k*k / count, the count per window being a constant of the static shapes."""
+    window = _pool_window(ctx, node)
+    if window is None or window["strides"] != [1, 1] or any(p >= k for p, k in zip(window["pads"], window["kernel"] * 2)):
+        return _original["AveragePool"](ctx, node, grads)
+    (kh, kw), (top, left, bottom, right) = window["kernel"], window["pads"]
+    (_, _, h, w), (_, _, oh, ow) = window["x"], window["y"]
+    if rules.attribute(node, "count_include_pad", 0):
+        count = np.full((oh, ow), float(kh * kw))
+    else:
+        rows = [min(o - top + kh, h) - max(o - top, 0) for o in range(oh)]
+        cols = [min(o - left + kw, w) - max(o - left, 0) for o in range(ow)]
+        count = np.outer(rows, cols).astype(float)
+    dtype = ctx.dtype(node.input[0])
+    scaled = ctx.b.op("Mul", [_squeeze_seed(ctx, grads[0], node.output[0]), ctx.b.constant(kh * kw / count, dtype, [1, 1, oh, ow])],
+                      stem="avgpool_scaled")
+    spread = ctx.b.op("AveragePool", [scaled], kernel_shape=[kh, kw], count_include_pad=1, stem="avgpool_spread",
+                      pads=[kh - 1 - top, kw - 1 - left, kh - 1 - bottom, kw - 1 - right])
     return [ctx.unsqueeze(spread, [-1])] + [None] * (len(node.input) - 1)
 
 
@@ -276,14 +323,16 @@ def relu_reverse(ctx, node, grads):
 
     onnx-ad's rule reads the input (Greater + Cast + Mul); reading the output instead leaves
     the producing Conv with one consumer, so ONNX Runtime fuses Conv + Relu in the training
-    graph's forward as it does for inference, and the mask is one op, not two."""
+    graph's forward as it does for inference, and the mask is one op, not two.  (A Where on
+    the Greater instead of Cast + Mul took 985 ms per InceptionV3 micro-batch of 8, against
+    about 40 ms: ONNX Runtime's broadcasting Where runs element by element.)"""
     y = node.output[0]
     positive = ctx.b.op("Greater", [y, ctx.constant(0.0, ctx.dtype(y))], stem="relu_positive")
     mask = ctx.b.op("Cast", [positive], to=ctx.dtype(y), stem="relu_mask")
     return [ctx.b.op("Mul", [grads[0], ctx.lift(mask)], stem="a_" + node.input[0])]
 
 
-FAST = {"Conv": conv_reverse, "MaxPool": max_pool_reverse, "Relu": relu_reverse}
+FAST = {"Conv": conv_reverse, "MaxPool": max_pool_reverse, "AveragePool": average_pool_reverse, "Relu": relu_reverse}
 
 
 @contextlib.contextmanager

@@ -139,6 +139,39 @@ def case_maxpool_3x3_same():
     return t.model(x, 2 * 7 * 7)
 
 
+def case_maxpool_3x3_stride2():
+    """InceptionV3's grid reduction: 3x3 windows at stride 2 overlap by a row and a column
+    (a 7x7 map: both phases of the stride, and the last row and column in one window only)."""
+    t = Tiny(12)
+    x = t.op("MaxPool", [t.conv(nchw(t), "conv", 2, 3, 1)], "pool", kernel_shape=[3, 3], strides=[2, 2])
+    return t.model(x, 3 * 3 * 3)
+
+
+def case_maxpool_ties():
+    """Padded, overlapping windows after a Relu: a window whose maximum is a Relu zero holds it
+    several times; whichever of them the adjoint goes to, the Relu's adjoint stops it, as
+    finite differences see it (the pre-activations are negative, never exactly zero)."""
+    t = Tiny(13)
+    x = t.op("Relu", [t.conv(nchw(t), "conv", 2, 3, 1)], "relu")
+    x = t.op("MaxPool", [x], "pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    return t.model(x, 3 * 4 * 4)
+
+
+def case_averagepool_3x3_same():
+    """The inception pool branch of InceptionV3: 3x3, stride 1, pad 1, padding not counted."""
+    t = Tiny(14)
+    x = t.op("AveragePool", [t.conv(nchw(t), "conv", 2, 3, 1)], "pool", kernel_shape=[3, 3], strides=[1, 1], pads=[1] * 4)
+    return t.model(x, 3 * 7 * 7)
+
+
+def case_averagepool_uneven():
+    """A 3x2 window padded 1/0 rows-first and 1/1 columns: the adjoint's mirrored padding and
+    the per-window counts differ by side, which a square, evenly padded case cannot show."""
+    t = Tiny(15)
+    x = t.op("AveragePool", [t.conv(nchw(t), "conv", 2, 3, 1)], "pool", kernel_shape=[3, 2], strides=[1, 1], pads=[1, 0, 0, 1])
+    return t.model(x, 3 * 6 * 7)
+
+
 def case_concat():
     t = Tiny(8)
     x = nchw(t)
@@ -181,6 +214,10 @@ CASES = {
     "MaxPool 2x2/2": (case_maxpool_2x2, ["MaxPool"]),
     "MaxPool 3x3/1 pad 1 (on ORT)": (case_maxpool_3x3_same, ["MaxPool"]),
     "MaxPool 3x3/1 pad 1": (case_maxpool_3x3_same, ["MaxPool"]),
+    "MaxPool 3x3/2 (overlapping windows)": (case_maxpool_3x3_stride2, ["MaxPool"]),
+    "MaxPool 3x3/2 pad 1 after Relu (ties)": (case_maxpool_ties, ["MaxPool"]),
+    "AveragePool 3x3/1 pad 1": (case_averagepool_3x3_same, ["AveragePool"]),
+    "AveragePool 3x2/1, uneven padding": (case_averagepool_uneven, ["AveragePool"]),
     "Concat": (case_concat, ["Concat"]),
     "Gemm, Flatten, Dropout mask (Mul)": (case_gemm_relu_dropout, ["Gemm", "Flatten", "Dropout"]),
     "Multi-task loss (classes, landmarks, unknown labels)": (case_multitask, ["Gemm", "Sub", "Add"]),
@@ -192,7 +229,8 @@ SAMPLED = {"Conv weight adjoint per offset (32 channels)": 40, "Conv input adjoi
 EXERCISES = {"Conv (valid)": "patches", "Conv input adjoint (ConvTranspose)": "dy_flat",
              "Conv (stride 2)": "im2col_slice", "Conv weight adjoint per offset (32 channels)": "dw_offset",
              "Conv input adjoint as flipped Conv (35x35)": "a_conv_flipped", "Relu": "relu_mask",
-             "MaxPool 2x2/2": "is_max"}
+             "MaxPool 2x2/2": "is_max",
+             "AveragePool 3x3/1 pad 1": "avgpool_spread", "AveragePool 3x2/1, uneven padding": "avgpool_spread"}
 # The loss (LogSoftmax, OneHot, Mul, ReduceSum, Div, Neg) is part of every case.
 LOSS_OPS = ["LogSoftmax", "Mul", "ReduceSum", "Div", "Neg", "Max"]
 

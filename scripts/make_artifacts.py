@@ -346,7 +346,7 @@ def prune_unused(model):
 
 def gradient_model(forward, trainable, batch, fast=True, seed_input=None):
     """loss, correct and `grad:<param>` (the parameter's shape), by onnx-ad reverse mode
-    (with the faster Conv/MaxPool rules of fast_rules.py unless `fast` is False).  The loss's
+    (with the faster reverse rules of fast_rules.py unless `fast` is False).  The loss's
     adjoint seed is 1, or the float scalar input `seed_input` (the gradients come out times it)."""
     import onnx_ad
 
@@ -728,7 +728,7 @@ def main(argv=None):
     parser.add_argument("--micro-batches", default="", metavar="M1,M2,...",
                         help="also write accumulate_bM.onnx for each M and update.onnx (gradient accumulation)")
     parser.add_argument("--onnx-ad-rules", action="store_true",
-                        help="onnx-ad's own Conv/MaxPool reverse rules instead of fast_rules.py")
+                        help="onnx-ad's own reverse rules instead of fast_rules.py's")
     args = parser.parse_args(argv)
     manifest, digest = generate(args.forward, args.out, batch=args.batch, optimizer=args.optimizer,
                                 trainable_patterns=args.trainable, hyper=parse_hyper(args.set),
