@@ -208,16 +208,17 @@ fn study_accuracy(attribute: &str, crop: Crop) -> Option<f64> {
 /// gender 83.5%.
 pub const STUDY_FINETUNE_ACCURACY: [(&str, f64); 2] = [("smile", 0.875), ("gender", 0.835)];
 
-/// The run folders of one attribute and crop under `runs`: `ATTRIBUTE-CROP` (every layer) and
-/// `ATTRIBUTE-CROP-from-LAYER` (`--train-from LAYER`), in name order.
-fn finetune_runs(runs: &Path, attribute: &str, crop: Crop) -> Vec<PathBuf> {
-    let name = format!("{attribute}-{}", crop.to_string().replace(':', "-"));
+/// The run folders of one attribute under `runs`: `ATTRIBUTE-CROP` (every layer) and
+/// `ATTRIBUTE-CROP-from-LAYER` (`--train-from LAYER`), in name order, whatever their crop: a
+/// fine-tuning run's crop is chosen on validation for it, apart from the heads' `--crops`.
+fn finetune_runs(runs: &Path, attribute: &str) -> Vec<PathBuf> {
+    let prefix = format!("{attribute}-");
     let mut found: Vec<PathBuf> = std::fs::read_dir(runs)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f == name || f.starts_with(&format!("{name}-from-"))))
+        .filter(|p| p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with(&prefix)))
         .collect();
     found.sort();
     found
@@ -228,11 +229,10 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
     let mut s = String::from("## The study's second approach: InceptionV3 fine-tuned (`retrain finetune`)\n\n");
     let mut found = Vec::new();
     for attribute in &opts.attributes {
-        for crop in &opts.crops {
-            for dir in finetune_runs(&opts.finetune_runs, attribute, *crop) {
-                if let Some(run) = runs::read_run(&dir) {
-                    found.push((attribute.clone(), *crop, dir.join("result.json"), run.result));
-                }
+        for dir in finetune_runs(&opts.finetune_runs, attribute) {
+            if let Some(run) = runs::read_run(&dir).filter(|r| r.is_finetune() && r.result["settings"]["attribute"].as_str() == Some(attribute)) {
+                let crop = run.result["settings"]["crop"].as_str().unwrap_or("?").to_string();
+                found.push((attribute.clone(), crop, dir.join("result.json"), run.result));
             }
         }
     }

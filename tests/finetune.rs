@@ -121,6 +121,30 @@ fn exported_confusion(tmp: &Path, out: &Path, mtfl: &Path) -> serde_json::Value 
     eval["metrics"]["confusion"].clone()
 }
 
+/// `retrain reproduce` reports every fine-tuning run of an attribute beside the study's second
+/// approach, whatever its crop: fine-tuning chooses its crop on validation, apart from the
+/// crops of the first approach's heads (`--crops original` here, a face-crop run).
+#[test]
+fn reproduce_reports_a_fine_tuning_run_whatever_its_crop() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tcdcn_finetune(&py, &tmp.path().join("art"));
+    let mtfl = tiny_mtfl(&tmp.path().join("mtfl"), 24);
+    let (cache, runs, report) = (tmp.path().join("cache"), tmp.path().join("runs"), tmp.path().join("report"));
+    let run = runs.join("smile-face");
+    let mut args = finetune_args(s(&art), s(&mtfl), s(&cache), s(&run), "2");
+    args.extend(["--crop", "face"]);
+    let o = retrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut args = vec!["reproduce", "--mtfl", s(&mtfl), "--model", "onnx/tcdcn.onnx", "--crops", "original", "--attributes", "smile"];
+    args.extend(["--cache-dir", s(&cache), "--finetune-runs", s(&runs), "--out", s(&report), "--quiet"]);
+    let o = retrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(text.contains("| smile | face:3.2 |"), "the face-crop run is not in the fine-tuning table:\n{text}");
+    assert!(text.contains("smile - face:3.2 crop - fine-tuned"), "its confusion matrix is not reported:\n{text}");
+}
+
 #[test]
 fn phase_one_head_trained_on_standardised_bottlenecks_exports_with_the_statistics_folded_in() {
     let Some(py) = python() else { return };

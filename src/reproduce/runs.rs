@@ -85,7 +85,7 @@ pub(super) fn read_run(dir: &Path) -> Option<Run> {
 }
 
 impl Run {
-    fn is_finetune(&self) -> bool {
+    pub(super) fn is_finetune(&self) -> bool {
         self.result.get("phase2").is_some()
     }
 
