@@ -5,8 +5,8 @@
 //!
 //! (or RETRAIN_BENCH_TRAIN / RETRAIN_BENCH_TEST). scikit-learn runs through
 //! scripts/sklearn_head.py with .venv/bin/python (RETRAIN_PYTHON overrides). Times are the fit
-//! alone (standardisation included, reading the cache not), best of --repeat runs. Target: our
-//! fastest head takes no longer than scikit-learn's.
+//! alone (standardisation included, reading the cache not), best of --repeat runs. Targets: our
+//! fastest head takes no longer than scikit-learn's, linfa at most 1.5 times as long.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -135,9 +135,8 @@ fn sklearn(a: &Args, attribute: &str) -> Result<Row> {
 fn report(rows: &[Row]) {
     println!("\n| attribute | solver | fit seconds | time / sklearn | test accuracy | accuracy - sklearn |");
     println!("|---|---|---:|---:|---:|---:|");
-    let mut worst_ratio: f64 = 0.0;
     for r in rows {
-        let base = rows.iter().find(|b| b.attribute == r.attribute && b.solver == "sklearn").expect("sklearn row per attribute");
+        let base = sklearn_row(rows, &r.attribute);
         println!(
             "| {} | {} | {:.3} | {:.3} | {:.2}% | {:+.2} points |",
             r.attribute,
@@ -147,11 +146,32 @@ fn report(rows: &[Row]) {
             100.0 * r.accuracy,
             100.0 * (r.accuracy - base.accuracy)
         );
-        if r.solver == "sgd" || r.solver == "linfa" {
-            let fastest = rows.iter().filter(|o| o.attribute == r.attribute && o.solver != "sklearn").map(|o| o.seconds).fold(f64::INFINITY, f64::min);
-            worst_ratio = worst_ratio.max(fastest / base.seconds);
-        }
     }
-    let verdict = if worst_ratio <= 1.0 { "met" } else { "NOT met" };
-    println!("\nfastest head / scikit-learn: {worst_ratio:.3} at worst over attributes (target <= 1: {verdict})");
+    let fastest = worst_ratio(rows, |r| r.solver != "sklearn");
+    println!("\nfastest head / scikit-learn: {fastest:.3} at worst over attributes (target <= 1: {})", verdict(fastest <= 1.0));
+    let linfa = worst_ratio(rows, |r| r.solver == "linfa");
+    println!("ratio linfa / scikit-learn: {linfa:.3} at worst over attributes (target <= 1.5: {})", verdict(linfa <= 1.5));
+}
+
+fn sklearn_row<'a>(rows: &'a [Row], attribute: &str) -> &'a Row {
+    rows.iter().find(|b| b.attribute == attribute && b.solver == "sklearn").expect("sklearn row per attribute")
+}
+
+/// The largest, over attributes, of the fastest `ours` row's time over scikit-learn's.
+fn worst_ratio(rows: &[Row], ours: impl Fn(&Row) -> bool) -> f64 {
+    let sklearn = rows.iter().filter(|r| r.solver == "sklearn");
+    sklearn
+        .map(|base| {
+            let fastest = rows.iter().filter(|r| r.attribute == base.attribute && ours(r)).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
+            fastest / base.seconds
+        })
+        .fold(0.0, f64::max)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
 }

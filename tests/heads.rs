@@ -5,9 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{python, synthetic_cache};
+use common::{correlated_cache, python, synthetic_cache};
 use retrain::cache::Cache;
 use retrain::eval;
+use retrain::head::linfa::Precision;
 use retrain::head::onnx::HeadFile;
 use retrain::head::{self, history_path, ClassWeight, Solver, TrainOptions, Trained};
 use retrain::runtime::{Device, SessionConfig};
@@ -115,6 +116,27 @@ fn unknown_attributes_are_refused_with_the_known_ones() {
     let cache = synthetic_cache(&dir.path().join("train.h5"), 50, 4, 1.0, 0.5, 9);
     let err = format!("{:#}", train(&cache, &TrainOptions::new("age", Solver::Sgd)).err().unwrap());
     assert!(err.contains("'age'") && err.contains("gender, smile, glasses, pose"), "{err}");
+}
+
+/// linfa fits in f32 what it fits in f64. The features share one factor, so L-BFGS's first
+/// step (the whole gradient) spreads the logits by orders of magnitude: linfa-logistic 0.8.1's
+/// log-sum-exp (the whole matrix's largest logit, sums clamped at 1e-15) then gave wrong losses,
+/// and its f32 fit stopped at W = 0 (vendor/linfa-logistic/PATCHES.md).
+#[test]
+fn linfa_fits_in_f32_what_it_fits_in_f64() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_cache = correlated_cache(&dir.path().join("train.h5"), 2000, 256, 12);
+    let test_cache = correlated_cache(&dir.path().join("test.h5"), 2000, 256, 13);
+    let accuracy = |precision| {
+        let mut opts = TrainOptions::new("gender", Solver::Linfa);
+        opts.linfa.precision = precision;
+        let head = dir.path().join(format!("{precision:?}.onnx"));
+        train(&train_cache, &opts).unwrap().head.save(&head, &[]).unwrap();
+        eval::evaluate(&head, &test_cache, &cpu()).unwrap().metrics.accuracy
+    };
+    let (single, double) = (accuracy(Precision::F32), accuracy(Precision::F64));
+    assert!(double >= 0.75, "f64 fit: accuracy {double}");
+    assert!((single - double).abs() <= 0.005, "f32 fit: accuracy {single}, f64 {double}");
 }
 
 /// linfa's head against scikit-learn's LogisticRegression on the same cache (the issue asks

@@ -3,7 +3,7 @@
 use anyhow::{anyhow, Result};
 use linfa::prelude::*;
 use linfa_logistic::MultiLogisticRegression;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use super::classes::Labeled;
@@ -22,11 +22,35 @@ pub struct LinfaParams {
     /// linfa minimises the summed loss, so it is given `tol x rows` (and tests the Euclidean
     /// norm, where scikit-learn tests the largest component: linfa stops no earlier).
     pub gradient_tolerance: f64,
+    /// The float type L-BFGS computes in.
+    pub precision: Precision,
+}
+
+/// The float type of linfa's fit. f32 reads half the bytes per pass over the rows and is what
+/// scikit-learn uses on f32 features; it stops once the f32 loss no longer falls measurably,
+/// within 0.1 points of f64's accuracy on MTFL (README). f64 reaches the optimum more closely
+/// at about twice the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f64" => Ok(Precision::F64),
+            _ => Err(anyhow!("unknown precision '{s}': expected f32 or f64")),
+        }
+    }
 }
 
 impl Default for LinfaParams {
     fn default() -> Self {
-        LinfaParams { c: 0.01, max_iterations: 1000, gradient_tolerance: 1e-4 }
+        LinfaParams { c: 0.01, max_iterations: 1000, gradient_tolerance: 1e-4, precision: Precision::F32 }
     }
 }
 
@@ -47,17 +71,24 @@ impl LinfaParams {
 
 /// Weights [classes, features] and biases. Every class must occur in `train`.
 pub fn train(train: &Labeled, n_classes: usize, params: &LinfaParams) -> Result<(Array2<f32>, Vec<f32>)> {
-    let x = train.x.mapv(f64::from);
-    let y = Array1::from(train.y.clone());
-    let fitted = MultiLogisticRegression::default()
-        .alpha(params.alpha(n_classes))
+    match params.precision {
+        Precision::F32 => fit(train.x.view(), &train.y, n_classes, params),
+        Precision::F64 => fit(train.x.mapv(f64::from).view(), &train.y, n_classes, params),
+    }
+}
+
+fn fit<F: linfa_logistic::Float>(x: ArrayView2<F>, y: &[usize], n_classes: usize, params: &LinfaParams) -> Result<(Array2<f32>, Vec<f32>)> {
+    let cast = |v: f64| F::from_f64(v).expect("a float type holds an f64 setting");
+    let fitted = MultiLogisticRegression::<F>::default()
+        .alpha(cast(params.alpha(n_classes)))
         .max_iterations(params.max_iterations)
-        .gradient_tolerance(params.gradient_tolerance * train.y.len() as f64)
-        .fit(&Dataset::new(x, y))
+        .gradient_tolerance(cast(params.gradient_tolerance * y.len() as f64))
+        .fit(&DatasetBase::new(x, Array1::from(y.to_vec())))
         .map_err(|e| anyhow!("linfa-logistic: {e}"))?;
     // linfa orders its columns by sorted class value, and every class 0..n occurs: column k is class k.
     debug_assert_eq!(fitted.classes(), (0..n_classes).collect::<Vec<_>>().as_slice());
-    let weights = fitted.params().t().mapv(|v| v as f32);
-    let bias = fitted.intercept().iter().map(|&v| v as f32).collect();
+    let to_f32 = |v: F| v.to_f32().expect("a float converts to f32");
+    let weights = fitted.params().t().mapv(to_f32);
+    let bias = fitted.intercept().iter().copied().map(to_f32).collect();
     Ok((weights, bias))
 }

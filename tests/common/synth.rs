@@ -117,7 +117,7 @@ pub fn synthetic_cache(path: &Path, n: usize, dim: usize, separation: f32, male_
     let mut rng = Rng::new(seed);
     write_synthetic(path, n, dim, &mut rng, |rng| {
         let gender = if rng.uniform() < male_share { 1 } else { 2 };
-        ([gender, 1 + rng.below(2) as i32, 2, 3], [separation * (gender as f32 - 1.5) * 2.0, 0.0, 0.0, 0.0])
+        ([gender, 1 + rng.below(2) as i32, 2, 3], [separation * (gender as f32 - 1.5) * 2.0, 0.0, 0.0, 0.0], 0.0)
     })
 }
 
@@ -131,13 +131,25 @@ pub fn synthetic_attributes_cache(path: &Path, n: usize, dim: usize, seed: u64) 
         let glasses = if rng.uniform() < 0.1 { 1 } else { 2 };
         let u = rng.uniform();
         let pose = if u < 0.6 { 3 } else { 1 + (((u - 0.6) / 0.1) as i32).min(3) + i32::from(u >= 0.8) };
-        ([gender, smile, glasses, pose], [gender, smile, glasses, pose].map(|c| 2.0 * c as f32))
+        ([gender, smile, glasses, pose], [gender, smile, glasses, pose].map(|c| 2.0 * c as f32), 0.0)
     })
 }
 
-/// `n` rows whose labels and per-attribute feature shifts `draw` gives (features 0-3 shifted,
-/// the rest unit noise, all offset by 3 as real activations are).
-fn write_synthetic(path: &Path, n: usize, dim: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> ([i32; 4], [f32; 4])) -> PathBuf {
+/// A gender cache whose features all share one factor, as real bottlenecks largely do: every
+/// feature is twice a latent value (N(0, 1), moved by 0.8 towards its class) plus unit noise.
+pub fn correlated_cache(path: &Path, n: usize, dim: usize, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    write_synthetic(path, n, dim, &mut rng, |rng| {
+        let gender = 1 + rng.below(2) as i32;
+        let latent = rng.normal() as f32 + 1.6 * (gender as f32 - 1.5);
+        ([gender, 1, 2, 3], [0.0; 4], 2.0 * latent)
+    })
+}
+
+/// `n` rows whose labels, per-attribute feature shifts and shared value `draw` gives (features
+/// 0-3 shifted, every feature plus the shared value and unit noise, all offset by 3 as real
+/// activations are).
+fn write_synthetic(path: &Path, n: usize, dim: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> ([i32; 4], [f32; 4], f32)) -> PathBuf {
     let id = Identity {
         model_sha256: "synthetic-model".into(),
         output: "features".into(),
@@ -152,9 +164,9 @@ fn write_synthetic(path: &Path, n: usize, dim: usize, rng: &mut Rng, mut draw: i
     let mut labels = Vec::with_capacity(n);
     let paths: Vec<String> = (0..n).map(|i| format!("synthetic/{i:05}.jpg")).collect();
     for _ in 0..n {
-        let (codes, shifts) = draw(rng);
+        let (codes, shifts, shared) = draw(rng);
         for j in 0..dim {
-            features.push(rng.normal() as f32 + shifts.get(j).copied().unwrap_or(0.0) + 3.0);
+            features.push(rng.normal() as f32 + shifts.get(j).copied().unwrap_or(0.0) + shared + 3.0);
         }
         labels.push(codes);
     }
