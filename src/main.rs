@@ -186,7 +186,7 @@ struct TrainHeadArgs {
     /// linfa: L-BFGS iterations at most.
     #[arg(long, default_value_t = LinfaParams::default().max_iterations)]
     max_iterations: u64,
-    /// linfa: the float type of the fit, f32 or f64 (closer to the optimum, about twice the time).
+    /// linfa: the float type of the fit, f32 or f64 (closer to the optimum, about three times the time).
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// sgd: learning rate.
