@@ -48,9 +48,12 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// `train-head --c`'s default, chosen on InceptionV3's bottlenecks (scripts/sklearn_choose_c.py).
+pub const DEFAULT_C: f64 = 0.01;
+
 impl Default for LinfaParams {
     fn default() -> Self {
-        LinfaParams { c: 0.01, max_iterations: 1000, gradient_tolerance: 1e-4, precision: Precision::F32 }
+        LinfaParams { c: DEFAULT_C, max_iterations: 1000, gradient_tolerance: 1e-4, precision: Precision::F32 }
     }
 }
 

@@ -3,7 +3,7 @@
 //! works from plain photos (`OUT/model.onnx`).
 //!
 //! Heads are fitted here for each backbone and crop on the training list less a seeded,
-//! hashed validation share, three recipes per attribute ([`RECIPES`]), of which validation
+//! hashed validation share, five recipes per attribute ([`RECIPES`]), of which validation
 //! keeps one; the trained networks are read from the
 //! `result.json` their runs wrote ([`super::runs`]). Every choice (which backbone and crop are
 //! deployed, which landmark model places their crop) is made on validation scores; the test
@@ -20,6 +20,7 @@ use super::deployed::{self, PlainScores};
 use super::runs::{self, LandmarkRow, Row, Score};
 use super::{fit_and_score, Extraction, Stages, STUDY_ACCURACY, STUDY_FINETUNE_ACCURACY};
 use crate::cache::Cache;
+use crate::head::linfa::DEFAULT_C;
 use crate::head::{ClassWeight, Solver, TrainOptions};
 use crate::locate::Passes;
 use crate::metrics::percent;
@@ -53,31 +54,55 @@ pub struct BeyondOptions {
 pub struct Recipe {
     pub solver: Solver,
     pub class_weight: ClassWeight,
+    /// linfa's regularisation as scikit-learn's `C`; `None` for SGD, which has none.
+    pub c: Option<f64>,
 }
 
 /// The recipes fitted for every attribute; the best validation balanced accuracy picks one per
-/// attribute (ties: the first here).
-const RECIPES: [Recipe; 3] = [
-    Recipe { solver: Solver::Sgd, class_weight: ClassWeight::None },
-    Recipe { solver: Solver::Sgd, class_weight: ClassWeight::Balanced },
-    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None },
+/// attribute (ties: the first here). linfa is fitted at three strengths a decade apart, as
+/// scikit-learn's `LogisticRegressionCV` searches a grid: the best strength depends on the
+/// backbone (0.01 was chosen on InceptionV3's bottlenecks; FaceRes's prefer stronger).
+const RECIPES: [Recipe; 5] = [
+    Recipe { solver: Solver::Sgd, class_weight: ClassWeight::None, c: None },
+    Recipe { solver: Solver::Sgd, class_weight: ClassWeight::Balanced, c: None },
+    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None, c: Some(DEFAULT_C) },
+    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None, c: Some(0.001) },
+    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None, c: Some(0.1) },
 ];
 
 impl Recipe {
-    /// The head file's stem after the attribute: `sgd`, `sgd-balanced`, `linfa`.
+    /// The head file's stem after the attribute: `sgd`, `sgd-balanced`, `linfa`, `linfa-c0.001`
+    /// (the default strength keeps the name it had before the others were added, so earlier
+    /// runs' heads are reused).
     fn file_stem(self) -> String {
-        match self.class_weight {
-            ClassWeight::None => self.solver.name().to_string(),
-            ClassWeight::Balanced => format!("{}-balanced", self.solver.name()),
+        let mut stem = self.solver.name().to_string();
+        if self.class_weight == ClassWeight::Balanced {
+            stem.push_str("-balanced");
+        }
+        match self.c {
+            Some(c) if c != DEFAULT_C => format!("{stem}-c{c}"),
+            _ => stem,
         }
     }
 
     fn describe(self) -> String {
-        let solver = if self.solver == Solver::Linfa { "L-BFGS (linfa)" } else { "mini-batch SGD (the study's)" };
-        match self.class_weight {
-            ClassWeight::None => solver.to_string(),
-            ClassWeight::Balanced => format!("{solver}, balanced class weights"),
+        let mut text = if self.solver == Solver::Linfa { "L-BFGS (linfa)" } else { "mini-batch SGD (the study's)" }.to_string();
+        if let Some(c) = self.c {
+            text.push_str(&format!(", C = {c}"));
         }
+        if self.class_weight == ClassWeight::Balanced {
+            text.push_str(", balanced class weights");
+        }
+        text
+    }
+
+    /// `train-head`'s options for this recipe.
+    fn options(self, attribute: &str, seed: u64, validation_percent: f64) -> TrainOptions {
+        let mut opts = TrainOptions { seed, class_weight: self.class_weight, validation_percent: Some(validation_percent), ..TrainOptions::new(attribute, self.solver) };
+        if let Some(c) = self.c {
+            opts.linfa.c = c;
+        }
+        opts
     }
 }
 
@@ -203,12 +228,7 @@ fn fit_recipes(opts: &BeyondOptions, splits: &Splits, dir: &Path, name: &str, at
     let mut fitted = Vec::new();
     for recipe in RECIPES {
         let head = dir.join(format!("{attribute}-{}.onnx", recipe.file_stem()));
-        let head_opts = TrainOptions {
-            seed: opts.seed,
-            class_weight: recipe.class_weight,
-            validation_percent: Some(opts.validation_percent),
-            ..TrainOptions::new(attribute, recipe.solver)
-        };
+        let head_opts = recipe.options(attribute, opts.seed, opts.validation_percent);
         let name = format!("{name} {}", recipe.file_stem());
         let e = fit_and_score(&head, (&splits.train, &splits.train_path), &splits.test_path, &head_opts, &opts.data.session, &name, stages)?;
         let validation = e.head.validation_accuracy.map(|accuracy| Score { accuracy, balanced: e.head.validation_balanced_accuracy });
@@ -287,7 +307,7 @@ fn render(opts: &BeyondOptions, r: &Beyond, stages: &Stages) -> String {
     let mut s = String::from("# Beyond the study: every MTFL attribute through every pipeline\n\n");
     let _ = writeln!(
         s,
-        "MTFL `{}`{}, seed {}. How settings were chosen: three head recipes per attribute (below) are fitted on \
+        "MTFL `{}`{}, seed {}. How settings were chosen: {} head recipes per attribute (below) are fitted on \
          training.txt less {}% held out for validation (a hash of the file names, seeded), and the one with the \
          best validation balanced accuracy is **chosen** (ties: the first listed); the trained networks \
          chose theirs on their own validation share, as their `result.json` records (found under `{}`). The \
@@ -296,6 +316,7 @@ fn render(opts: &BeyondOptions, r: &Beyond, stages: &Stages) -> String {
         opts.data.mtfl.display(),
         opts.data.limit.map_or(String::new(), |l| format!(" (first {l} images of each split)")),
         opts.seed,
+        RECIPES.len(),
         opts.validation_percent,
         opts.runs.display()
     );
