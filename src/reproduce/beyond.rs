@@ -98,7 +98,8 @@ impl Recipe {
 
     /// `train-head`'s options for this recipe.
     fn options(self, attribute: &str, seed: u64, validation_percent: f64) -> TrainOptions {
-        let mut opts = TrainOptions { seed, class_weight: self.class_weight, validation_percent: Some(validation_percent), ..TrainOptions::new(attribute, self.solver) };
+        let mut opts =
+            TrainOptions { seed, class_weight: self.class_weight, validation_percent: Some(validation_percent), ..TrainOptions::new(attribute, self.solver) };
         if let Some(c) = self.c {
             opts.linfa.c = c;
         }
