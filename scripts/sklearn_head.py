@@ -11,7 +11,7 @@ Prints one JSON object per attribute (one line each), or writes a list with --js
   precision/recall, n_iter, sklearn version, dtype, threads note.
 
 usage: sklearn_head.py --train TRAIN.h5 --test TEST.h5 [--attribute gender --attribute smile]
-                       [--c 0.01] [--max-iter 1000] [--json OUT.json]
+                       [--c 0.01] [--class-weight none|balanced] [--max-iter 1000] [--json OUT.json]
 """
 import argparse
 import json
@@ -48,13 +48,14 @@ def read_cache(path, attribute):
     return x[keep], y[keep], codes
 
 
-def run(train, test, attribute, c, max_iter):
+def run(train, test, attribute, c, class_weight, max_iter):
     x_train, y_train, codes = read_cache(train, attribute)
     x_test, y_test, _ = read_cache(test, attribute)
     started = time.perf_counter()
     scaler = StandardScaler().fit(x_train)
     z_train = scaler.transform(x_train)
-    clf = LogisticRegression(C=c, max_iter=max_iter).fit(z_train, y_train)
+    weights = None if class_weight == "none" else class_weight
+    clf = LogisticRegression(C=c, class_weight=weights, max_iter=max_iter).fit(z_train, y_train)
     fit_seconds = time.perf_counter() - started
     predicted = clf.predict(scaler.transform(x_test))
     names = dict(MTFL_CLASSES.get(attribute, []))
@@ -78,6 +79,7 @@ def run(train, test, attribute, c, max_iter):
         "classes": classes,
         "n_iter": int(np.max(clf.n_iter_)),
         "C": c,
+        "class_weight": class_weight,
         "max_iter": max_iter,
         "dtype": str(z_train.dtype),
         "sklearn": sklearn.__version__,
@@ -90,12 +92,13 @@ def main():
     ap.add_argument("--test", required=True)
     ap.add_argument("--attribute", action="append", help="repeatable [default: gender and smile]")
     ap.add_argument("--c", type=float, default=0.01, help="inverse L2 strength [0.01, retrain's default]")
+    ap.add_argument("--class-weight", choices=["none", "balanced"], default="none", help="as retrain's --class-weight [none]")
     ap.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations at most [1000]")
     ap.add_argument("--json", help="write all results as a JSON list here")
     a = ap.parse_args()
     results = []
     for attribute in a.attribute or ["gender", "smile"]:
-        r = run(a.train, a.test, attribute, a.c, a.max_iter)
+        r = run(a.train, a.test, attribute, a.c, a.class_weight, a.max_iter)
         print(json.dumps(r), flush=True)
         results.append(r)
     if a.json:

@@ -171,7 +171,7 @@ struct TrainHeadArgs {
     /// Seeds the validation split and the SGD batches; stored with the head.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// none, or balanced (weights n / (classes * n_class); sgd only).
+    /// none, or balanced (each row's loss weighed n / (classes * n_class) by its class).
     #[arg(long, default_value = "none")]
     class_weight: ClassWeight,
     /// Percentage of training rows held out for validation [default: sgd 10, linfa 0].

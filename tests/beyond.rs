@@ -62,16 +62,19 @@ fn chosen_heads(set: &Value) -> Vec<String> {
     candidates.iter().filter(|c| c["chosen"].as_bool().unwrap()).map(|c| c["head"].as_str().unwrap().to_string()).collect()
 }
 
-/// Per set and attribute, exactly one of the five recipes is chosen: the first of the highest
+/// Per set and attribute, exactly one of the eight recipes is chosen: the first of the highest
 /// validation balanced accuracy.
 fn check_recipe_choice(report: &Value, attributes: &[&str]) {
     for set in report["head_sets"].as_array().unwrap() {
         let candidates = set["candidates"].as_array().unwrap();
         for attribute in attributes {
             let of_attribute: Vec<&Value> = candidates.iter().filter(|c| c["attribute"] == *attribute).collect();
-            assert_eq!(of_attribute.len(), 5, "five recipes for {attribute}");
+            assert_eq!(of_attribute.len(), 8, "eight recipes for {attribute}");
             let strengths: Vec<Option<f64>> = of_attribute.iter().map(|c| c["recipe"]["c"].as_f64()).collect();
-            assert_eq!(strengths, [None, None, Some(0.01), Some(0.001), Some(0.1)], "SGD twice, then linfa at three strengths");
+            let linfa = [Some(0.01), Some(0.001), Some(0.1)];
+            assert_eq!(strengths, [[None, None].as_slice(), &linfa, &linfa].concat(), "SGD twice, then linfa at three strengths twice");
+            let weights: Vec<&str> = of_attribute.iter().map(|c| c["recipe"]["class_weight"].as_str().unwrap()).collect();
+            assert_eq!(weights, ["none", "balanced", "none", "none", "none", "balanced", "balanced", "balanced"]);
             let score = |c: &Value| c["validation"]["balanced"].as_f64().unwrap();
             let best = of_attribute.iter().fold(of_attribute[0], |b, c| if score(c) > score(b) { c } else { b });
             let chosen: Vec<&&Value> = of_attribute.iter().filter(|c| c["chosen"].as_bool().unwrap()).collect();
@@ -160,7 +163,7 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     let o = retrain(&[&train[..], &["--out", s(&run), "--threads", "1", "--quiet"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let (second, log) = beyond("original,face:2");
-    assert_eq!(log.matches("reused: same cache contents and settings").count(), 40, "2 backbones x 2 crops x 2 attributes x 5 recipes: {log}");
+    assert_eq!(log.matches("reused: same cache contents and settings").count(), 64, "2 backbones x 2 crops x 2 attributes x 8 recipes: {log}");
     assert!(log.contains("0 new rows"), "{log}");
     let result = read_json(&run.join("result.json"));
     let val_gender = result["val_tasks"].as_array().unwrap().iter().find(|t| t["name"] == "gender").unwrap()["metrics"]["accuracy"].clone();
@@ -184,7 +187,7 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     // Face crops only: the deployable file must place its crop with the run's landmark model,
     // and still answer exactly as `retrain predict` does on the plain photos.
     let (third, log) = beyond("face:2");
-    assert_eq!(log.matches("reused: same cache contents and settings").count(), 20, "2 backbones x 2 attributes x 5 recipes: {log}");
+    assert_eq!(log.matches("reused: same cache contents and settings").count(), 32, "2 backbones x 2 attributes x 8 recipes: {log}");
     assert!(!log.contains("reused: the same file on the same photos"), "another file was deployed: {log}");
     let deployed = &third["deployed"];
     assert_eq!((deployed["backbone"].as_str().unwrap(), deployed["crop"].as_str().unwrap()), (s(&seeing), "face:2"));

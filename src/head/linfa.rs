@@ -72,21 +72,29 @@ impl LinfaParams {
     }
 }
 
-/// Weights [classes, features] and biases. Every class must occur in `train`.
-pub fn train(train: &Labeled, n_classes: usize, params: &LinfaParams) -> Result<(Array2<f32>, Vec<f32>)> {
+/// Weights [classes, features] and biases, each row's loss weighed by its class's
+/// `class_weights` entry (as scikit-learn's `class_weight`). Every class must occur in `train`.
+pub fn train(train: &Labeled, class_weights: &[f32], params: &LinfaParams) -> Result<(Array2<f32>, Vec<f32>)> {
     match params.precision {
-        Precision::F32 => fit(train.x.view(), &train.y, n_classes, params),
-        Precision::F64 => fit(train.x.mapv(f64::from).view(), &train.y, n_classes, params),
+        Precision::F32 => fit(train.x.view(), &train.y, class_weights, params),
+        Precision::F64 => fit(train.x.mapv(f64::from).view(), &train.y, class_weights, params),
     }
 }
 
-fn fit<F: linfa_logistic::Float>(x: ArrayView2<F>, y: &[usize], n_classes: usize, params: &LinfaParams) -> Result<(Array2<f32>, Vec<f32>)> {
+fn fit<F: linfa_logistic::Float>(x: ArrayView2<F>, y: &[usize], class_weights: &[f32], params: &LinfaParams) -> Result<(Array2<f32>, Vec<f32>)> {
     let cast = |v: f64| F::from_f64(v).expect("a float type holds an f64 setting");
+    let n_classes = class_weights.len();
+    let mut dataset = DatasetBase::new(x, Array1::from(y.to_vec()));
+    // Unit weights stay off the dataset: linfa then takes the unweighted path, bit for bit
+    // the fit heads had before class weights existed (so their files are reused unchanged).
+    if class_weights.iter().any(|&w| w != 1.0) {
+        dataset = dataset.with_weights(y.iter().map(|&k| class_weights[k]).collect());
+    }
     let fitted = MultiLogisticRegression::<F>::default()
         .alpha(cast(params.alpha(n_classes)))
         .max_iterations(params.max_iterations)
         .gradient_tolerance(cast(params.gradient_tolerance * y.len() as f64))
-        .fit(&DatasetBase::new(x, Array1::from(y.to_vec())))
+        .fit(&dataset)
         .map_err(|e| anyhow!("linfa-logistic: {e}"))?;
     // linfa orders its columns by sorted class value, and every class 0..n occurs: column k is class k.
     debug_assert_eq!(fitted.classes(), (0..n_classes).collect::<Vec<_>>().as_slice());
@@ -94,4 +102,31 @@ fn fit<F: linfa_logistic::Float>(x: ArrayView2<F>, y: &[usize], n_classes: usize
     let weights = fitted.params().t().mapv(to_f32);
     let bias = fitted.intercept().iter().copied().map(to_f32).collect();
     Ok((weights, bias))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows on two overlapping classes, a deterministic pattern.
+    fn rows(n: usize) -> Labeled {
+        let y: Vec<usize> = (0..n).map(|i| usize::from(i % 3 == 0)).collect();
+        let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 7 + j * 13) % 11) as f32 / 5.0 - 1.0 + y[i] as f32 * (j as f32 - 0.5));
+        Labeled { x, y, paths: (0..n).map(|i| format!("{i}.jpg")).collect(), unlabeled: 0 }
+    }
+
+    #[test]
+    fn a_class_weight_of_two_fits_as_if_that_class_were_there_twice() {
+        let params = LinfaParams { precision: Precision::F64, gradient_tolerance: 1e-10, ..LinfaParams::default() };
+        let data = rows(60);
+        let (weighted, weighted_bias) = train(&data, &[1.0, 2.0], &params).unwrap();
+        let twice: Vec<usize> = (0..60).chain((0..60).filter(|&i| data.y[i] == 1)).collect();
+        let doubled = data.select(&twice);
+        let (plain, plain_bias) = train(&doubled, &[1.0, 1.0], &params).unwrap();
+        for (a, b) in weighted.iter().chain(&weighted_bias).zip(plain.iter().chain(&plain_bias)) {
+            assert!((a - b).abs() < 1e-4, "weighted {weighted:?} {weighted_bias:?} against duplicated rows {plain:?} {plain_bias:?}");
+        }
+        let (unweighted, _) = train(&data, &[1.0, 1.0], &params).unwrap();
+        assert!(unweighted.iter().zip(&weighted).any(|(a, b)| (a - b).abs() > 1e-2), "the weights change the fit");
+    }
 }

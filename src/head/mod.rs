@@ -304,9 +304,6 @@ fn standardizer_of(cache: &Cache, opts: &TrainOptions) -> Standardizer {
 }
 
 fn train_on(cache: &Cache, cache_path: &Path, opts: &TrainOptions, standardizer: &Standardizer, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
-    if opts.solver == Solver::Linfa && opts.class_weight != ClassWeight::None {
-        bail!("class weighting needs --solver sgd: linfa-logistic takes no sample weights");
-    }
     let classes = Classes::of(cache, &opts.attribute)?;
     let validation_percent = opts.validation_percent.unwrap_or(opts.solver.default_validation_percent());
     let (train, validation) = split(Labeled::from_cache(cache, &classes)?, opts.seed, validation_percent);
@@ -370,7 +367,7 @@ fn fit(opts: &TrainOptions, train: &Labeled, validation: Option<&Labeled>, class
             Fit { weights: f.weights, bias: f.bias, curve: f.curve, params: serde_json::to_value(&opts.sgd)? }
         }
         Solver::Linfa => {
-            let (weights, bias) = linfa::train(train, class_weights.len(), &opts.linfa)?;
+            let (weights, bias) = linfa::train(train, class_weights, &opts.linfa)?;
             Fit { weights, bias, curve: Vec::new(), params: serde_json::to_value(&opts.linfa)? }
         }
         Solver::Finetune => bail!("fine-tuned heads come from `retrain finetune`, not from train-head"),

@@ -3,7 +3,7 @@
 //! works from plain photos (`OUT/model.onnx`).
 //!
 //! Heads are fitted here for each backbone and crop on the training list less a seeded,
-//! hashed validation share, five recipes per attribute ([`RECIPES`]), of which validation
+//! hashed validation share, eight recipes per attribute ([`RECIPES`]), of which validation
 //! keeps one; the trained networks are read from the
 //! `result.json` their runs wrote ([`super::runs`]). Every choice (which backbone and crop are
 //! deployed, which landmark model places their crop) is made on validation scores; the test
@@ -61,18 +61,23 @@ pub struct Recipe {
 /// The recipes fitted for every attribute; the best validation balanced accuracy picks one per
 /// attribute (ties: the first here). linfa is fitted at three strengths a decade apart, as
 /// scikit-learn's `LogisticRegressionCV` searches a grid: the best strength depends on the
-/// backbone (0.01 was chosen on InceptionV3's bottlenecks; FaceRes's prefer stronger).
-const RECIPES: [Recipe; 5] = [
+/// backbone (0.01 was chosen on InceptionV3's bottlenecks; FaceRes's prefer stronger); each
+/// with and without balanced class weights, which the imbalanced attributes (glasses, pose)
+/// may prefer. The recipes added last come last, so that ties keep earlier runs' choices.
+const RECIPES: [Recipe; 8] = [
     Recipe { solver: Solver::Sgd, class_weight: ClassWeight::None, c: None },
     Recipe { solver: Solver::Sgd, class_weight: ClassWeight::Balanced, c: None },
     Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None, c: Some(DEFAULT_C) },
     Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None, c: Some(0.001) },
     Recipe { solver: Solver::Linfa, class_weight: ClassWeight::None, c: Some(0.1) },
+    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::Balanced, c: Some(DEFAULT_C) },
+    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::Balanced, c: Some(0.001) },
+    Recipe { solver: Solver::Linfa, class_weight: ClassWeight::Balanced, c: Some(0.1) },
 ];
 
 impl Recipe {
-    /// The head file's stem after the attribute: `sgd`, `sgd-balanced`, `linfa`, `linfa-c0.001`
-    /// (the default strength keeps the name it had before the others were added, so earlier
+    /// The head file's stem after the attribute: `sgd`, `sgd-balanced`, `linfa`, `linfa-c0.001`,
+    /// `linfa-balanced-c0.1` (the default strength keeps the name it had before the others were added, so earlier
     /// runs' heads are reused).
     fn file_stem(self) -> String {
         let mut stem = self.solver.name().to_string();

@@ -176,6 +176,7 @@ impl<F: Float, D: Dimension> LogisticRegressionValidParams<F, D> {
             target,
             alpha: self.alpha,
             scale: F::one(),
+            row_weights: Vec::new(),
             evaluated: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -273,6 +274,7 @@ impl<C: Ord + Clone, F: Float, D: Data<Elem = F>, T: AsSingleTargets<Elem = C>>
         let (classes, target) = label_classes_multi(y)?;
         self.validate_data(x, &target)?;
         let mut problem = self.setup_problem(x, target);
+        problem.row_weights = row_weights(dataset.weights(), x.nrows())?;
         let init_params = self.setup_init_params((x.ncols(), classes.len()));
         // retrain's patch: L-BFGS's first step is the whole gradient (no curvature known yet),
         // which on a summed loss over many rows overshoots by orders of magnitude and leaves a
@@ -295,6 +297,20 @@ impl<C: Ord + Clone, F: Float, D: Data<Elem = F>, T: AsSingleTargets<Elem = C>>
             classes,
         ))
     }
+}
+
+/// The dataset's weights as `F`, one per row, or none (every row weighs 1); retrain's patch:
+/// the multinomial loss weighs each row's term by its weight, as scikit-learn's
+/// `sample_weight` does (a weight of 2 counts a row twice).
+fn row_weights<F: Float>(weights: Option<&[f32]>, rows: usize) -> Result<Vec<F>> {
+    let Some(weights) = weights else { return Ok(Vec::new()) };
+    if weights.len() != rows {
+        return Err(Error::MismatchedShapes(rows, weights.len()));
+    }
+    if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+        return Err(Error::InvalidValues);
+    }
+    Ok(weights.iter().map(|&w| F::cast(w)).collect())
 }
 
 /// Identify the distinct values of the classes `y` and associate
@@ -554,7 +570,7 @@ fn multi_logistic_loss<F: Float, A: Data<Elem = F>>(
     alpha: F,
     w: &Array2<F>,
 ) -> F {
-    multi_logistic_loss_grad(x, y, alpha, w).0
+    multi_logistic_loss_grad(x, y, &[], alpha, w).0
 }
 
 /// Computes multinomial gradients for `W` and `b` and combine them.
@@ -565,7 +581,7 @@ fn multi_logistic_grad<F: Float, A: Data<Elem = F>>(
     alpha: F,
     w: &Array2<F>,
 ) -> Array2<F> {
-    multi_logistic_loss_grad(x, y, alpha, w).1
+    multi_logistic_loss_grad(x, y, &[], alpha, w).1
 }
 
 /// The loss `-sum(Y * log(softmax(H))) + alpha/2 * norm(W)` and its gradient, in one pass over
@@ -574,9 +590,12 @@ fn multi_logistic_grad<F: Float, A: Data<Elem = F>>(
 /// `Xt . (softmax(H) - Y)`; each row is now read once, while it is in cache, on every core).
 /// Gradient for `W` is `Xt . (softmax(H) - Y) + alpha * W`.
 /// Gradient for `b` is `sum(softmax(H) - Y)`.
+/// With `row_weights` (retrain's patch; empty: every row weighs 1), row i's loss term and its
+/// share of both gradients are multiplied by its weight.
 fn multi_logistic_loss_grad<F: Float, A: Data<Elem = F>>(
     x: &ArrayBase<A, Ix2>,
     y: &Array2<F>,
+    row_weights: &[F],
     alpha: F,
     w: &Array2<F>,
 ) -> (F, Array2<F>) {
@@ -585,7 +604,7 @@ fn multi_logistic_loss_grad<F: Float, A: Data<Elem = F>>(
     let by_class = params.t().as_standard_layout().into_owned();
     let (x, y, intercept) = (x.view(), y.view(), intercept.view());
     let chunks = RowChunk::sum_over(x.nrows(), |rows| {
-        RowChunk::of(x, y, by_class.view(), intercept, rows)
+        RowChunk::of(x, y, row_weights, by_class.view(), intercept, rows)
     });
     let loss = chunks.loss + F::cast(0.5) * alpha * elem_dot(&params, &params);
     let mut grad = Array::zeros(w.raw_dim());
@@ -614,6 +633,7 @@ impl<F: Float> RowChunk<F> {
     fn of(
         x: ArrayView2<F>,
         y: ArrayView2<F>,
+        row_weights: &[F],
         by_class: ArrayView2<F>,
         intercept: ArrayView1<F>,
         rows: std::ops::Range<usize>,
@@ -631,10 +651,11 @@ impl<F: Float> RowChunk<F> {
                 h[c] = by_class.row(c).dot(&row) + intercept[c];
             }
             let log_norm = log_sum_exp_lane(h.view());
+            let weight = row_weights.get(i).copied().unwrap_or_else(F::one);
             for c in 0..n_classes {
                 let log_prob = h[c] - log_norm;
-                let diff = log_prob.exp() - y[[i, c]];
-                chunk.loss -= y[[i, c]] * log_prob;
+                let diff = weight * (log_prob.exp() - y[[i, c]]);
+                chunk.loss -= weight * y[[i, c]] * log_prob;
                 chunk.grad_b[c] += diff;
                 chunk.grad_w.row_mut(c).scaled_add(diff, &row);
             }
@@ -886,6 +907,9 @@ struct LogisticRegressionProblem<'a, F: Float, A: Data<Elem = F>, D: Dimension> 
     /// What loss and gradient are multiplied by before argmin sees them (retrain's patch, the
     /// multinomial problem only; 1 elsewhere). See `MultiLogisticRegression::fit`.
     scale: F,
+    /// Each row's weight in the loss, or none (every row weighs 1); retrain's patch, the
+    /// multinomial problem only.
+    row_weights: Vec<F>,
     /// The last points evaluated, with their (unscaled) loss and gradient (retrain's patch, the
     /// multinomial problem only): the line search asks for both at each trial point, and
     /// L-BFGS asks again for the gradient at the point it accepts.
@@ -916,7 +940,7 @@ impl<F: Float, A: Data<Elem = F>> LogisticRegressionProblem2<'_, F, A> {
         if let Some((_, loss, grad)) = evaluated.iter().find(|(at, _, _)| at == w) {
             return (*loss, grad.clone());
         }
-        let (loss, grad) = multi_logistic_loss_grad(self.x, &self.target, self.alpha, w);
+        let (loss, grad) = multi_logistic_loss_grad(self.x, &self.target, &self.row_weights, self.alpha, w);
         if evaluated.len() == REMEMBERED {
             evaluated.remove(0);
         }
