@@ -77,8 +77,8 @@ const RECIPES: [Recipe; 8] = [
 
 impl Recipe {
     /// The head file's stem after the attribute: `sgd`, `sgd-balanced`, `linfa`, `linfa-c0.001`,
-    /// `linfa-balanced-c0.1` (the default strength keeps the name it had before the others were added, so earlier
-    /// runs' heads are reused).
+    /// `linfa-balanced-c0.1` (the default strength keeps the name it had before the others were
+    /// added, so earlier runs' heads are reused).
     fn file_stem(self) -> String {
         let mut stem = self.solver.name().to_string();
         if self.class_weight == ClassWeight::Balanced {
