@@ -144,8 +144,7 @@ impl CacheWriter {
     }
 
     fn resume(path: &Path, id: &Identity, dim: usize, lock: File) -> Result<CacheWriter> {
-        let file = hdf5::File::open_rw(path).map_err(|e| damaged(path, e.into()))?;
-        close_on_exec(&file);
+        let file = open_for_writing(path).map_err(|e| damaged(path, e.into()))?;
         check_identity(&file, id, dim)
             .with_context(|| format!("cache {} was built differently and is not reused; choose another --out or delete it", path.display()))?;
         let count = |key| read_i64_attr(&file, key).map(|v| v as usize);
@@ -429,16 +428,28 @@ fn check_identity(file: &hdf5::File, id: &Identity, dim: usize) -> Result<()> {
 }
 
 /// Opens an HDF5 file for reading, waiting (up to ~30 s) while HDF5's lock on it is held.
+pub fn open_for_reading(path: &Path) -> hdf5::Result<hdf5::File> {
+    open_when_unlocked(path, |p| hdf5::File::open(p))
+}
+
+/// Opens an HDF5 file for reading and writing, waiting as [`open_for_reading`] does.
+fn open_for_writing(path: &Path) -> hdf5::Result<hdf5::File> {
+    open_when_unlocked(path, |p| hdf5::File::open_rw(p))
+}
+
+/// `open(path)`, retried (up to ~30 s) while HDF5's lock on the file is held, then marked
+/// close-on-exec.
 ///
 /// HDF5 locks a file for as long as any descriptor of it is open, and its descriptors are
-/// inherited by child processes started meanwhile (they are not close-on-exec): a program
-/// started by another thread while a file was open for writing keeps that lock until it
-/// exits. A reader therefore waits for the lock to go instead of failing at once.
-pub fn open_for_reading(path: &Path) -> hdf5::Result<hdf5::File> {
+/// inherited by child processes started meanwhile (HDF5 opens them without close-on-exec, and
+/// [`close_on_exec`] can only follow the open): a program started by another thread in that
+/// moment keeps the lock until it exits. An open therefore waits for the lock to go instead
+/// of failing at once.
+fn open_when_unlocked(path: &Path, open: impl Fn(&Path) -> hdf5::Result<hdf5::File>) -> hdf5::Result<hdf5::File> {
     let mut wait = std::time::Duration::from_millis(50);
     let mut waited = std::time::Duration::ZERO;
     loop {
-        match hdf5::File::open(path) {
+        match open(path) {
             Err(e) if e.to_string().contains("unable to lock file") && waited < std::time::Duration::from_secs(30) => {
                 std::thread::sleep(wait);
                 waited += wait;
