@@ -193,8 +193,9 @@ pub fn fit_and_score(
     stages.done(format!("train {name}"), started, note);
     let started = Instant::now();
     let evaluation = eval::evaluate(head_path, test_path, session)?;
-    let stem = head_path.with_extension("");
-    let (json, png, csv) = (stem.with_extension("eval.json"), stem.with_extension("confusion.png"), stem.with_extension("predictions.csv"));
+    // Each replaces only ".onnx": a stem such as `smile-linfa-c0.001` keeps its own dot.
+    let beside = |suffix| head_path.with_extension(suffix);
+    let (json, png, csv) = (beside("eval.json"), beside("confusion.png"), beside("predictions.csv"));
     evaluation.write(Some(&json), Some(&png), Some(&csv))?;
     stages.done(format!("eval {name}"), started, percent(Some(evaluation.metrics.accuracy)));
     Ok(evaluation)

@@ -80,9 +80,19 @@ fn check_recipe_choice(report: &Value, attributes: &[&str]) {
             let chosen: Vec<&&Value> = of_attribute.iter().filter(|c| c["chosen"].as_bool().unwrap()).collect();
             assert_eq!(chosen.len(), 1, "set {} {attribute}", set["backbone"]);
             assert_eq!(chosen[0]["head"], best["head"], "set {} {attribute}", set["backbone"]);
+            of_attribute.iter().for_each(|c| check_evaluation_beside(c));
         }
         assert_eq!(chosen_heads(set).len(), attributes.len());
     }
+}
+
+/// The candidate's evaluation lies beside its head under the head's own stem (`linfa-c0.001`
+/// and `linfa-c0.1` must not share one file) and holds the test accuracy the report gives.
+fn check_evaluation_beside(candidate: &Value) {
+    let head = Path::new(candidate["head"].as_str().unwrap());
+    let evaluation = read_json(&head.with_extension("eval.json"));
+    assert_eq!(evaluation["head_path"], candidate["head"]);
+    assert_eq!(evaluation["metrics"]["accuracy"], candidate["test"]["accuracy"], "{}", head.display());
 }
 
 /// Accuracy of `predict`'s CSV on `attribute` against the MTFL annotations (codes 1 and 2 ->

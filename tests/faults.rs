@@ -246,6 +246,23 @@ fn a_damaged_cache_is_refused_with_its_name_never_read_as_numbers() {
     }
 }
 
+/// HDF5 locks a file with flock while it is open; a holder that keeps that lock (here this
+/// test, through its own descriptor) makes the cache busy, not damaged: the advice must not be
+/// to delete it. The reader gives up after its 30-s wait.
+#[test]
+fn a_cache_locked_by_another_holder_is_reported_in_use_not_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_img, whole) = images_and_whole(dir.path(), 4);
+    let bytes = std::fs::read(&whole).unwrap();
+    let holder = std::fs::File::open(&whole).unwrap();
+    holder.lock().unwrap();
+    let e = format!("{:#}", Cache::read(&whole).expect_err("a locked cache was read"));
+    assert!(e.contains(s(&whole)) && e.contains("is in use") && !e.contains("damaged") && !e.contains("delete"), "{e}");
+    holder.unlock().unwrap();
+    assert_eq!(std::fs::read(&whole).unwrap(), bytes, "the busy cache was left as it was");
+    assert_eq!(Cache::read(&whole).unwrap().features.nrows(), 8, "readable once the lock is gone");
+}
+
 #[test]
 fn a_damaged_checkpoint_is_refused_with_its_name() {
     let Some(py) = python() else { return };

@@ -365,9 +365,14 @@ fn read_rows_1d<T: hdf5::H5Type>(file: &hdf5::File, name: &str, rows: usize) -> 
 }
 
 /// The error for a cache (or checkpoint) that HDF5 cannot read back as written: cut short,
-/// or bytes changed so that a chunk fails its checksum.
+/// or bytes changed so that a chunk fails its checksum. A file still locked after
+/// [`open_when_unlocked`]'s wait is in use, not damaged: the advice must not be to delete it.
 pub fn damaged(path: &Path, e: anyhow::Error) -> anyhow::Error {
     let text = format!("{e:#}");
+    if text.contains("unable to lock file") {
+        let advice = "another process holds HDF5's lock on it (waited 30 s); it was not changed: run again once that process ends";
+        return e.context(format!("{} is in use: {advice}", path.display()));
+    }
     let what = if text.contains("truncated file") {
         "is cut short (truncated)"
     } else if text.contains("checksum") || text.contains("Fletcher32") {
