@@ -6,6 +6,7 @@ the backbone's spatial features, written as one ONNX file that `retrain predict 
   landmark_regressor.py BACKBONE.onnx MTFL --layer TENSOR --out RUN
       [--scale 3.2] [--jitter-scale 0.85,1.2] [--jitter-shift 0.1] [--ridge 1e3,3e3,1e4,3e4,1e5]
       [--validation-percent 10] [--seed 0] [--limit N] [--batch 32] [--threads N]
+      [--geometry-degrees 1,3]
 
 BACKBONE carries retrain's description in its metadata (`retrain.layout`, `height`, `width`,
 `mean`, `std`; `scripts/convert_faceres.py` writes it), TENSOR is one of its intermediate
@@ -34,7 +35,10 @@ a bottleneck): the whole backbone, whose bottleneck `features_geometry` is its o
 11 values of the landmarks it places on the same input (the five points relative to the eyes'
 centre and the inter-ocular distance, over the eye-to-mouth distance), for heads of attributes
 the face's geometry shows, such as head pose; `extract`, `train-head`, `export` and
-`reproduce --beyond --model` take it as any backbone. RUN/result.json: the settings, every candidate's validation error,
+`reproduce --beyond --model` take it as any backbone. RUN/BACKBONE-geometry3.onnx (per
+--geometry-degrees, default 1,3) is the same with the 11 values followed by all their products up
+to degree 3 (363 values in all): heads that are linear in them can bend their borders, which
+the validation share of `reproduce --beyond` prefers for head pose and smile. RUN/result.json: the settings, every candidate's validation error,
 the error of the training mean shape on the same windows (the baseline a regressor must beat)
 and `val_tasks` with the chosen one's (`retrain reproduce --beyond` reads it).
 """
@@ -58,6 +62,7 @@ from make_artifacts import prune_unused
 OUTPUT = "landmarks"
 GEOMETRY = "landmark_geometry"
 WITH_GEOMETRY = "features_geometry"
+GEOMETRY_VALUES = 11
 
 
 def read_rows(mtfl):
@@ -211,6 +216,46 @@ def add_geometry(g, landmarks):
     ])
 
 
+def monomial_indices(n, degree):
+    """Where each monomial of `degree` lies in the flattened outer product [m, n] of the
+    monomials of degree - 1 (m of them) with the n values: row r times value k for k >= the
+    row's last index, so each product is kept once, in lexicographic order of index tuples."""
+    rows = monomial_tuples(n, degree - 1)
+    return np.array([r * n + k for r, t in enumerate(rows) for k in range(t[-1], n)], np.int64)
+
+
+def monomial_tuples(n, degree):
+    """Index tuples i1 <= ... <= i_degree in lexicographic order."""
+    tuples = [(i,) for i in range(n)]
+    for _ in range(degree - 1):
+        tuples = [t + (k,) for t in tuples for k in range(t[-1], n)]
+    return tuples
+
+
+def add_monomials(g, values, n, degree, out):
+    """`out` = `values` [N, n] followed by every product of them of degree 2..`degree`, each
+    once (11 values, degree 3: 11 + 66 + 286 = 363), so that a linear head can draw curved
+    borders in the geometry: with the 11 alone, validation preferred heads that all but ignored
+    them next to the backbone's 1,024 features."""
+    parts, previous = [values], values
+    g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "monomials/axis1"))
+    g.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "monomials/axis2"))
+    g.initializer.append(numpy_helper.from_array(np.array([0, -1], np.int64), "monomials/flat"))
+    for d in range(2, degree + 1):
+        name = f"monomials/degree{d}"
+        g.initializer.append(numpy_helper.from_array(monomial_indices(n, d), f"{name}/indices"))
+        g.node.extend([
+            helper.make_node("Unsqueeze", [previous, "monomials/axis2"], [f"{name}/column"]),
+            helper.make_node("Unsqueeze", [values, "monomials/axis1"], [f"{name}/row"]),
+            helper.make_node("Mul", [f"{name}/column", f"{name}/row"], [f"{name}/outer"]),
+            helper.make_node("Reshape", [f"{name}/outer", "monomials/flat"], [f"{name}/all"]),
+            helper.make_node("Gather", [f"{name}/all", f"{name}/indices"], [name], axis=1),
+        ])
+        parts.append(name)
+        previous = name
+    g.node.append(helper.make_node("Concat", parts, [out], axis=1))
+
+
 def described(model, d, **changes):
     props = {f"retrain.{k}": v for k, v in {**{k: v for k, v in d.items() if k not in changes}, **changes}.items() if v is not None}
     del model.metadata_props[:]
@@ -233,16 +278,22 @@ def landmark_model(backbone, layer, w, b, d, crop, source):
     return described(cut, d, bottleneck=None, crop=crop, source=source)
 
 
-def backbone_with_geometry(backbone, layer, w, b, d, source):
+def backbone_with_geometry(backbone, layer, w, b, d, source, degree=1):
     """The whole backbone whose bottleneck gains the geometry of the landmarks it places itself:
-    `features_geometry` = Concat(bottleneck, `landmark_geometry`), one backbone run for both."""
+    `features_geometry` = Concat(bottleneck, `landmark_geometry` with its products up to
+    `degree`), one backbone run for both."""
     model = onnx.load(backbone)
     g = model.graph
     # Names of its own: an exported model with the landmark model inside has it (and its
     # output `landmarks`) beside this backbone.
     add_regression(g, layer, w, b, "geometry/landmarks", prefix="geometry/regression")
     add_geometry(g, "geometry/landmarks")
-    g.node.append(helper.make_node("Concat", [d["bottleneck"], GEOMETRY], [WITH_GEOMETRY], axis=1))
+    geometry = GEOMETRY
+    if degree > 1:
+        geometry = f"{GEOMETRY}_degree{degree}"
+        add_monomials(g, GEOMETRY, GEOMETRY_VALUES, degree, geometry)
+        source = f"{source}; geometry with its products up to degree {degree}"
+    g.node.append(helper.make_node("Concat", [d["bottleneck"], geometry], [WITH_GEOMETRY], axis=1))
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(WITH_GEOMETRY, onnx.TensorProto.FLOAT, ["N", None]))
     prune_unused(model)
@@ -265,8 +316,12 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, help="only the first N rows of training.txt")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: every core)")
+    ap.add_argument("--geometry-degrees", type=lambda t: [int(v) for v in t.split(",")], default=[1, 3],
+                    help="one geometry backbone per degree: 1 writes BACKBONE-geometry.onnx, D > 1 BACKBONE-geometryD.onnx")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    if any(not 1 <= degree <= 4 for degree in a.geometry_degrees):
+        raise SystemExit(f"--geometry-degrees {a.geometry_degrees}: each must be 1 to 4")
     start = time.time()
     model = onnx.load(a.backbone, load_external_data=False)
     d = description(model)
@@ -294,7 +349,9 @@ def main(argv=None):
     a.out.mkdir(parents=True, exist_ok=True)
     onnx.save(landmark_model(a.backbone, a.layer, w, b, d, crop, source), a.out / "model.onnx")
     if "bottleneck" in d:
-        onnx.save(backbone_with_geometry(a.backbone, a.layer, w, b, d, source), a.out / f"{a.backbone.stem}-geometry.onnx")
+        for degree in a.geometry_degrees:
+            name = f"{a.backbone.stem}-geometry{degree if degree > 1 else ''}.onnx"
+            onnx.save(backbone_with_geometry(a.backbone, a.layer, w, b, d, source, degree), a.out / name)
     chosen = scores[strength]
     result = {
         "attribute": "landmarks",

@@ -4,9 +4,10 @@
 #   scripts/reproduce.sh --mtfl /path/to/MTFL [more retrain reproduce options]
 # With --beyond (every attribute, every pipeline) it also converts the FaceRes backbone and,
 # where RUNS/landmarks-faceres has none yet, fits the landmark model that places the face crop
-# on plain photos and the FaceRes backbone with the landmarks' geometry in its bottleneck
-# (scripts/landmark_regressor.py; training.txt only, about 4 minutes); without --model, the
-# report compares InceptionV3, FaceRes and that backbone.
+# on plain photos and the FaceRes backbones with the landmarks' geometry in their bottleneck
+# (scripts/landmark_regressor.py; training.txt only, about 7 minutes); without --model, the
+# report compares InceptionV3, FaceRes and those backbones (geometry alone, and with its
+# products up to degree 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 setup_flags=(--model)
@@ -21,11 +22,13 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 scripts/setup.sh "${setup_flags[@]}"
-if [ "$beyond" = 1 ] && [ -n "$mtfl" ] && [ ! -f "$runs/landmarks-faceres/model.onnx" ]; then
+if [ "$beyond" = 1 ] && [ -n "$mtfl" ] && [ ! -f "$runs/landmarks-faceres/faceres-geometry3.onnx" ]; then
   .venv/bin/python scripts/landmark_regressor.py onnx/faceres.onnx "$mtfl" \
     --layer conv_pw_11_relu/clip_by_value:0 --out "$runs/landmarks-faceres"
 fi
 if [ "$beyond" = 1 ] && [ -z "$models" ] && [ -f "$runs/landmarks-faceres/faceres-geometry.onnx" ]; then
-  set -- "$@" --model "onnx/inception_v3.onnx,onnx/faceres.onnx,$runs/landmarks-faceres/faceres-geometry.onnx"
+  geometry="$runs/landmarks-faceres/faceres-geometry.onnx"
+  [ -f "$runs/landmarks-faceres/faceres-geometry3.onnx" ] && geometry+=",$runs/landmarks-faceres/faceres-geometry3.onnx"
+  set -- "$@" --model "onnx/inception_v3.onnx,onnx/faceres.onnx,$geometry"
 fi
 exec target/release/retrain reproduce "$@"

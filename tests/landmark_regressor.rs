@@ -3,7 +3,8 @@
 //! beat the mean shape on its validation windows, and the model it writes must place the
 //! points through retrain's own landmark passes (`retrain::locate`) on the whole images. A file
 //! that is not an image is reported and skipped. The backbone it also writes gives the
-//! backbone's bottleneck followed by the geometry of the landmarks it places.
+//! backbone's bottleneck followed by the geometry of the landmarks it places (and, in its
+//! degree-3 form, their products up to degree 3).
 
 mod common;
 
@@ -130,6 +131,16 @@ fn geometry(l: &[f32]) -> Vec<f32> {
     g
 }
 
+/// `values` followed by every product of two of them and of three (indices i <= j <= k, in
+/// lexicographic order), as `BACKBONE-geometry3.onnx` appends them.
+fn with_products_up_to_degree_3(values: &[f32]) -> Vec<f32> {
+    let n = values.len();
+    let mut all = values.to_vec();
+    all.extend((0..n).flat_map(|i| (i..n).map(move |j| values[i] * values[j])));
+    all.extend((0..n).flat_map(|i| (i..n).flat_map(move |j| (j..n).map(move |k| values[i] * values[j] * values[k]))));
+    all
+}
+
 #[test]
 fn the_backbone_with_geometry_appends_the_placed_landmarks_geometry_to_the_bottleneck() {
     let Some(Fitted { dir, root, backbone, run, .. }) = fit(60, "10") else { return };
@@ -144,22 +155,29 @@ fn the_backbone_with_geometry_appends_the_placed_landmarks_geometry_to_the_bottl
     for (s, slot) in samples.iter().take(4).zip(tensor.chunks_mut(pre.input.image_len())) {
         pre.load_into(s, slot).unwrap();
     }
-    let features = with_geometry.run(tensor.clone(), 4).unwrap();
+    let mut cubic = Model::load(&run.join("backbone-geometry3.onnx"), &config, None).unwrap();
+    assert_eq!(cubic.output_dim, BOTTLENECK + 11 + 66 + 286, "the bottleneck, the 11 values, their products of two and of three");
     let bottleneck = plain.run(tensor.clone(), 4).unwrap();
-    let placed = landmarks.run(tensor, 4).unwrap();
-    for i in 0..4 {
-        let row = &features[i * (BOTTLENECK + 11)..(i + 1) * (BOTTLENECK + 11)];
-        assert_eq!(&row[..BOTTLENECK], &bottleneck[i * BOTTLENECK..(i + 1) * BOTTLENECK], "image {i}: the bottleneck as it was");
-        for (got, want) in row[BOTTLENECK..].iter().zip(geometry(&placed[i * 10..(i + 1) * 10])) {
-            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "image {i}: geometry {got}, expected {want}");
+    let placed = landmarks.run(tensor.clone(), 4).unwrap();
+    for (model, expand) in [(&mut with_geometry, (|g| g) as fn(Vec<f32>) -> Vec<f32>), (&mut cubic, |g: Vec<f32>| with_products_up_to_degree_3(&g))] {
+        let features = model.run(tensor.clone(), 4).unwrap();
+        let width = model.output_dim;
+        for i in 0..4 {
+            let row = &features[i * width..(i + 1) * width];
+            assert_eq!(&row[..BOTTLENECK], &bottleneck[i * BOTTLENECK..(i + 1) * BOTTLENECK], "image {i}: the bottleneck as it was");
+            let want = expand(geometry(&placed[i * 10..(i + 1) * 10]));
+            assert_eq!(row.len() - BOTTLENECK, want.len());
+            for (j, (got, want)) in row[BOTTLENECK..].iter().zip(want).enumerate() {
+                assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "image {i} value {j} of width {width}: {got}, expected {want}");
+            }
         }
     }
 
-    // A head on that bottleneck, exported with the landmark model inside (both place landmarks,
-    // under names of their own), answers on plain images.
+    // A head on the degree-3 bottleneck, exported with the landmark model inside (both place
+    // landmarks, under names of their own), answers on plain images.
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (cache, head, located, out) = (path("cache.h5"), path("gender.onnx"), path("located.onnx"), path("p.csv"));
-    let (geo, marks, mtfl) = (path("run/backbone-geometry.onnx"), path("run/model.onnx"), path("mtfl"));
+    let (geo, marks, mtfl) = (path("run/backbone-geometry3.onnx"), path("run/model.onnx"), path("mtfl"));
     for args in [
         vec!["extract", "--model", &geo, "--mtfl", &mtfl, "--split", "training", "--crop", "face", "--out", &cache],
         vec!["train-head", "--attribute", "gender", "--cache", &cache, "--out", &head],
