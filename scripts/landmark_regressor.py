@@ -36,11 +36,12 @@ a bottleneck): the whole backbone, whose bottleneck `features_geometry` is its o
 centre and the inter-ocular distance, over the eye-to-mouth distance), for heads of attributes
 the face's geometry shows, such as head pose; `extract`, `train-head`, `export` and
 `reproduce --beyond --model` take it as any backbone. RUN/BACKBONE-geometry3.onnx (per
---geometry-degrees, default 1,3) is the same with the 11 values followed by all their products up
-to degree 3 (363 values in all): heads that are linear in them can bend their borders, which
-the validation share of `reproduce --beyond` prefers for head pose and smile. RUN/result.json: the settings, every candidate's validation error,
-the error of the training mean shape on the same windows (the baseline a regressor must beat)
-and `val_tasks` with the chosen one's (`retrain reproduce --beyond` reads it).
+--geometry-degrees, default 1,3) is the same with the 11 values followed by all their products
+up to degree 3 (363 values in all): heads that are linear in them can bend their borders,
+which the validation share of `reproduce --beyond` prefers for head pose and smile.
+RUN/result.json: the settings, every candidate's validation error, the error of the training
+mean shape on the same windows (the baseline a regressor must beat) and `val_tasks` with the
+chosen one's (`retrain reproduce --beyond` reads it).
 """
 
 import argparse
