@@ -163,7 +163,15 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
         assert_eq!(plain_scores[k][0], attribute);
         let reported = plain_scores[k][1]["accuracy"].as_f64().unwrap();
         assert!((reported - csv_accuracy(&csv, &testing, attribute, k, labels)).abs() < 1e-12, "{attribute}: {reported}");
+        // Per class, as the study's tables: the diagonal over the rows is the same accuracy.
+        let per_class = &deployed["plain"]["metrics"][k];
+        let confusion: Vec<Vec<f64>> = serde_json::from_value(per_class["confusion"].clone()).unwrap();
+        let rows: f64 = confusion.iter().flatten().sum();
+        assert!(((confusion[0][0] + confusion[1][1]) / rows - reported).abs() < 1e-12, "{attribute}: {confusion:?}");
+        assert_eq!(per_class["labels"], serde_json::json!(labels));
     }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("#### gender, plain photos") && report.contains("| **smiling** |"), "{report}");
 
     // A real multi-task run under --runs: its rows and landmarks are reported, and its model
     // places the crop, so every set competes. Nothing is refitted.

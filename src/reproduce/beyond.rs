@@ -397,6 +397,9 @@ fn deployed_section(r: &Beyond) -> String {
             100.0 * f
         );
     }
-    s.push('\n');
+    s.push_str("\nPer class on the plain photos (rows: true class, normalised; recall per row, precision per column):\n\n");
+    for ((attribute, _), m) in d.plain.attributes.iter().zip(&d.plain.metrics) {
+        let _ = writeln!(s, "{}", m.markdown(&format!("{attribute}, plain photos")));
+    }
     s
 }
