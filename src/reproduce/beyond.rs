@@ -286,7 +286,8 @@ fn deploy(opts: &BeyondOptions, set: &HeadSet, locator: Option<PathBuf>, stages:
     Ok(Deployed { model, backbone: set.backbone.clone(), crop: set.crop, validation_score: set.choice_score(), landmark_model: locator, plain })
 }
 
-/// The plain-photo scores the last run left in `OUT/beyond.json`, if any.
+/// The plain-photo scores the last run left in `OUT/beyond.json`, if any. Scores from a
+/// version that lacked a field (such as the per-class metrics) do not parse: measured again.
 fn earlier_plain_scores(opts: &BeyondOptions) -> Option<PlainScores> {
     let text = std::fs::read_to_string(opts.out_dir.join("beyond.json")).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
