@@ -369,8 +369,9 @@ fn read_rows_1d<T: hdf5::H5Type>(file: &hdf5::File, name: &str, rows: usize) -> 
 /// [`open_when_unlocked`]'s wait is in use, not damaged: the advice must not be to delete it.
 pub fn damaged(path: &Path, e: anyhow::Error) -> anyhow::Error {
     let text = format!("{e:#}");
-    if text.contains("unable to lock file") {
-        let advice = "another process holds HDF5's lock on it (waited 30 s); it was not changed: run again once that process ends";
+    if text.contains(LOCK_HELD) {
+        let waited = LOCK_WAIT.as_secs();
+        let advice = format!("another process holds HDF5's lock on it (waited {waited} s); it was not changed: run again once that process ends");
         return e.context(format!("{} is in use: {advice}", path.display()));
     }
     let what = if text.contains("truncated file") {
@@ -442,7 +443,12 @@ fn open_for_writing(path: &Path) -> hdf5::Result<hdf5::File> {
     open_when_unlocked(path, |p| hdf5::File::open_rw(p))
 }
 
-/// `open(path)`, retried (up to ~30 s) while HDF5's lock on the file is held, then marked
+/// What HDF5's error says when another descriptor holds the file's lock.
+const LOCK_HELD: &str = "unable to lock file";
+/// How long an open waits for that lock to go before it reports the file in use.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `open(path)`, retried (up to [`LOCK_WAIT`]) while HDF5's lock on the file is held, then marked
 /// close-on-exec.
 ///
 /// HDF5 locks a file for as long as any descriptor of it is open, and its descriptors are
@@ -455,7 +461,7 @@ fn open_when_unlocked(path: &Path, open: impl Fn(&Path) -> hdf5::Result<hdf5::Fi
     let mut waited = std::time::Duration::ZERO;
     loop {
         match open(path) {
-            Err(e) if e.to_string().contains("unable to lock file") && waited < std::time::Duration::from_secs(30) => {
+            Err(e) if e.to_string().contains(LOCK_HELD) && waited < LOCK_WAIT => {
                 std::thread::sleep(wait);
                 waited += wait;
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));

@@ -388,7 +388,7 @@ fn deployed_section(r: &Beyond) -> String {
     for (i, (attribute, plain)) in d.plain.attributes.iter().enumerate() {
         let annotated = set.and_then(|h| h.chosen().get(i).map(|c| c.test));
         let diff = annotated.map_or("-".to_string(), |a| format!("{:+.1}", 100.0 * (plain.accuracy - a.accuracy)));
-        let _ = writeln!(s, "| {attribute} | {} | {} | {diff} |", score_cell(annotated), score_cell(Some(*plain)));
+        let _ = writeln!(s, "| {attribute} | {} | {} | {diff} |", score_cell(annotated), score_cell(Some(Score::of(plain))));
     }
     if let (Some(e), Some(f)) = (d.plain.landmark_error, d.plain.landmark_failures) {
         let _ = writeln!(
@@ -399,7 +399,7 @@ fn deployed_section(r: &Beyond) -> String {
         );
     }
     s.push_str("\nPer class on the plain photos (rows: true class, normalised; recall per row, precision per column):\n\n");
-    for ((attribute, _), m) in d.plain.attributes.iter().zip(&d.plain.metrics) {
+    for (attribute, m) in &d.plain.attributes {
         let _ = writeln!(s, "{}", m.markdown(&format!("{attribute}, plain photos")));
     }
     s

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::runs::Score;
 use super::Extraction;
 use crate::dataset::mtfl::{self, Split};
 use crate::dataset::Sample;
@@ -30,11 +29,10 @@ pub struct PlainScores {
     pub limit: Option<usize>,
     pub images: usize,
     pub skipped: usize,
-    /// Per attribute, in the model's order.
-    pub attributes: Vec<(String, Score)>,
-    /// The same attributes as the study's tables give them: per-class precision and recall and
-    /// the confusion matrix (a deployment team reads the minority classes' recall here).
-    pub metrics: Vec<Metrics>,
+    /// Per attribute, in the model's order, as the study's tables give them: accuracy, per-class
+    /// precision and recall and the confusion matrix (a deployment team reads the minority
+    /// classes' recall here).
+    pub attributes: Vec<(String, Metrics)>,
     /// The landmarks the model placed against the annotated ones: mean error over the
     /// inter-ocular distance, and the share of images above 10%.
     pub landmark_error: Option<f64>,
@@ -74,7 +72,7 @@ pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path, earl
     let summary = predict::predict(&mut model, &plain, &opts)?;
     summary.table.write(csv)?;
     let table = &summary.table;
-    let (mut attributes, mut per_class) = (Vec::new(), Vec::new());
+    let mut attributes = Vec::new();
     for (a, head) in heads.iter().enumerate() {
         let column = dataset.label_columns.iter().position(|c| *c == head.attribute).with_context(|| format!("MTFL has no attribute '{}'", head.attribute))?;
         let (mut truth, mut predicted) = (Vec::new(), Vec::new());
@@ -84,9 +82,7 @@ pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path, earl
                 predicted.push(table.predicted(a, i));
             }
         }
-        let scored = metrics::score(&truth, &predicted, &head.labels);
-        attributes.push((head.attribute.clone(), Score::of(&scored)));
-        per_class.push(scored);
+        attributes.push((head.attribute.clone(), metrics::score(&truth, &predicted, &head.labels)));
     }
     let errors: Vec<f64> = table
         .landmarks
@@ -103,7 +99,6 @@ pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path, earl
         images: table.len(),
         skipped: summary.skipped.len(),
         attributes,
-        metrics: per_class,
         landmark_failures: mean(errors.iter().map(|&e| f64::from(u8::from(e > AnnotatedLandmarks::FAILURE_ERROR))).collect()),
         landmark_error: mean(errors),
         seconds: summary.seconds,
