@@ -92,6 +92,12 @@ impl Distortions {
         }
     }
 
+    /// Whether [`Distortions::apply`] mirrors the image of `seed` (its labels then become the
+    /// mirror's: `train::data::LabelMirror`).
+    pub fn mirrors(&self, seed: u64) -> bool {
+        self.flip && Draws::new(seed).flip
+    }
+
     /// Moves landmarks (x1..x5, y1..y5 as fractions of the image tensor's width and height)
     /// with the pixels that [`Distortions::apply`] moves for the same `seed`: into the
     /// resampled window, and mirrored (left and right eyes and mouth corners swapped) by a flip.

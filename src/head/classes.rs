@@ -13,6 +13,10 @@ const MTFL_CLASSES: [(&str, &[(i32, &str)]); 4] = [
     ("pose", &[(1, "left_profile"), (2, "left"), (3, "frontal"), (4, "right"), (5, "right_profile")]),
 ];
 
+/// Classes that a left-right mirror of the image turns into each other (every other class of
+/// every attribute stays what it is): a head turned left seen in a mirror is turned right.
+const MTFL_MIRRORED: [(&str, &[(i32, i32)]); 1] = [("pose", &[(1, 5), (2, 4)])];
+
 /// The classes of one attribute: output column k of a head is class k.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classes {
@@ -52,6 +56,19 @@ impl Classes {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Class index of each class's mirror image (the `--flip` distortion moves labels with it).
+    /// Classes not named by [`MTFL_MIRRORED`] stay themselves, as class folders do.
+    pub fn mirrored(&self) -> Vec<usize> {
+        let pairs = MTFL_MIRRORED.iter().find(|(a, _)| *a == self.attribute).map_or(&[][..], |(_, p)| *p);
+        (0..self.len())
+            .map(|k| {
+                let code = self.codes[k];
+                let partner = pairs.iter().find_map(|&(a, b)| (a == code).then_some(b).or((b == code).then_some(a)));
+                partner.and_then(|c| self.index_of(c)).unwrap_or(k)
+            })
+            .collect()
     }
 
     /// Output column of a label code, `None` for unknown (-1) or foreign codes.

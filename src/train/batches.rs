@@ -179,7 +179,9 @@ pub fn distorted_once(rows: &Examples, distort: &Distort) -> Examples {
 fn gather(rows: &Examples, picks: &[Pick], distort: Option<&Distort>) -> Examples {
     let mut ex = rows.like(rows.image_len);
     for p in picks {
-        ex.push_row(rows.image(p.index), rows.labels_of(p.index), rows.landmarks.get(p.index).copied());
+        let mirrored = distort.is_some_and(|d| d.distortions.mirrors(p.distortion_seed(d.seed)));
+        let labels = rows.mirror.labels(rows.labels_of(p.index), mirrored);
+        ex.push_row(rows.image(p.index), &labels, rows.landmarks.get(p.index).copied());
     }
     if let Some(d) = distort.filter(|d| !d.distortions.is_off()) {
         ex.images.par_chunks_mut(rows.image_len).zip(picks.par_iter()).for_each(|(image, p)| {
@@ -254,6 +256,33 @@ mod tests {
         // an epoch's order is the same as Epochs draws it
         let epoch0: Vec<usize> = (1..=3).flat_map(|k| Order::Epochs.picks(n, batch, 7, k)).map(|p| p.index).collect();
         assert_eq!(epoch0, picks[..10].iter().map(|p| p.index).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_mirrored_row_is_trained_with_the_mirror_images_pose() {
+        use crate::augment::Distortions;
+        use crate::head::classes::Classes;
+        use crate::preprocess::{Filter, InputSpec, Layout};
+        use crate::train::data::{LabelMirror, Tasks};
+        // 1x2 images, dark left and bright right: a mirrored row starts bright
+        let spec = InputSpec { layout: Layout::Nhwc, height: 1, width: 2, mean: [0.5; 3], std: [0.5; 3], resize: Filter::Bilinear };
+        let tasks = Tasks { attributes: vec![Classes::mtfl("gender").unwrap(), Classes::mtfl("pose").unwrap()], landmarks: false };
+        let mut rows = Examples { mirror: LabelMirror::of(&tasks), ..Examples::with_widths(6, 2, false) };
+        let pose = |k: usize| if k == 5 { -1 } else { k as i64 };
+        for k in 0..30 {
+            rows.push_row(&[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], &[(k % 2) as i64, pose(k % 6)], None);
+        }
+        let flip = Distortions { flip: true, ..Distortions::default() };
+        let out = distorted_once(&rows, &Distort { distortions: flip, spec: &spec, seed: 3 });
+        let mut seen = [false; 2];
+        for k in 0..30 {
+            let mirrored = out.image(k)[0] > 0.0;
+            seen[mirrored as usize] = true;
+            // left_profile, left, frontal, right, right_profile; unknown stays unknown
+            let want = if mirrored && k % 6 < 5 { 4 - (k % 6) as i64 } else { pose(k % 6) };
+            assert_eq!(out.labels_of(k), [(k % 2) as i64, want], "row {k}, mirrored {mirrored}");
+        }
+        assert_eq!(seen, [true, true], "30 coins give both sides");
     }
 
     #[test]

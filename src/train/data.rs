@@ -28,6 +28,34 @@ pub struct Examples {
     pub label_width: usize,
     pub landmarks: Vec<Landmarks>,
     pub with_landmarks: bool,
+    /// What a mirrored row's labels become.
+    pub mirror: LabelMirror,
+}
+
+/// What a left-right mirror of an image does to its labels: in label column `c`, class `k`
+/// becomes `columns[c][k]` (pose's left and right classes swap, other classes stay). The
+/// `--flip` distortion applies it with the pixels and the landmarks, so a mirrored face turned
+/// left is trained as turned right. Empty (the default): every label stays.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelMirror {
+    columns: Vec<Vec<usize>>,
+}
+
+impl LabelMirror {
+    pub fn of(tasks: &Tasks) -> LabelMirror {
+        LabelMirror { columns: tasks.attributes.iter().map(Classes::mirrored).collect() }
+    }
+
+    /// One row's class indices, as the mirrored image's when `mirrored` (-1 = unknown stays).
+    pub fn labels(&self, labels: &[i64], mirrored: bool) -> Vec<i64> {
+        let mut out = labels.to_vec();
+        for (label, column) in out.iter_mut().zip(&self.columns).filter(|_| mirrored) {
+            if let Some(&k) = usize::try_from(*label).ok().and_then(|k| column.get(k)) {
+                *label = k as i64;
+            }
+        }
+        out
+    }
 }
 
 /// A row's landmark targets: x1..x5, y1..y5 as fractions of its crop window (of the model
@@ -61,12 +89,12 @@ impl Examples {
     }
 
     pub fn with_widths(image_len: usize, label_width: usize, with_landmarks: bool) -> Examples {
-        Examples { images: Vec::new(), labels: Vec::new(), image_len, label_width, landmarks: Vec::new(), with_landmarks }
+        Examples { images: Vec::new(), labels: Vec::new(), image_len, label_width, landmarks: Vec::new(), with_landmarks, mirror: LabelMirror::default() }
     }
 
     /// Empty rows of another length with this truth layout.
     pub fn like(&self, image_len: usize) -> Examples {
-        Examples::with_widths(image_len, self.label_width, self.with_landmarks)
+        Examples { mirror: self.mirror.clone(), ..Examples::with_widths(image_len, self.label_width, self.with_landmarks) }
     }
 
     /// Regression targets per row (the landmark fractions; none without landmarks).
@@ -121,7 +149,7 @@ impl Examples {
     /// The same rows with other values (features computed from the images, say).
     pub fn with_images(&self, images: Vec<f32>) -> Examples {
         let image_len = images.len() / self.len().max(1);
-        Examples { images, image_len, labels: self.labels.clone(), landmarks: self.landmarks.clone(), ..*self }
+        Examples { images, image_len, labels: self.labels.clone(), landmarks: self.landmarks.clone(), mirror: self.mirror.clone(), ..*self }
     }
 
     /// The rows standardised by `s`.
@@ -179,11 +207,13 @@ pub struct LabeledImages {
     pub width: usize,
     /// The samples' landmarks are training targets (as fractions of the crop window).
     pub landmarks: bool,
+    /// What a mirrored sample's classes become.
+    pub mirror: LabelMirror,
 }
 
 impl LabeledImages {
     fn of(samples: impl Iterator<Item = Sample>, columns: &[usize], tasks: &Tasks) -> LabeledImages {
-        let mut set = LabeledImages { width: columns.len(), landmarks: tasks.landmarks, ..LabeledImages::default() };
+        let mut set = LabeledImages { width: columns.len(), landmarks: tasks.landmarks, mirror: LabelMirror::of(tasks), ..LabeledImages::default() };
         for s in samples {
             let classes: Vec<i64> = columns.iter().zip(&tasks.attributes).map(|(&column, c)| c.index_of(s.labels[column]).map_or(-1, |k| k as i64)).collect();
             let usable = classes.iter().any(|&c| c >= 0) && (!tasks.landmarks || s.landmarks.is_some());
@@ -210,7 +240,7 @@ impl LabeledImages {
 
     /// The truth layout of these samples' rows.
     pub fn examples(&self, image_len: usize) -> Examples {
-        Examples::with_widths(image_len, self.width, self.landmarks)
+        Examples { mirror: self.mirror.clone(), ..Examples::with_widths(image_len, self.width, self.landmarks) }
     }
 }
 

@@ -54,7 +54,8 @@ impl Decoder {
     }
 
     /// Images `index` of `set` in parallel, each distorted with its seed if it has one; their
-    /// landmarks, where `set` trains them, as fractions of the crop moved with the pixels.
+    /// landmarks, where `set` trains them, as fractions of the crop moved with the pixels, and
+    /// their labels those of the mirror image where the distortion mirrors.
     fn decode(&self, set: &LabeledImages, index: &[usize], seeds: &[Option<u64>], bar: &indicatif::ProgressBar) -> Result<Examples> {
         let len = self.pre.input.image_len();
         let loaded: Vec<Result<(Vec<f32>, Option<Landmarks>)>> = self.pool.install(|| {
@@ -81,9 +82,12 @@ impl Decoder {
                 .collect()
         });
         let mut ex = set.examples(len);
-        for (&i, r) in index.iter().zip(loaded) {
+        for ((&i, r), seed) in index.iter().zip(loaded).zip(seeds) {
             match r {
-                Ok((pixels, landmarks)) => ex.push_row(&pixels, set.classes_of(i), landmarks),
+                Ok((pixels, landmarks)) => {
+                    let labels = set.mirror.labels(set.classes_of(i), seed.is_some_and(|s| self.distortions.mirrors(s)));
+                    ex.push_row(&pixels, &labels, landmarks)
+                }
                 Err(e) => self.failed(&set.samples[i].key, e)?,
             }
         }
