@@ -49,7 +49,10 @@ impl LabelMirror {
     /// One row's class indices, as the mirrored image's when `mirrored` (-1 = unknown stays).
     pub fn labels(&self, labels: &[i64], mirrored: bool) -> Vec<i64> {
         let mut out = labels.to_vec();
-        for (label, column) in out.iter_mut().zip(&self.columns).filter(|_| mirrored) {
+        if !mirrored {
+            return out;
+        }
+        for (label, column) in out.iter_mut().zip(&self.columns) {
             if let Some(&k) = usize::try_from(*label).ok().and_then(|k| column.get(k)) {
                 *label = k as i64;
             }
