@@ -82,8 +82,8 @@ impl Distortions {
         let draws = Draws::new(seed);
         if self.resamples() {
             let window = self.window(spec, &draws);
-            resample(image, spec, window, self.flip && draws.flip);
-        } else if self.flip && draws.flip {
+            resample(image, spec, window, self.flips(&draws));
+        } else if self.flips(&draws) {
             mirror(image, spec);
         }
         if self.brightness_percent != 0.0 {
@@ -95,7 +95,12 @@ impl Distortions {
     /// Whether [`Distortions::apply`] mirrors the image of `seed` (its labels then become the
     /// mirror's: `train::data::LabelMirror`).
     pub fn mirrors(&self, seed: u64) -> bool {
-        self.flip && Draws::new(seed).flip
+        self.flips(&Draws::new(seed))
+    }
+
+    /// The one flip decision that pixels, landmarks and labels all follow.
+    fn flips(&self, draws: &Draws) -> bool {
+        self.flip && draws.flip
     }
 
     /// Moves landmarks (x1..x5, y1..y5 as fractions of the image tensor's width and height)
@@ -115,7 +120,7 @@ impl Distortions {
                 points[j + 5] = (points[j + 5] * sh - win.y) / win.h;
             }
         }
-        if self.flip && draws.flip {
+        if self.flips(&draws) {
             mirror_landmarks(points);
         }
     }
