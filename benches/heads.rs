@@ -4,7 +4,7 @@
 //!     cargo bench --bench heads -- --train TRAIN.h5 --test TEST.h5 [--attribute gender,smile] [--repeat 3]
 //!
 //! (or RETRAIN_BENCH_TRAIN / RETRAIN_BENCH_TEST). scikit-learn runs through
-//! scripts/sklearn_head.py with .venv/bin/python (RETRAIN_PYTHON overrides). Times are the fit
+//! tests/support/sklearn_head.py with .venv/bin/python (RETRAIN_PYTHON overrides). Times are the fit
 //! alone (standardisation included, reading the cache not), best of --repeat runs. Targets: our
 //! fastest head takes no longer than scikit-learn's, linfa at most 1.5 times as long.
 
@@ -110,18 +110,18 @@ fn sklearn(a: &Args, attribute: &str) -> Result<Row> {
     let mut best: Option<(f64, f64)> = None;
     for _ in 0..a.repeat {
         let out = Command::new(&python)
-            .args(["scripts/sklearn_head.py", "--train"])
+            .args(["tests/support/sklearn_head.py", "--train"])
             .arg(&a.train)
             .arg("--test")
             .arg(&a.test)
             .args(["--attribute", attribute])
             .args(["--c", &linfa.c.to_string(), "--max-iter", &linfa.max_iterations.to_string()])
             .output()
-            .with_context(|| format!("cannot run {python} scripts/sklearn_head.py (set RETRAIN_PYTHON)"))?;
+            .with_context(|| format!("cannot run {python} tests/support/sklearn_head.py (set RETRAIN_PYTHON)"))?;
         if !out.status.success() {
-            bail!("scripts/sklearn_head.py failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("tests/support/sklearn_head.py failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("scripts/sklearn_head.py printed no JSON")?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("tests/support/sklearn_head.py printed no JSON")?;
         let seconds = json["fit_seconds"].as_f64().context("fit_seconds")?;
         let accuracy = json["accuracy"].as_f64().context("accuracy")?;
         if best.is_none_or(|(s, _)| seconds < s) {

@@ -138,7 +138,7 @@ fn bench(net: &str, a: &Args) {
     let config = SessionConfig { intra_threads: a.threads, ..SessionConfig::new(a.device) };
     let mut engine = Engine::new(artifacts, &config).expect("sessions");
     engine.load(&init).expect("upload");
-    let spec = retrain::model::input_spec(&m.description).unwrap();
+    let spec = m.description.input_spec().unwrap();
     let image_len = spec.image_len();
     let mut r = Rng::stream(1, 0, 0);
     let images: Vec<f32> = (0..a.batch * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();
@@ -197,7 +197,7 @@ fn bench_inception(micro: usize, a: &Args) {
     let mut engine = Engine::with_step(artifacts, &config, false).expect("sessions");
     engine.load(&init).expect("upload");
     let mut acc = Accumulator::new(&engine, micro, &config).expect("accumulation graphs");
-    let spec = retrain::model::input_spec(&m.description).unwrap();
+    let spec = m.description.input_spec().unwrap();
     let image_len = spec.image_len();
     let mut r = Rng::stream(1, 0, 0);
     let images: Vec<f32> = (0..micro * image_len).map(|_| r.next_f32() * 2.0 - 1.0).collect();

@@ -34,6 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import description as desc  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "onnx" / "inception_v3.onnx"
 DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "datasets" / "MTFL" / "AFLW"
@@ -715,8 +718,8 @@ def retrain_fields(*, input_name, layout, height, width, mean, std, bottleneck, 
     """How retrain must feed the model, as the Rust side reads it.
 
     The model input is (pixel / 255 - mean[c]) / std[c] for RGB pixels resized (bilinear) to
-    height x width.  Stored as ONNX metadata with a "retrain." prefix (metadata_props), or as a
-    sidecar <model>.onnx.json holding these fields as they are.
+    height x width.  Stored as the model's description (scripts/description.py: ONNX metadata,
+    or a sidecar <model>.onnx.json holding these fields as they are).
     """
     fields = {
         "input_name": input_name,
@@ -724,20 +727,16 @@ def retrain_fields(*, input_name, layout, height, width, mean, std, bottleneck, 
         "height": height,
         "width": width,
         "color": "RGB",
-        "mean": ",".join(f"{v:g}" for v in mean),
-        "std": ",".join(f"{v:g}" for v in std),
+        "mean": desc.triple_text(mean),
+        "std": desc.triple_text(std),
         "resize": "bilinear",
         "bottleneck": bottleneck,
     }
     if labels:
-        fields["labels"] = ",".join(labels)
+        fields["labels"] = desc.labels_text(labels)
     fields["source"] = source
     fields["converter"] = converter
     return fields
-
-
-def metadata_props(fields):
-    return {f"retrain.{key}": str(value) for key, value in fields.items()}
 
 
 def build_model(source, opset):
@@ -753,10 +752,10 @@ def build_model(source, opset):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="retrain scripts/convert_inception.py")
     model.ir_version = 8  # the IR of opset 17; readable by older runtimes too
-    helper.set_model_props(model, metadata_props(retrain_fields(
+    desc.write(model, retrain_fields(
         input_name=INPUT_NAME, layout="NHWC", height=height, width=width, mean=source.mean,
         std=source.std, bottleneck=BOTTLENECK, labels=source.labels, source=source.description,
-        converter="scripts/convert_inception.py")))
+        converter="scripts/convert_inception.py"))
     onnx.checker.check_model(model, full_check=True)
     if source.labels and builder.outputs[1:2] != [(LOGITS, (len(source.labels),))]:
         raise ValueError(f"{len(source.labels)} labels do not fit the classifier")

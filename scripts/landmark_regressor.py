@@ -47,6 +47,7 @@ chosen one's (`retrain reproduce --beyond` reads it).
 import argparse
 import hashlib
 import json
+import struct
 import sys
 import time
 from pathlib import Path
@@ -57,13 +58,22 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from landmark_mirror_validation import held_out  # retrain's split (src/dataset/split.rs)
 from make_artifacts import prune_unused
 
 OUTPUT = "landmarks"
 GEOMETRY = "landmark_geometry"
 WITH_GEOMETRY = "features_geometry"
 GEOMETRY_VALUES = 11
+
+SPLIT_BUCKETS = (1 << 27) - 1
+
+
+def held_out(name, seed, percent):
+    """Whether retrain's split (src/dataset/split.rs) holds `name` out: SHA-256 of the seed and
+    the file name, the part before `_nohash_` only."""
+    stem = name.replace("\\", "/").rsplit("/", 1)[-1].split("_nohash_")[0]
+    digest = hashlib.sha256(struct.pack("<Q", seed) + stem.encode()).digest()
+    return (int.from_bytes(digest[:8], "little") % (SPLIT_BUCKETS + 1)) * 100.0 / SPLIT_BUCKETS < percent
 
 
 def read_rows(mtfl):

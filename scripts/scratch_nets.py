@@ -30,7 +30,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_inception import metadata_props, retrain_fields  # noqa: E402
+import description as desc  # noqa: E402
+from convert_inception import retrain_fields  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONVERTER = "scripts/scratch_nets.py"
@@ -196,7 +197,7 @@ def to_model(net, name, size, outputs, seed, **extra_fields):
                             std=STD, bottleneck="bottleneck", labels=None,
                             source=f"{name}, untrained (seed {seed})", converter=CONVERTER)
     fields.update(extra_fields)
-    helper.set_model_props(model, metadata_props(fields))
+    desc.write(model, fields)
     onnx.checker.check_model(model, full_check=True)
     return model
 

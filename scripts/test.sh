@@ -14,11 +14,13 @@ trap 'rm -f "$log"' EXIT
 passed=0 failed=0
 
 echo "== python: InceptionV3 converter (NumPy reference check, Keras .h5 path)"
-if .venv/bin/python scripts/test_convert_inception.py; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+if .venv/bin/python tests/support/test_convert_inception.py; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 
-echo "== cargo test"
-cargo test --release --no-fail-fast 2>&1 | tee "$log"
+echo "== cargo test (with the fault-injection feature the crash and interrupt tests need)"
+cargo test --release --features fault-injection --no-fail-fast 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
+# put back the binary users run: the same build without fault injection
+cargo build --release --quiet || cargo_status=1
 
 # libtest prints "test result: ok. 12 passed; 0 failed; ..." per suite; a skipped test
 # returned early after its SKIP line, so libtest counted it as passed.

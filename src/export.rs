@@ -11,41 +11,20 @@
 mod located;
 mod pixels;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::head::onnx::{HeadFile, INPUT, KIND_KEY};
-use crate::head::HeadInfo;
-use crate::model::{input_spec, read_sidecar, METADATA_PREFIX};
+pub use crate::description::ExportedHead;
+use crate::description::{Description, FileKind};
+use crate::head::onnx::{HeadFile, INPUT};
 use crate::onnx::wire::{fields, Encoder, Field};
 use crate::onnx::{self, graph_field, model_field, node_field, Dim, OPSET, TENSOR_NAME, VALUE_INFO_NAME};
 use crate::preprocess::{Crop, Preprocess};
-pub use located::{Landmarks, LocatedBy, LOCATED_KEY};
+pub use located::{Landmarks, LocatedBy};
 pub use pixels::{PIXELS, PIXEL_INPUT};
-
-/// Description key (metadata `retrain.heads`) listing the heads of an exported model (JSON,
-/// [`ExportedHead`]s).
-pub const HEADS_KEY: &str = "heads";
-/// Description key with the crop the heads were trained on (`original`, `nose:150`).
-pub const CROP_KEY: &str = "crop";
-/// Description key with the whole preprocessing the heads were trained with.
-pub const PREPROCESS_KEY: &str = "preprocess";
-/// Description key of a model that takes decoded pixels ([`PIXEL_INPUT`]).
-pub const PIXEL_INPUT_KEY: &str = "pixel_input";
-
-/// What `predict` needs to know of each head in an exported model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExportedHead {
-    pub attribute: String,
-    /// The graph output with this attribute's probabilities.
-    pub output: String,
-    pub labels: Vec<String>,
-    pub head: HeadInfo,
-}
 
 /// What the exported model takes.
 pub enum Input<'a> {
@@ -69,70 +48,58 @@ pub fn export(backbone: &Path, heads: &[&Path], out: &Path, input: Input) -> Res
     let first = &heads[0].info;
     check_heads(&heads, &sha).with_context(|| format!("heads do not fit backbone {}", backbone.display()))?;
     let crop = Preprocess::crop_of(&first.cache.preprocess)?;
-    let mut metadata = sidecar_description(backbone, &bytes)?;
+    // the backbone's input description stays; its own classifier's names are not the heads'
+    let mut description = Description::of_file(backbone, &bytes)?.without_classifier();
     let front = match input {
         Input::Tensor => None,
-        Input::Pixels => Some(pixel_front(backbone, &bytes, crop, None, &mut metadata)?),
-        Input::Located(landmarks) => Some(pixel_front(backbone, &bytes, crop, Some(&landmarks), &mut metadata)?),
+        Input::Pixels => Some(pixel_front(backbone, &bytes, crop, None, &mut description)?),
+        Input::Located(landmarks) => Some(pixel_front(backbone, &bytes, crop, Some(&landmarks), &mut description)?),
     };
     let model = graft(&bytes, &heads, &first.cache.output, front.as_ref()).with_context(|| format!("backbone {}", backbone.display()))?;
     let exported: Vec<ExportedHead> = heads
         .iter()
         .map(|h| ExportedHead { attribute: h.info.attribute.clone(), output: h.info.output.clone(), labels: h.info.labels.clone(), head: h.info.clone() })
         .collect();
-    metadata.extend([
-        (KIND_KEY.to_string(), "model".to_string()),
-        (format!("{METADATA_PREFIX}{CROP_KEY}"), crop.to_string()),
-        (format!("{METADATA_PREFIX}{PREPROCESS_KEY}"), first.cache.preprocess.clone()),
-        (format!("{METADATA_PREFIX}{HEADS_KEY}"), serde_json::to_string(&exported)?),
-        (format!("{METADATA_PREFIX}backbone_sha256"), sha),
-        (format!("{METADATA_PREFIX}exported_by"), format!("retrain {}", crate::version())),
-    ]);
-    let model = with_metadata(&model, &metadata)?;
+    describe_model(&mut description, &exported, crop, &first.cache.preprocess, sha);
+    let model = with_description(&model, &description)?;
     crate::write_file(out, model)?;
     Ok(exported)
 }
 
-/// A backbone described by a sidecar JSON instead of metadata: its description, as metadata
-/// entries, so that the exported model describes its input by itself. Empty otherwise.
-fn sidecar_description(backbone: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
-    if onnx::read_metadata(bytes)?.iter().any(|(k, _)| k.starts_with(METADATA_PREFIX)) {
-        return Ok(Vec::new());
+/// What an exported model says of itself besides its input: its heads, with their labels as
+/// `labels` (one head) or `labels:ATTRIBUTE` (several), the crop and preprocessing they were
+/// trained with, and where it came from.
+fn describe_model(d: &mut Description, heads: &[ExportedHead], crop: Crop, preprocess: &str, backbone_sha256: String) {
+    d.kind = Some(FileKind::Model);
+    d.crop = Some(crop);
+    d.preprocess = Some(preprocess.to_string());
+    if let [head] = heads {
+        (d.attribute, d.labels) = (Some(head.attribute.clone()), Some(head.labels.clone()));
+    } else {
+        d.task_labels = heads.iter().map(|h| (h.attribute.clone(), h.labels.clone())).collect();
     }
-    let mut entries: Vec<(String, String)> = read_sidecar(backbone)?.into_iter().map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v)).collect();
-    entries.sort();
-    Ok(entries)
+    d.heads = Some(heads.to_vec());
+    d.backbone_sha256 = Some(backbone_sha256);
+    d.exported_by = Some(format!("retrain {}", crate::version()));
 }
 
 /// The pixel front for this backbone (with the landmark model inside where given), after
-/// checking that the heads' crop allows it; records the new input in `metadata`.
-fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, landmarks: Option<&Landmarks>, metadata: &mut Vec<(String, String)>) -> Result<pixels::Front> {
+/// checking that the heads' crop allows it; records the new input in `description`.
+fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, landmarks: Option<&Landmarks>, description: &mut Description) -> Result<pixels::Front> {
     if crop != Crop::Original && landmarks.is_none() {
         bail!("--pixel-input needs heads trained on crop original; these were trained on crop {crop}, placed from landmarks the graph does not have (give --landmarks MODEL)");
     }
-    let mut description = description(backbone, bytes)?;
-    description.extend(metadata.iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v.clone()))));
-    let spec = input_spec(&description).with_context(|| format!("model description of {}", backbone.display()))?;
-    let replaced = match description.get("input_name") {
+    let spec = description.input_spec().with_context(|| format!("model description of {}", backbone.display()))?;
+    let replaced = match &description.input_name {
         Some(name) => name.clone(),
         None => first_input(bytes)?,
     };
-    metadata.retain(|(k, _)| *k != format!("{METADATA_PREFIX}input_name"));
-    metadata.extend([(format!("{METADATA_PREFIX}input_name"), PIXELS.to_string()), (format!("{METADATA_PREFIX}{PIXEL_INPUT_KEY}"), PIXEL_INPUT.to_string())]);
+    description.input_name = Some(PIXELS.to_string());
+    description.pixel_input = Some(PIXEL_INPUT.to_string());
     let Some(landmarks) = landmarks else { return pixels::front(&spec, &replaced) };
     let (front, located) = located::front(landmarks, crop, &spec, &replaced)?;
-    metadata.push((located::metadata_key(), serde_json::to_string(&located)?));
+    description.located_by = Some(located);
     Ok(front)
-}
-
-/// A model's description: its `retrain.*` metadata (without the prefix), else its sidecar.
-fn description(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
-    let described: HashMap<String, String> =
-        onnx::read_metadata(bytes)?.into_iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v))).collect();
-    if described.is_empty() {
-        return read_sidecar(path);
-    }
-    Ok(described)
 }
 
 /// The first graph input that is not an initializer (the image input of a backbone).
@@ -343,19 +310,17 @@ fn names(graph: &[Field]) -> Result<HashSet<String>> {
     Ok(out)
 }
 
-/// Replaces metadata entries with the same keys and appends the new ones.
-fn with_metadata(model: &[u8], entries: &[(String, String)]) -> Result<Vec<u8>> {
+/// `model` with `description` in place of every `retrain.*` metadata entry it had (entries
+/// of other tools stay).
+fn with_description(model: &[u8], description: &Description) -> Result<Vec<u8>> {
     let mut e = Encoder::new();
     for f in fields(model)? {
-        if f.number == model_field::METADATA_PROPS {
-            let key = onnx::string(f.bytes()?, 1)?;
-            if entries.iter().any(|(k, _)| *k == key) {
-                continue;
-            }
+        if f.number == model_field::METADATA_PROPS && onnx::string(f.bytes()?, 1)?.starts_with(crate::description::PREFIX) {
+            continue;
         }
         e = e.raw(f.raw);
     }
-    for (k, v) in entries {
+    for (k, v) in &description.to_metadata() {
         e = e.bytes(model_field::METADATA_PROPS, &onnx::metadata_entry(k, v));
     }
     Ok(e.finish())

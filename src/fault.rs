@@ -6,11 +6,19 @@
 //! process there until the test sends SIGCONT (to hold a cache open while a test looks). The tests crash or
 //! interrupt a job at exact points of its progress — after k committed batches, between a
 //! batch's data and its commit, after step k, between writing a checkpoint and renaming it —
-//! so what they check does not depend on how fast the machine is. Unset, as for every user,
-//! a point costs one atomic load.
+//! so what they check does not depend on how fast the machine is.
+//!
+//! It exists only in builds with the `fault-injection` feature, which the tests enable
+//! (`cargo test --features fault-injection`); in the release binary users run, [`reached`]
+//! is empty and nothing reads the variable.
 
+#[cfg(feature = "fault-injection")]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "fault-injection")]
 use std::sync::OnceLock;
+
+/// Whether this build acts on [`VARIABLE`] (the `fault-injection` feature).
+pub const ENABLED: bool = cfg!(feature = "fault-injection");
 
 /// The places a job can be stopped at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +39,7 @@ pub enum Point {
     CheckpointWritten,
 }
 
+#[cfg(feature = "fault-injection")]
 const NAMES: [(Point, &str); 7] = [
     (Point::BatchDecoded, "batch-decoded"),
     (Point::CacheDataWritten, "cache-data-written"),
@@ -41,12 +50,14 @@ const NAMES: [(Point, &str); 7] = [
     (Point::CheckpointWritten, "checkpoint-written"),
 ];
 
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     Kill,
     Signal(libc::c_int),
 }
 
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fault {
     point: Point,
@@ -57,10 +68,18 @@ struct Fault {
 /// The environment variable the tests set.
 pub const VARIABLE: &str = "RETRAIN_FAULT";
 
+#[cfg(feature = "fault-injection")]
 static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+#[cfg(feature = "fault-injection")]
 static HITS: AtomicU64 = AtomicU64::new(0);
 
+/// Marks that the job passed `point` (without the feature: nothing).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn reached(_point: Point) {}
+
 /// Marks that the job passed `point`; acts if `RETRAIN_FAULT` asks for it here.
+#[cfg(feature = "fault-injection")]
 pub fn reached(point: Point) {
     let Some(fault) = FAULT.get_or_init(from_env) else { return };
     if fault.point == point && HITS.fetch_add(1, Ordering::SeqCst) + 1 == fault.hit {
@@ -68,6 +87,7 @@ pub fn reached(point: Point) {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 fn from_env() -> Option<Fault> {
     let text = std::env::var(VARIABLE).ok()?;
     // A test that asks for a fault it cannot get must fail, not pass without one.
@@ -76,10 +96,12 @@ fn from_env() -> Option<Fault> {
     }))
 }
 
+#[cfg(feature = "fault-injection")]
 fn point_names() -> String {
     NAMES.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
 }
 
+#[cfg(feature = "fault-injection")]
 fn parse(text: &str) -> Option<Fault> {
     let mut parts = text.split(':');
     let name = parts.next()?;
@@ -95,6 +117,7 @@ fn parse(text: &str) -> Option<Fault> {
     parts.next().is_none().then_some(Fault { point, hit, action })
 }
 
+#[cfg(feature = "fault-injection")]
 fn act(action: Action) {
     let signal = match action {
         Action::Kill => libc::SIGKILL,
@@ -108,7 +131,7 @@ fn act(action: Action) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fault-injection"))]
 mod tests {
     use super::*;
 

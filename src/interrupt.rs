@@ -6,7 +6,7 @@
 //! [`Interrupted`] error, which `main` turns into the command that resumes and exit status
 //! 128 + signal. Without [`install`] (the library used from other programs) nothing changes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::Result;
@@ -80,5 +80,61 @@ pub fn check(progress: impl FnOnce() -> (String, Option<PathBuf>)) -> Result<()>
             let (progress, checkpoint) = progress();
             Err(Interrupted { signal, progress, checkpoint }.into())
         }
+    }
+}
+
+/// The command line `args` (this process's), with `--resume CHECKPOINT` in place of any
+/// earlier one when the job resumes from a checkpoint (extract resumes from its output file
+/// by itself), quoted so that a shell runs it as it was.
+pub fn resume_command(mut args: Vec<String>, checkpoint: Option<&Path>) -> String {
+    if let Some(checkpoint) = checkpoint {
+        let mut kept = Vec::with_capacity(args.len() + 2);
+        let mut after_resume = false;
+        for a in args {
+            if std::mem::take(&mut after_resume) {
+                continue;
+            }
+            after_resume = a == "--resume";
+            if !after_resume && !a.starts_with("--resume=") {
+                kept.push(a);
+            }
+        }
+        kept.extend(["--resume".to_string(), checkpoint.display().to_string()]);
+        args = kept;
+    }
+    args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+/// `word` as a POSIX shell reads it back.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{resume_command, shell_quote};
+
+    #[test]
+    fn words_are_quoted_as_a_shell_reads_them_back() {
+        for word in ["plain/path.h5", "with space", "it's", "", "$HOME", "a\"b", "semi;colon"] {
+            let quoted = shell_quote(word);
+            let o = std::process::Command::new("sh").args(["-c", &format!("printf %s {quoted}")]).output().unwrap();
+            assert_eq!(String::from_utf8(o.stdout).unwrap(), word, "{quoted}");
+        }
+        assert_eq!(shell_quote("runs/train/last.h5"), "runs/train/last.h5");
+    }
+
+    #[test]
+    fn the_resume_command_replaces_an_earlier_checkpoint() {
+        let args = ["retrain", "finetune", "--resume", "old.h5", "--out", "o p", "--resume=older.h5"].map(String::from).to_vec();
+        assert_eq!(resume_command(args.clone(), Some(Path::new("o p/last.h5"))), "retrain finetune --out 'o p' --resume 'o p/last.h5'");
+        assert_eq!(resume_command(args[..2].to_vec(), None), "retrain finetune");
     }
 }

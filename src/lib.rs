@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod cache;
 pub mod dataset;
+pub mod description;
 pub mod eval;
 pub mod export;
 pub mod extract;

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{mirror, mirror_landmarks};
 use crate::dataset::Sample;
-use crate::export::CROP_KEY;
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
 use crate::progress;
@@ -40,7 +39,7 @@ pub struct Passes {
 
 pub struct Locator {
     model: Model,
-    /// The crop the model was trained on (`retrain.crop`).
+    /// The crop the model was trained on (its description's `crop`).
     crop: Crop,
 }
 
@@ -50,10 +49,7 @@ impl Locator {
         if model.output_dim != 10 {
             bail!("landmark model {}: output '{LANDMARKS_OUTPUT}' has {} values per image, expected 10 (x1..x5, y1..y5)", path.display(), model.output_dim);
         }
-        let crop = match model.description.get(CROP_KEY) {
-            Some(c) => c.parse().with_context(|| format!("metadata retrain.crop of {}", path.display()))?,
-            None => Crop::Original,
-        };
+        let crop = model.description.crop.unwrap_or(Crop::Original);
         Ok(Locator { model, crop })
     }
 

@@ -1,10 +1,9 @@
 //! An ONNX backbone and its self-description: input spec, bottleneck output, file hash.
 //!
-//! The input layout, size and scaling come from the model, never from constants here: ONNX
-//! metadata keys `retrain.*` (written by scripts/convert_inception.py), or else a sidecar JSON
-//! `MODEL.onnx.json` with the same keys without the prefix.
+//! The input layout, size and scaling come from the model, never from constants here: its
+//! [`Description`] (ONNX metadata written by scripts/convert_inception.py, or else a sidecar
+//! JSON `MODEL.onnx.json`).
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use ort::session::Session;
 use sha2::{Digest, Sha256};
 
-use crate::preprocess::{Filter, InputSpec, Layout};
+use crate::description::Description;
+use crate::preprocess::InputSpec;
 use crate::runtime::{self, SessionConfig};
 
 /// A loaded backbone, ready to run.
@@ -27,8 +27,8 @@ pub struct Model {
     pub output_name: String,
     /// Width of that output per image.
     pub output_dim: usize,
-    /// Every key of the description, for the record.
-    pub description: HashMap<String, String>,
+    /// Its description (`retrain.*` metadata or sidecar).
+    pub description: Description,
     /// The model takes decoded uint8 images of any size and prepares them itself (`export
     /// --pixel-input`); `input` then describes the network inside.
     pub pixel_input: bool,
@@ -40,14 +40,13 @@ impl Model {
         let sha256 = file_sha256(path)?;
         let session = runtime::session(path, config)?;
         let description = read_description(path, &session)?;
-        let get = |k: &str| description.get(k).map(String::as_str);
-        let input = input_spec(&description).with_context(|| format!("model description of {}", path.display()))?;
-        let input_name = get("input_name").map(str::to_string).unwrap_or_else(|| session.inputs()[0].name().to_string());
-        let pixel_input = description.contains_key(crate::export::PIXEL_INPUT_KEY);
+        let input = description.input_spec().with_context(|| format!("model description of {}", path.display()))?;
+        let input_name = description.input_name.clone().unwrap_or_else(|| session.inputs()[0].name().to_string());
+        let pixel_input = description.pixel_input.is_some();
         if !pixel_input {
             check_input(&session, &input_name, &input).with_context(|| format!("model {}", path.display()))?;
         }
-        let output_name = output.or(get("bottleneck")).map(str::to_string).unwrap_or_else(|| session.outputs()[0].name().to_string());
+        let output_name = output.or(description.bottleneck.as_deref()).map(str::to_string).unwrap_or_else(|| session.outputs()[0].name().to_string());
         let output_dim = output_width(&session, &output_name).with_context(|| format!("model {}", path.display()))?;
         Ok(Model { path: path.to_path_buf(), sha256, session, input_name, input, output_name, output_dim, description, pixel_input })
     }
@@ -90,82 +89,15 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-pub const METADATA_PREFIX: &str = "retrain.";
-
-/// `retrain.*` ONNX metadata, else the sidecar `MODEL.onnx.json`; error if neither exists.
-fn read_description(path: &Path, session: &Session) -> Result<HashMap<String, String>> {
+/// The model's `retrain.*` metadata, else its sidecar `MODEL.onnx.json`; error if neither exists.
+fn read_description(path: &Path, session: &Session) -> Result<Description> {
     let meta = session.metadata().map_err(|e| anyhow!("{e}"))?;
     let keys = meta.custom_keys().map_err(|e| anyhow!("{e}"))?;
-    let from_metadata: HashMap<String, String> = keys.iter().filter_map(|k| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), meta.custom(k)?))).collect();
-    if !from_metadata.is_empty() {
-        return Ok(from_metadata);
+    let entries: Vec<(String, String)> = keys.iter().filter_map(|k| Some((k.clone(), meta.custom(k)?))).collect();
+    match Description::from_metadata(&entries).with_context(|| format!("model description of {}", path.display()))? {
+        Some(d) => Ok(d),
+        None => Description::from_sidecar(path),
     }
-    read_sidecar(path)
-}
-
-/// The description in the sidecar `MODEL.onnx.json` (keys without the `retrain.` prefix).
-pub fn read_sidecar(path: &Path) -> Result<HashMap<String, String>> {
-    let sidecar = sidecar_path(path);
-    let text = fs::read_to_string(&sidecar).map_err(|_| {
-        anyhow!(
-            "model {} has no retrain.* metadata and no sidecar {}: write one with layout, height, width, mean, std, resize (see README, 'Model description')",
-            path.display(),
-            sidecar.display()
-        )
-    })?;
-    let json: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).with_context(|| format!("sidecar {} is not a JSON object", sidecar.display()))?;
-    Ok(json
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (k, v)
-        })
-        .collect())
-}
-
-pub fn sidecar_path(model: &Path) -> PathBuf {
-    let mut s = model.as_os_str().to_owned();
-    s.push(".json");
-    PathBuf::from(s)
-}
-
-/// Builds the [`InputSpec`] from a description's keys.
-pub fn input_spec(d: &HashMap<String, String>) -> Result<InputSpec> {
-    let need = |k: &str| d.get(k).ok_or_else(|| anyhow!("missing key '{k}'"));
-    let layout = match need("layout")?.to_ascii_uppercase().as_str() {
-        "NHWC" => Layout::Nhwc,
-        "NCHW" => Layout::Nchw,
-        other => bail!("layout '{other}' is neither NHWC nor NCHW"),
-    };
-    let dim = |k: &str| -> Result<u32> { need(k)?.parse().with_context(|| format!("key '{k}' is not a positive integer")) };
-    let triple = |k: &str, default: f32| -> Result<[f32; 3]> {
-        let Some(text) = d.get(k) else { return Ok([default; 3]) };
-        let v: Vec<f32> = text.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().with_context(|| format!("key '{k}'='{text}'"))?;
-        match v.as_slice() {
-            [a] => Ok([*a; 3]),
-            [a, b, c] => Ok([*a, *b, *c]),
-            _ => bail!("key '{k}'='{text}' needs 1 or 3 numbers"),
-        }
-    };
-    if d.get("color").is_some_and(|c| !c.eq_ignore_ascii_case("RGB")) {
-        bail!("color '{}' is not supported: only RGB inputs", d["color"]);
-    }
-    let spec = InputSpec {
-        layout,
-        height: dim("height")?,
-        width: dim("width")?,
-        mean: triple("mean", 0.0)?,
-        std: triple("std", 1.0)?,
-        resize: d.get("resize").map_or(Ok(Filter::Bilinear), |f| f.parse())?,
-    };
-    if spec.std.contains(&0.0) {
-        bail!("key 'std' contains 0");
-    }
-    Ok(spec)
 }
 
 fn check_input(session: &Session, name: &str, spec: &InputSpec) -> Result<()> {

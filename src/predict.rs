@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::cache::Skip;
 use crate::dataset::{mtfl, Sample};
-use crate::export::{ExportedHead, LocatedBy, CROP_KEY, HEADS_KEY, LOCATED_KEY};
-use crate::model::{Model, METADATA_PREFIX};
+use crate::description::ExportedHead;
+use crate::model::Model;
 use crate::predictions::{Attribute, PredictionTable};
 use crate::preprocess::{Crop, Preprocess};
 use crate::stream::{Batches, Decoded, WholeImages};
@@ -39,10 +39,11 @@ pub struct PredictSummary {
 
 /// The heads of an exported model, from its metadata.
 pub fn exported_heads(model: &Model) -> Result<Vec<ExportedHead>> {
-    let json = model.description.get(HEADS_KEY).with_context(|| {
-        format!("model {} has no '{METADATA_PREFIX}{HEADS_KEY}' metadata: it is a backbone, not a model made by `retrain export`", model.path.display())
-    })?;
-    serde_json::from_str(json).with_context(|| format!("metadata '{METADATA_PREFIX}{HEADS_KEY}' of {}", model.path.display()))
+    model
+        .description
+        .heads
+        .clone()
+        .with_context(|| format!("model {} lists no heads: it is a backbone, not a model made by `retrain export`", model.path.display()))
 }
 
 /// Images given on the command line; their names in the output are as given.
@@ -71,24 +72,14 @@ pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
         .collect())
 }
 
-/// The landmark model built into an exported model (`export --landmarks`), if any.
-pub fn located_by(model: &Model) -> Result<Option<LocatedBy>> {
-    let Some(json) = model.description.get(LOCATED_KEY) else { return Ok(None) };
-    serde_json::from_str(json).map(Some).with_context(|| format!("metadata '{METADATA_PREFIX}{LOCATED_KEY}' of {}", model.path.display()))
-}
-
 /// Runs the model over `samples`; unreadable images are skipped and reported.
 pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> Result<PredictSummary> {
     if opts.batch == 0 {
         bail!("--batch must be at least 1");
     }
     let heads = exported_heads(model)?;
-    let crop = match (opts.crop, model.description.get(CROP_KEY)) {
-        (Some(c), _) => c,
-        (None, Some(recorded)) => recorded.parse()?,
-        (None, None) => Crop::Original,
-    };
-    let located = located_by(model)?;
+    let crop = opts.crop.or(model.description.crop).unwrap_or(Crop::Original);
+    let located = model.description.located_by.clone();
     if located.is_some() && opts.crop.is_some() {
         bail!("model {} places its own crop (exported with --landmarks): --crop cannot be applied", model.path.display());
     }

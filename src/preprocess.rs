@@ -40,6 +40,18 @@ pub enum Filter {
     Lanczos,
 }
 
+impl Filter {
+    /// The name the `resize` key takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Nearest => "nearest",
+            Filter::Bilinear => "bilinear",
+            Filter::Bicubic => "bicubic",
+            Filter::Lanczos => "lanczos",
+        }
+    }
+}
+
 impl std::str::FromStr for Filter {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -60,7 +60,7 @@ pub struct ReproduceOptions {
     /// Heads are trained with each; the first one's heads are exported.
     pub solvers: Vec<Solver>,
     pub seed: u64,
-    /// Where `scripts/finetune_study.sh` leaves the second approach's runs
+    /// Where `study/finetune_study.sh` leaves the second approach's runs
     /// (`ATTRIBUTE-CROP/result.json`); the report shows those it finds.
     pub finetune_runs: PathBuf,
 }
@@ -238,11 +238,8 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
         }
     }
     if found.is_empty() {
-        let _ = writeln!(
-            s,
-            "No run under `{}`: `scripts/finetune_study.sh --device cuda` makes them (a GPU job; docs/finetune.md).\n",
-            opts.finetune_runs.display()
-        );
+        let _ =
+            writeln!(s, "No run under `{}`: `study/finetune_study.sh --device cuda` makes them (a GPU job; docs/finetune.md).\n", opts.finetune_runs.display());
         return s;
     }
     s.push_str(

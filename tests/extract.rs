@@ -43,7 +43,7 @@ fn python_output(python: &Path, model: &Path, input: &[f32], shape: &[usize], ou
     let dir = tempfile::tempdir().unwrap();
     let (x, y) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
     write_npy(&x, shape, input);
-    let script = repo().join("scripts/ort_reference.py");
+    let script = repo().join("tests/support/ort_reference.py");
     let st = Command::new(python).arg(script).arg(model).arg(&x).arg(output).arg(&y).status().unwrap();
     assert!(st.success());
     read_npy_f32(&y)

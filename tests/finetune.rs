@@ -23,7 +23,7 @@ fn s(p: &Path) -> &str {
 #[test]
 fn inception_gradient_check_passes_for_every_block_type() {
     let (Some(py), Some(_)) = (python(), common::inception()) else { return };
-    let o = Command::new(py).arg("scripts/gradcheck_inception.py").current_dir(repo()).output().expect("run gradcheck_inception.py");
+    let o = Command::new(py).arg("tests/support/gradcheck_inception.py").current_dir(repo()).output().expect("run gradcheck_inception.py");
     let text = String::from_utf8_lossy(&o.stdout);
     println!("{text}");
     assert!(o.status.success(), "InceptionV3 gradient check failed:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));

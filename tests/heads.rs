@@ -149,7 +149,7 @@ fn linfa_agrees_with_scikit_learn() {
         trained.head.save(&head, &[]).unwrap();
         let ours = eval::evaluate(&head, &test_cache, &cpu()).unwrap().metrics;
         let out = std::process::Command::new(&python)
-            .args(["scripts/sklearn_head.py", "--attribute", "gender", "--c", &opts.linfa.c.to_string(), "--class-weight", name, "--train"])
+            .args(["tests/support/sklearn_head.py", "--attribute", "gender", "--c", &opts.linfa.c.to_string(), "--class-weight", name, "--train"])
             .arg(&train_cache)
             .arg("--test")
             .arg(&test_cache)

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{constant_landmark_model, linear_landmark_model, python, retrain, stderr, synthetic_mtfl, tiny_backbone, IMAGE_SIZE};
+use common::{constant_landmark_model, linear_landmark_model, python, retrain, stderr, stdout, synthetic_mtfl, tiny_backbone, IMAGE_SIZE};
 use retrain::cache::{Cache, Shard};
 use retrain::dataset::mtfl::{self, Split};
 use retrain::eval::{self, Evaluation};
@@ -109,7 +109,11 @@ fn exported_model_predicts_what_eval_scored_for_every_test_image() {
     let model = Model::load(&model_path, &cpu(), None).unwrap();
     let outputs: Vec<&str> = model.session.outputs().iter().map(|o| o.name()).collect();
     assert_eq!(outputs, ["bottleneck", "p_gender", "p_smile"], "the backbone's own classifier is pruned");
-    assert_eq!(model.description.get("crop").map(String::as_str), Some("original"));
+    assert_eq!(model.description.crop, Some(Crop::Original));
+    // the heads' class names, not those of the backbone's own classifier
+    assert_eq!(model.description.labels, None);
+    assert_eq!(model.description.task_labels["gender"], ["male", "female"]);
+    assert_eq!(model.description.task_labels["smile"], ["smiling", "not_smiling"]);
 
     let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
     assert!(summary.skipped.is_empty());
@@ -119,6 +123,32 @@ fn exported_model_predicts_what_eval_scored_for_every_test_image() {
     summary.table.write(&csv).unwrap();
     let header = std::fs::read_to_string(&csv).unwrap().lines().next().unwrap().to_string();
     assert_eq!(header, "path,gender,p_gender_male,p_gender_female,smile,p_smile_smiling,p_smile_not_smiling");
+}
+
+/// `retrain predict --model M photo.jpg` prints the CSV on standard output (also with `--out
+/// -`), the progress and summary on standard error; a one-head model names its labels.
+#[test]
+fn predict_without_out_writes_the_csv_to_standard_output() {
+    let w = world();
+    let train = extract_split(&w, &w.backbone, Split::Training, Crop::Original);
+    let heads = heads(&w, &train, "original");
+    let model_path = w.dir.path().join("gender.onnx");
+    export::export(&w.backbone, &paths(&heads[..1]), &model_path, Input::Tensor).unwrap();
+    let described = Model::load(&model_path, &cpu(), None).unwrap().description;
+    assert_eq!((described.attribute.as_deref(), described.labels), (Some("gender"), Some(vec!["male".to_string(), "female".to_string()])));
+    let image = predict::images_from_list(&w.mtfl.join("testing.txt")).unwrap().remove(0).path;
+    let (model, image) = (model_path.to_str().unwrap(), image.to_str().unwrap());
+    for out in [&[][..], &["--out", "-"][..]] {
+        let o = retrain(&[&["predict", "--model", model, image][..], out].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let printed = stdout(&o);
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(lines.len(), 2, "{printed}");
+        assert_eq!(lines[0], "path,gender,p_gender_male,p_gender_female");
+        assert!(lines[1].starts_with(&format!("{image},")), "{printed}");
+        assert!(stderr(&o).contains("wrote 1 predictions to standard output"), "{}", stderr(&o));
+    }
+    assert!(!common::repo().join("-").exists(), "`--out -` wrote a file named -");
 }
 
 /// onnx.checker accepts the exported file and Python's onnxruntime computes what ours computes.
@@ -187,7 +217,7 @@ fn export_refuses_heads_it_cannot_join() {
     assert!(!out.exists());
 }
 
-/// scripts/onnxruntime_predict.py (PIL + onnxruntime, the model's metadata alone) runs a
+/// tests/support/onnxruntime_predict.py (PIL + onnxruntime, the model's metadata alone) runs a
 /// face-crop model, and places every crop window where retrain does.
 #[test]
 fn the_python_predictor_runs_face_crop_models_and_crops_as_retrain_does() {
@@ -198,7 +228,7 @@ fn the_python_predictor_runs_face_crop_models_and_crops_as_retrain_does() {
     let model_path = w.dir.path().join("face.onnx");
     export::export(&w.backbone, &paths(&heads(&w, &train, "face")), &model_path, Input::Tensor).unwrap();
     let csv = w.dir.path().join("python.csv");
-    let script = common::repo().join("scripts/onnxruntime_predict.py");
+    let script = common::repo().join("tests/support/onnxruntime_predict.py");
     let o = std::process::Command::new(&python)
         .arg(&script)
         .arg(&model_path)
@@ -240,13 +270,13 @@ for crop, w, h, l in json.loads(sys.argv[2]):
     }
     let o = std::process::Command::new(&python)
         .args(["-c", code])
-        .arg(common::repo().join("scripts"))
+        .arg(common::repo().join("tests/support"))
         .arg(serde_json::Value::Array(asked).to_string())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
-    assert_eq!(theirs, ours, "crop windows differ between scripts/onnxruntime_predict.py and retrain");
+    assert_eq!(theirs, ours, "crop windows differ between tests/support/onnxruntime_predict.py and retrain");
 }
 
 /// A second `retrain reproduce` with nothing changed extracts nothing and fits no head: every
@@ -314,7 +344,7 @@ fn a_pixel_input_model_prepares_images_as_extract_does() {
     }
 }
 
-/// scripts/onnxruntime_predict.py feeds a pixel-input model PIL's decoded images as they are,
+/// tests/support/onnxruntime_predict.py feeds a pixel-input model PIL's decoded images as they are,
 /// and gets retrain predict's probabilities (to the CSV's 6 decimals).
 #[test]
 fn a_pixel_input_model_gives_python_onnxruntime_retrains_answer() {
@@ -326,7 +356,7 @@ fn a_pixel_input_model_gives_python_onnxruntime_retrains_answer() {
     let summary = predict_all(&model_path, &w.mtfl.join("testing.txt"));
     let csv = w.dir.path().join("python.csv");
     let o = std::process::Command::new(&python)
-        .arg(common::repo().join("scripts/onnxruntime_predict.py"))
+        .arg(common::repo().join("tests/support/onnxruntime_predict.py"))
         .arg(&model_path)
         .args(["--list".as_ref(), w.mtfl.join("testing.txt").as_os_str(), "--out".as_ref(), csv.as_os_str()])
         .output()
@@ -500,20 +530,20 @@ fn predict_on_plain_photos_crops_faces_from_predicted_landmarks() {
             assert_eq!(row[1 + a * 3], t.attributes[a].labels[t.predicted(a, i)], "{}", row[0]);
         }
     }
-    // scripts/score_predictions.py scores the plain list's CSV against the annotation file:
+    // tests/support/score_predictions.py scores the plain list's CSV against the annotation file:
     // every image found, and landmarks placed where they are annotated are off by nothing
     let Some(python) = python() else { return };
-    let script = common::repo().join("scripts/score_predictions.py");
+    let script = common::repo().join("tests/support/score_predictions.py");
     let o = std::process::Command::new(&python).arg(script).arg(&out).arg(w.mtfl.join("testing.txt")).output().unwrap();
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{report}{}", stderr(&o));
     let n = names.len();
     assert!(report.contains(&format!("{n} of {n} annotated images predicted (0 missing)")), "{report}");
     assert!(report.contains("landmarks: mean error 0.00% of the inter-ocular distance, failures (> 10%) 0.0%"), "{report}");
-    // and scripts/landmark_baseline.py: every generated face has the same landmarks, so the
+    // and study/landmark_baseline.py: every generated face has the same landmarks, so the
     // mean face is exact in each face window and in each whole test image (the 24 x 24
     // images are smaller than a face:3.2 window)
-    let script = common::repo().join("scripts/landmark_baseline.py");
+    let script = common::repo().join("study/landmark_baseline.py");
     let o = std::process::Command::new(&python).arg(script).arg(&w.mtfl).output().unwrap();
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{report}{}", stderr(&o));
@@ -630,14 +660,14 @@ fn the_graph_averages_with_the_mirrored_pixels_as_the_locator_does() {
     assert!(moved > 0.1, "averaging should move this model's landmarks (by {moved} px)");
 }
 
-/// scripts/onnxruntime_predict.py on a model exported with --landmarks writes `table`'s CSV:
+/// tests/support/onnxruntime_predict.py on a model exported with --landmarks writes `table`'s CSV:
 /// the same columns, landmarks to the last digit, probabilities to float rounding.
 fn python_answers_as_retrain(model: &Path, list: &Path, table: &retrain::predictions::PredictionTable) {
     let Some(python) = python() else { return };
     let w = tempfile::tempdir().unwrap();
     let csv = w.path().join("python.csv");
     let o = std::process::Command::new(&python)
-        .arg(common::repo().join("scripts/onnxruntime_predict.py"))
+        .arg(common::repo().join("tests/support/onnxruntime_predict.py"))
         .arg(model)
         .args(["--list".as_ref(), list.as_os_str(), "--out".as_ref(), csv.as_os_str()])
         .output()

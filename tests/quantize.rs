@@ -52,7 +52,7 @@ fn a_calibrated_int8_backbone_extracts_features_close_to_its_original() {
     let model = Model::load(&int8, &SessionConfig::new(Device::Cpu), None).unwrap();
     let original = Model::load(&test_model("tiny_cnn.onnx"), &SessionConfig::new(Device::Cpu), None).unwrap();
     assert_eq!((model.input.clone(), model.output_name.clone()), (original.input.clone(), original.output_name.clone()));
-    assert!(model.description["quantized"].contains("QDQ"), "{:?}", model.description);
+    assert!(model.description.quantized.as_ref().unwrap().contains("QDQ"), "{:?}", model.description);
     assert_ne!(model.sha256, original.sha256);
     let graph = std::fs::read(&int8).unwrap();
     let needle = b"QuantizeLinear";
@@ -104,7 +104,7 @@ fn dynamic_quantisation_needs_no_images_and_static_needs_them() {
     let o = quantize(&["--out", out.to_str().unwrap()], &py);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("dynamic int8"), "{}", stdout(&o));
-    assert!(Model::load(&out, &SessionConfig::new(Device::Cpu), None).unwrap().description["quantized"].contains("dynamic"));
+    assert!(Model::load(&out, &SessionConfig::new(Device::Cpu), None).unwrap().description.quantized.unwrap().contains("dynamic"));
 
     let o = quantize(&["--calibrate", "--out", dir.path().join("x.onnx").to_str().unwrap()], &py);
     assert!(!o.status.success() && stderr(&o).contains("go together"), "{}", stderr(&o));

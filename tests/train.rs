@@ -17,7 +17,7 @@ fn s(p: &Path) -> &str {
 #[test]
 fn gradient_checks_pass_for_every_differentiated_op() {
     let Some(py) = python() else { return };
-    let out = Command::new(py).arg(repo().join("scripts/gradcheck.py")).output().expect("run gradcheck.py");
+    let out = Command::new(py).arg(repo().join("tests/support/gradcheck.py")).output().expect("run gradcheck.py");
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(out.status.success(), "gradient check failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -234,8 +234,8 @@ fn multi_task_training_scores_every_task_and_resumes_as_continuous_training() {
     let model =
         retrain::model::Model::load(&run.join("model.onnx"), &retrain::runtime::SessionConfig::new(retrain::runtime::Device::Cpu), Some("landmarks")).unwrap();
     assert_eq!(model.output_dim, 10);
-    assert_eq!(model.description.get("labels:pose").map(String::as_str), Some("left_profile,left,frontal,right,right_profile"));
-    assert_eq!(model.description.get("crop").map(String::as_str), Some("face:3.2"));
+    assert_eq!(model.description.task_labels["pose"], ["left_profile", "left", "frontal", "right", "right_profile"]);
+    assert_eq!(model.description.crop, Some("face:3.2".parse().unwrap()));
 }
 
 #[test]
@@ -289,8 +289,8 @@ assert any(k.startswith("opt:square:") for k in tensors)
     assert!(String::from_utf8_lossy(&o.stdout).contains("epoch 1 optimizer rmsprop"));
     // its classes are named as heads name them (one table)
     let bytes = std::fs::read(out.join("model.onnx")).unwrap();
-    let labels = retrain::onnx::read_metadata(&bytes).unwrap().into_iter().find(|(k, _)| k == "retrain.labels").unwrap().1;
-    assert_eq!(labels, retrain::head::classes::Classes::mtfl("smile").unwrap().labels.join(","));
+    let description = retrain::description::Description::from_metadata(&retrain::onnx::read_metadata(&bytes).unwrap()).unwrap().unwrap();
+    assert_eq!(description.labels.unwrap(), retrain::head::classes::Classes::mtfl("smile").unwrap().labels);
     // and `retrain extract` takes it: its metadata still describes the input
     let cache = tmp.path().join("c.h5");
     let o = retrain(&["extract", "--model", s(&out.join("model.onnx")), "--mtfl", s(&mtfl), "--split", "testing", "--out", s(&cache), "--quiet"]);

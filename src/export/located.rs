@@ -19,33 +19,17 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::pixels::{self, Front, PIXELS, PIXEL_OPSET};
 use super::{default_opset, first_input, needed_tensors};
+use crate::description::Description;
 use crate::locate::{Passes, LANDMARKS_OUTPUT};
-use crate::model::{input_spec, METADATA_PREFIX};
 use crate::onnx::wire::{fields, Encoder};
 use crate::onnx::{self, graph_field, model_field, node_field, Dim, UINT8};
 use crate::preprocess::{Crop, InputSpec, Layout};
 
-/// Description key (metadata `retrain.located_by`) of a model that places its crop itself ([`LocatedBy`]).
-pub const LOCATED_KEY: &str = "located_by";
-
-/// What an exported model records of the landmark model inside it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LocatedBy {
-    /// The graph output with the placed landmarks: x1..x5, y1..y5 in the image's pixels, [1, 10].
-    pub output: String,
-    pub model_sha256: String,
-    /// The crop the landmark model was trained on (its passes after the first see it).
-    pub crop: String,
-    pub passes: usize,
-    /// Each pass averaged with the mirrored input's estimate (false in files made before it existed).
-    #[serde(default)]
-    pub mirror: bool,
-}
+pub use crate::description::LocatedBy;
 
 /// The landmark model to build in, and how it runs (as `predict --landmark-passes`).
 pub struct Landmarks<'a> {
@@ -227,10 +211,10 @@ impl LandmarkModel {
         if opset > PIXEL_OPSET {
             bail!("its default opset is {opset}: at most {PIXEL_OPSET} can be built into the exported graph");
         }
-        let description = super::description(path, &bytes)?;
-        let spec = input_spec(&description).context("its model description")?;
-        let crop = description.get("crop").map_or(Ok(Crop::Original), |c| c.parse()).context("its metadata retrain.crop")?;
-        let input = match description.get("input_name") {
+        let description = Description::of_file(path, &bytes)?;
+        let spec = description.input_spec().context("its model description")?;
+        let crop = description.crop.unwrap_or(Crop::Original);
+        let input = match &description.input_name {
             Some(name) => name.clone(),
             None => first_input(&bytes)?,
         };
@@ -376,9 +360,4 @@ pub fn front(landmarks: &Landmarks, crop: Crop, spec: &InputSpec, target: &str) 
     let located =
         LocatedBy { output: LANDMARKS_OUTPUT.to_string(), model_sha256: model.sha256, crop: model.crop.to_string(), passes, mirror: landmarks.passes.mirror };
     Ok((front, located))
-}
-
-/// The metadata key of [`LocatedBy`].
-pub fn metadata_key() -> String {
-    format!("{METADATA_PREFIX}{LOCATED_KEY}")
 }

@@ -10,6 +10,7 @@ use ndarray::Array2;
 
 use super::phases::VALIDATION_PERCENT;
 use super::run::Job;
+use crate::description::Description;
 use crate::head::classes::Classes;
 use crate::head::standardize::Standardizer;
 use crate::head::{onnx as head_onnx, CacheOrigin, ClassWeight, Head, HeadInfo, Solver};
@@ -44,11 +45,9 @@ pub(super) fn write(
         s.seed,
         &a.sha256[..12]
     );
-    let metadata = vec![
-        ("retrain.labels".to_string(), classes.labels.join(",")),
-        ("retrain.attribute".to_string(), classes.attribute.clone()),
-        ("retrain.source".to_string(), source),
-    ];
+    let described =
+        Description { labels: Some(classes.labels.clone()), attribute: Some(classes.attribute.clone()), source: Some(source), ..Description::default() };
+    let metadata = described.to_metadata();
     // the whole network, also when phase 2 trained only the layers above a cut
     crate::train::export::export(&job.set.every_layer.verified_file("forward")?, &params, &metadata, &model)?;
     let head = out.join(format!("{}.head.onnx", classes.attribute));

@@ -48,7 +48,7 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// `train-head --c`'s default, chosen on InceptionV3's bottlenecks (scripts/sklearn_choose_c.py).
+/// `train-head --c`'s default, chosen on InceptionV3's bottlenecks (study/sklearn_choose_c.py).
 pub const DEFAULT_C: f64 = 0.01;
 
 impl Default for LinfaParams {

@@ -9,14 +9,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::{Head, HeadInfo};
+use crate::description::{Description, FileKind};
 use crate::onnx::{self, int_attribute, node, tensor_f32, value_info, Dim, Graph};
 
 /// The graph input of every head: the backbone's output, flattened to [N, features].
 pub const INPUT: &str = "retrain/features";
-/// Metadata key holding the [`HeadInfo`] JSON.
-pub const INFO_KEY: &str = "retrain.head";
-/// Metadata key saying what kind of file this is.
-pub const KIND_KEY: &str = "retrain.kind";
 
 /// `p_<attribute>`: the probabilities output.
 pub fn output_name(attribute: &str) -> String {
@@ -47,8 +44,8 @@ pub fn encode(head: &Head) -> Result<Vec<u8>> {
         inputs: vec![value_info(INPUT, &[Dim::Named("N"), Dim::Fixed(dim)])],
         outputs: vec![value_info(&info.output, &[Dim::Named("N"), Dim::Fixed(classes)])],
     };
-    let metadata = [(KIND_KEY.to_string(), "head".to_string()), (INFO_KEY.to_string(), serde_json::to_string(info)?)];
-    Ok(onnx::model(&graph, &metadata))
+    let described = Description { kind: Some(FileKind::Head), head: Some(info.clone()), ..Description::default() };
+    Ok(onnx::model(&graph, &described.to_metadata()))
 }
 
 /// A head file read back: its description and its bytes.
@@ -66,9 +63,9 @@ impl HeadFile {
 }
 
 fn info_of(bytes: &[u8]) -> Result<HeadInfo> {
-    let metadata = onnx::read_metadata(bytes)?;
-    let Some((_, json)) = metadata.iter().find(|(k, _)| k == INFO_KEY) else {
-        bail!("its ONNX metadata has no '{INFO_KEY}' entry (made by `retrain train-head`?)");
-    };
-    serde_json::from_str(json).with_context(|| format!("metadata '{INFO_KEY}' is not a head description"))
+    let described = Description::from_metadata(&onnx::read_metadata(bytes)?)?;
+    match described.and_then(|d| d.head) {
+        Some(info) => Ok(info),
+        None => bail!("its description has no head (made by `retrain train-head`?)"),
+    }
 }

@@ -116,8 +116,8 @@ pub struct Manifest {
     pub batch: usize,
     pub classes: usize,
     pub image: ImageEntry,
-    /// The forward graph's `retrain.*` metadata without the prefix (input spec, bottleneck, ...).
-    pub description: HashMap<String, String>,
+    /// The forward graph's description (input spec, bottleneck, ...).
+    pub description: crate::description::Description,
     pub dtype: String,
     pub inputs: InputNames,
     pub outputs: OutputNames,

@@ -241,8 +241,8 @@ pub(crate) fn scalar(v: f32) -> Result<Tensor<f32>> {
 /// that take feature rows (a fine-tuning head), of the input's declared shape.
 pub fn image_batch_shape(artifacts: &Artifacts, n: usize, image_len: usize) -> Result<Vec<usize>> {
     let m = &artifacts.manifest;
-    let (expected, shape) = if m.description.contains_key("layout") {
-        let spec = crate::model::input_spec(&m.description).context("artifacts' model description")?;
+    let (expected, shape) = if m.description.describes_input() {
+        let spec = m.description.input_spec().context("artifacts' model description")?;
         (spec.image_len(), spec.batch_shape(n).to_vec())
     } else {
         let rest: Option<Vec<usize>> = m.image.shape.iter().skip(1).copied().collect();

@@ -21,9 +21,8 @@ use super::schedule::Schedule;
 use super::score::{self, Head, TaskScore};
 use super::steps::{self, Flow, Label, Points, Stepper, Steps};
 use crate::augment::Distortions;
-use crate::export::CROP_KEY;
+use crate::description::Description;
 use crate::head::classes::Classes;
-use crate::model::METADATA_PREFIX;
 use crate::preprocess::{Crop, InputSpec, Preprocess};
 use crate::runtime::{self, Device, SessionConfig};
 
@@ -209,7 +208,7 @@ struct Sets {
 }
 
 fn load_sets(opts: &TrainOptions, artifacts: &Artifacts, tasks: &Tasks, seed: u64) -> Result<Sets> {
-    let input = crate::model::input_spec(&artifacts.manifest.description).context("artifacts' model description")?;
+    let input = artifacts.manifest.description.input_spec().context("artifacts' model description")?;
     let pre = Preprocess { crop: opts.crop, input: input.clone() };
     let subsets = Subsets { validation_percent: VALIDATION_PERCENT, seed, limit: opts.limit, test: opts.score_test };
     let [train, val, test] = subsets.of_mtfl(&opts.mtfl, tasks)?;
@@ -368,19 +367,21 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, heads: &[Head],
     Ok(summary)
 }
 
-/// The class names of the trained model's attributes (`retrain.labels` for one attribute,
-/// `retrain.labels:NAME` for each of several), its crop (landmarks are fractions of it) and
-/// where it came from.
+/// The class names of the trained model's attributes (`labels` for one attribute,
+/// `labels:NAME` for each of several), its crop (landmarks are fractions of it) and where it
+/// came from, as metadata entries set over the forward graph's own description.
 fn model_metadata(heads: &[Head], crop: Crop, source: String) -> Vec<(String, String)> {
-    let mut metadata = Vec::new();
+    let mut d = Description { crop: Some(crop), source: Some(source), ..Description::default() };
     for h in heads {
         if let Some(labels) = &h.labels {
-            let key = if heads.len() == 1 { format!("{METADATA_PREFIX}labels") } else { format!("{METADATA_PREFIX}labels:{}", h.name) };
-            metadata.push((key, labels.join(",")));
+            if heads.len() == 1 {
+                d.labels = Some(labels.clone());
+            } else {
+                d.task_labels.insert(h.name.clone(), labels.clone());
+            }
         }
     }
-    metadata.extend([(format!("{METADATA_PREFIX}{CROP_KEY}"), crop.to_string()), (format!("{METADATA_PREFIX}source"), source)]);
-    metadata
+    d.to_metadata()
 }
 
 /// The closing lines of `retrain train`.

@@ -20,10 +20,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A small committed test model (made by scripts/make_test_models.py).
+/// A small committed test model (made by tests/support/make_test_models.py).
 pub fn test_model(name: &str) -> PathBuf {
     let p = repo().join("onnx/test").join(name);
-    assert!(p.exists(), "{} is missing: run `.venv/bin/python scripts/make_test_models.py`", p.display());
+    assert!(p.exists(), "{} is missing: run `.venv/bin/python tests/support/make_test_models.py`", p.display());
     p
 }
 
@@ -97,6 +97,7 @@ pub fn retrain_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// The `RETRAIN_FAULT` setting that stops a run the `hit`-th time it passes `point`
 /// (see src/fault.rs), e.g. `fault("cache-committed", 3, "kill")`.
 pub fn fault(point: &str, hit: u64, action: &str) -> (&'static str, String) {
+    assert!(retrain::fault::ENABLED, "fault tests need the fault-injection feature: cargo test --features fault-injection (scripts/test.sh sets it)");
     (retrain::fault::VARIABLE, format!("{point}:{hit}:{action}"))
 }
 

@@ -66,7 +66,8 @@ pub fn tiny_backbone(path: &Path, seed: u64) -> PathBuf {
         inputs: vec![value_info("input", &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(INPUT_SIZE), Dim::Fixed(INPUT_SIZE)])],
         outputs: vec![value_info("bottleneck", &[Dim::Named("N"), Dim::Fixed(b)]), value_info("logits", &[Dim::Named("N"), Dim::Fixed(5)])],
     };
-    write_described(path, &graph, &[("bottleneck", "bottleneck"), ("input_name", "input")])
+    // its own 5-way classifier is named, as a pretrained backbone's is (nsfwjs's InceptionV3)
+    write_described(path, &graph, &[("bottleneck", "bottleneck"), ("input_name", "input"), ("labels", "Drawing,Hentai,Neutral,Porn,Sexy")])
 }
 
 /// A small NCHW backbone with an Inception-style pooling branch: Conv(3->8, 3x3) -> Relu ->

@@ -19,11 +19,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_inception import metadata_props, retrain_fields  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the product scripts it builds on
+import description as desc  # noqa: E402
+from convert_inception import retrain_fields  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONVERTER = "scripts/make_test_models.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONVERTER = "tests/support/make_test_models.py"
 SOURCE = "synthetic (seeded random weights)"
 OPSET = 17
 
@@ -128,7 +129,7 @@ def write_special_models(out_dir):
 def save_special(path, graph, fields):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name=CONVERTER)
     model.ir_version = 8
-    helper.set_model_props(model, metadata_props(fields))
+    desc.write(model, fields)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
@@ -145,9 +146,10 @@ def write_model(out_dir, name, seed, settings, extra, as_metadata):
                             converter=CONVERTER, **extra)
     path = out_dir / f"{name}.onnx"
     if as_metadata:
-        helper.set_model_props(model, metadata_props(fields))
+        desc.write(model, fields)
     else:
-        sidecar = path.with_name(path.name + ".json")
+        desc.check(fields)
+        sidecar = desc.sidecar_path(path)
         sidecar.write_text(json.dumps(fields, indent=2) + "\n")
         print(f"wrote {sidecar}")
     onnx.save(model, path)

@@ -2,14 +2,14 @@
 """What a landmark model that ignores the pixels scores on MTFL: the mean training face.
 
 The mean landmarks of training.txt, as fractions of each image's face window (`--crop
-face:SCALE`, placed from the annotated landmarks as retrain places it: scripts/onnxruntime_predict.py's
+face:SCALE`, placed from the annotated landmarks as retrain places it: tests/support/onnxruntime_predict.py's
 `crop_box`), put back into
 
   - every training image's own face window: what an undistorted face-crop validation
     rewards without looking at the image (the window is centred on the landmarks);
   - every test image taken whole (`--test-crop original`; MTFL's test images are face crops).
 
-Errors as `retrain train` and scripts/score_predictions.py report them: mean point distance
+Errors as `retrain train` and tests/support/score_predictions.py report them: mean point distance
 over the annotated inter-ocular distance, averaged over images; failures above 10%.
 
 usage: landmark_baseline.py MTFL_DIR [--scale 3.2]
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the scripts the tests check retrain against
 from onnxruntime_predict import crop_box, read_list  # noqa: E402
 from score_predictions import describe_errors, landmark_error  # noqa: E402
 

@@ -42,7 +42,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gradcheck.py, beside it
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the product scripts it builds on
 import make_artifacts as ma  # noqa: E402
 import make_finetune as mf  # noqa: E402
 from gradcheck import reference_evaluator, to_float64  # noqa: E402
@@ -121,7 +122,7 @@ def at_side(model, side):
 
 
 def default_images():
-    mtfl = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "MTFL"
+    mtfl = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "MTFL"
     picks = [mtfl / "lfw_5590" / "Aaron_Eckhart_0001.jpg", mtfl / "AFLW" / "0001-image20056.jpg"]
     if all(p.exists() for p in picks):
         return picks

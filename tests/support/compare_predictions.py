@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares two prediction CSVs of retrain's format (path, then per attribute its label and
 p_<attribute>_<label> columns), e.g. `retrain eval --predictions` against `retrain predict`,
-or `retrain predict` against scripts/onnxruntime_predict.py.
+or `retrain predict` against tests/support/onnxruntime_predict.py.
 
 For every attribute present in both files it prints how many shared images get the same
 label and the largest probability difference, and for landmark columns (x1..x5, y1..y5)

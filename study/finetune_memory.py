@@ -23,7 +23,7 @@ import numpy as np
 def one(folder, micro):
     """Child process: run the micro-batch graph twice, print seconds and peak RSS."""
     import onnxruntime as ort
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the product scripts it builds on
     import make_artifacts as ma
 
     manifest = json.loads((folder / "manifest.json").read_text())

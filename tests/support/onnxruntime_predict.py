@@ -5,7 +5,7 @@ the same CSV as `retrain predict`. Checks the file with onnx.checker first.
 
 The preprocessing is an independent implementation (PIL's resize, not fast_image_resize), so
 probabilities differ from `retrain predict` by a little; labels should almost always agree
-(compare with scripts/compare_predictions.py). A model exported with `--pixel-input` does its
+(compare with tests/support/compare_predictions.py). A model exported with `--pixel-input` does its
 own resize and scaling: it gets each decoded image as it is (uint8 RGB, 1 x H x W x 3), and
 then agrees with `retrain predict` to float rounding. One exported with `--landmarks` also
 places its face or nose crop itself (a plain list of photos is enough) and outputs the

@@ -8,7 +8,7 @@
 # model.onnx,<attribute>.head.onnx,phase1/,phase2/}; `retrain reproduce` reports them beside the
 # study. Re-running an attribute whose result.json exists skips it.
 #
-#   scripts/finetune_study.sh --mtfl DIR [--device cuda] [--attributes smile,gender]
+#   study/finetune_study.sh --mtfl DIR [--device cuda] [--attributes smile,gender]
 #       [--crop original] [--runs runs/finetune] [--train-from LAYER]
 #       [-- any other `retrain finetune` flags]
 # --train-from mixed9: phase 2 trains InceptionV3's top two blocks only (Keras' recipe) on

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How large MTFL's faces are within their images: image side / eye-to-mouth distance.
 
-    .venv/bin/python scripts/face_scale.py [MTFL folder, default ../shared/datasets/MTFL]
+    .venv/bin/python study/face_scale.py [MTFL folder, default ../shared/datasets/MTFL]
 
 Prints the 10th/50th/90th percentiles per source folder (lfw_5590, net_7876, AFLW). The
 AFLW test images are tight crops, the training ones have background: `--crop face:SCALE`

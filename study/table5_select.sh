@@ -3,9 +3,9 @@
 # smile (Adam, lr 1e-4, batch 64, seed 0, all of training.txt: 7,932 train / 2,068 validation
 # images) for E epochs with --no-test, so the test list is never read; the candidate with the
 # best validation accuracy (the criterion best.h5 uses) wins. The winner's full runs are
-# scripts/train_table5.sh with its flags, and only they read the test list, once.
+# study/train_table5.sh with its flags, and only they read the test list, once.
 #
-#   scripts/table5_select.sh [--mtfl ../shared/datasets/MTFL] [--epochs 45] [--runs runs/table5-select]
+#   study/table5_select.sh [--mtfl ../shared/datasets/MTFL] [--epochs 45] [--runs runs/table5-select]
 #       [--device cpu|cuda] [--limit N (smoke tests)]
 set -euo pipefail
 cd "$(dirname "$0")/.."

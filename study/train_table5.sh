@@ -5,7 +5,7 @@
 # Prints test accuracy and wall time of each; writes runs/table5/<net>/{history.csv,curves.png,
 # result.json,model.onnx,best.h5,last.h5}. Re-running resumes from last.h5.
 #
-#   scripts/train_table5.sh --device cuda [--mtfl ../shared/datasets/MTFL] [--only tcdcn|cascade]
+#   study/train_table5.sh --device cuda [--mtfl ../shared/datasets/MTFL] [--only tcdcn|cascade]
 #       [--tcdcn-epochs 45] [--cascade-epochs 125] [--batch 64] [--threads N] [--runs runs/table5]
 #       [--crop original|nose|face] [--optimizer adam|adamw|sgd|rmsprop] [--weight-decay WD]
 #       [--lr 1e-4] [--patience N] [--lr-decay F --lr-decay-every E] [--flip] [--random-crop P]
@@ -57,7 +57,7 @@ run() {  # $1 network, $2 attribute, $3 epochs, $4 crop
     --epochs "$epochs" --lr "$lr" --device "$device" --out "$out" "${resume[@]}" "${extra[@]}"
   local acc
   acc=$(sed -n 's/.*"test_accuracy": \([0-9.]*\).*/\1/p' "$out/result.json")
-  $py scripts/plot_history.py "$out/history.csv" "$out/curves.png" --test-accuracy "$acc" \
+  $py study/plot_history.py "$out/history.csv" "$out/curves.png" --test-accuracy "$acc" \
      --title "$net on MTFL $attr ($crop crop, $optimizer${wd:+ wd $wd} lr $lr, batch $batch, $device)" || echo "(no PNG: matplotlib missing)"
   local done
   done=$(sed -n 's/.*"epochs_completed": \([0-9]*\).*/\1/p' "$out/result.json")

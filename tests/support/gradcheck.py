@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the product scripts it builds on
 import make_artifacts as ma  # noqa: E402
 import scratch_nets  # noqa: E402
 

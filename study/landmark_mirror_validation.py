@@ -18,23 +18,18 @@ failures: images above 10%.
 """
 
 import argparse
-import hashlib
 import json
-import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-BUCKETS = (1 << 27) - 1
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from landmark_regressor import held_out  # noqa: E402  retrain's split (src/dataset/split.rs)
+
 MIRROR_ORDER = [1, 0, 2, 4, 3]  # left/right eye and mouth corner trade places
-
-
-def held_out(name, seed, percent):
-    stem = name.replace("\\", "/").rsplit("/", 1)[-1].split("_nohash_")[0]
-    digest = hashlib.sha256(struct.pack("<Q", seed) + stem.encode()).digest()
-    return (int.from_bytes(digest[:8], "little") % (BUCKETS + 1)) * 100.0 / BUCKETS < percent
 
 
 def face_window(points, scale, width, height):
