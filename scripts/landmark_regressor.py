@@ -58,6 +58,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from PIL import Image
 
+import description as desc
 from make_artifacts import prune_unused
 
 OUTPUT = "landmarks"
@@ -88,13 +89,8 @@ def read_rows(mtfl):
     return rows
 
 
-def description(model):
-    return {p.key[len("retrain."):]: p.value for p in model.metadata_props if p.key.startswith("retrain.")}
-
-
 def triple(d, key, default):
-    values = [float(v) for v in d.get(key, str(default)).split(",")]
-    return np.array(values * 3 if len(values) == 1 else values, np.float32)
+    return np.array(desc.triple(d.get(key), default), np.float32)
 
 
 class Input:
@@ -103,7 +99,7 @@ class Input:
     def __init__(self, d, backbone, model):
         missing = [k for k in ("layout", "height", "width") if k not in d]
         if missing:
-            raise SystemExit(f"{backbone}: its metadata lacks retrain.{', retrain.'.join(missing)} (see scripts/convert_faceres.py)")
+            raise SystemExit(f"{backbone}: its metadata lacks {', '.join(desc.PREFIX + k for k in missing)} (see scripts/convert_faceres.py)")
         self.nchw = d["layout"].upper() == "NCHW"
         self.size = (int(d["width"]), int(d["height"]))
         self.mean, self.std = triple(d, "mean", 0), triple(d, "std", 1)
@@ -268,9 +264,10 @@ def add_monomials(g, values, n, degree, out):
 
 
 def described(model, d, **changes):
-    props = {f"retrain.{k}": v for k, v in {**{k: v for k, v in d.items() if k not in changes}, **changes}.items() if v is not None}
+    """`model` described by `d` with `changes` (a None value drops the key); the backbone's other
+    metadata entries go too."""
     del model.metadata_props[:]
-    helper.set_model_props(model, props)
+    desc.write(model, {**{k: v for k, v in d.items() if k not in changes}, **changes})
     onnx.checker.check_model(model)
     return model
 
@@ -335,7 +332,7 @@ def main(argv=None):
         raise SystemExit(f"--geometry-degrees {a.geometry_degrees}: each must be 1 to 4")
     start = time.time()
     model = onnx.load(a.backbone, load_external_data=False)
-    d = description(model)
+    d = desc.read(model)
     spec = Input(d, a.backbone, model)
     model.graph.output.append(helper.make_tensor_value_info(a.layer, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()

@@ -21,7 +21,7 @@ them from Rust.  The folder written:
                    gradient accumulation and for the gradient checks)
   eval.onnx        forward only, dynamic batch, trainable parameters as inputs -> `logits`
   init.h5          the initial checkpoint: parameters from the forward graph, zero slots,
-                   step 0, epoch 0 (layout in README, "Training checkpoints"; gzip-compressed)
+                   step 0, epoch 0 (layout in docs/formats.md; gzip-compressed)
 
 With --micro-batches M1,M2,... also (gradient accumulation, for batches that do not fit):
   accumulate_bM.onnx  the gradient graph at micro-batch M that adds its gradient, times the
@@ -50,6 +50,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import description as desc  # noqa: E402
 
 FORMAT = "retrain-training-artifacts"
 FORMAT_VERSION = 1
@@ -62,7 +63,7 @@ MASK_PREFIX, UPDATED_PREFIX, GRAD_PREFIX = "dropout_mask:", "updated:", "grad:"
 ACC_PREFIX, ACCUMULATED_PREFIX, ACC_FIRST, ACC_SCALE = "acc:", "accumulated:", "acc_first", "acc_scale"
 
 # Optimizer: slots per parameter and default hyper-parameters.  Conventions are PyTorch's
-# (torch.optim.SGD / Adam / AdamW / RMSprop), which README states in full.
+# (torch.optim.SGD / Adam / AdamW / RMSprop), which docs/training.md states in full.
 OPTIMIZERS = {
     "sgd": (["momentum"], dict(momentum=0.9, weight_decay=0.0)),
     "adam": (["m", "v"], dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)),
@@ -225,9 +226,9 @@ def add_loss(model, logits, classes):
 
 
 def tasks_of(forward):
-    """The forward graph's tasks (`retrain.tasks` metadata, written by scratch_nets.py for
+    """The forward graph's tasks (description key `tasks`, written by scratch_nets.py for
     the multi-task TCDCN), or None for a one-attribute graph."""
-    text = {p.key: p.value for p in forward.metadata_props}.get("retrain.tasks")
+    text = desc.read(forward).get("tasks")
     if text is None:
         return None
     tasks = json.loads(text)
@@ -612,10 +613,6 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def description(forward):
-    return {p.key[len("retrain."):]: p.value for p in forward.metadata_props if p.key.startswith("retrain.")}
-
-
 def image_layout(model):
     image = image_input(model)
     return {"input": image.name,
@@ -667,7 +664,7 @@ def generate(forward_path, out, *, batch, optimizer, trainable_patterns=None, hy
         "batch": batch,
         "classes": classes,
         "image": image_layout(forward),
-        "description": description(forward),
+        "description": desc.read(forward),
         "dtype": "float32" if elem_type(forward) == TensorProto.FLOAT else "float64",
         "inputs": {"labels": LABELS, "weights": WEIGHTS, "lr": LR, "step": STEP,
                    **({"targets": TARGETS} if any(t["kind"] == "landmarks" for t in tasks) else {})},

@@ -39,6 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import description as desc  # noqa: E402
 import make_artifacts as ma  # noqa: E402
 
 HEAD = "Logits"
@@ -125,7 +126,7 @@ def cut_below(model, layer):
 
 def split_at(model, cut, shapes):
     """(below, above): the graph up to tensor `cut` (its one output, named `cut`; the source's
-    retrain.* description kept, so `retrain extract` caches it like a bottleneck), and the
+    description kept, so `retrain extract` caches it like a bottleneck), and the
     graph from `cut` on (its one input, [N, *shape of cut]) to `logits`."""
     below = copy.deepcopy(model)
     del below.graph.output[:]
@@ -170,10 +171,9 @@ def write_partial(out, model, layer, batch, hyper, seed):
             "below_sha256": ma.sha256(folder / "below.onnx")}
 
 
-def metadata(source, labels, note):
-    props = {p.key: p.value for p in source.metadata_props if p.key.startswith("retrain.")}
-    props.update({"retrain.labels": ",".join(labels), "retrain.bottleneck": "bottleneck", "retrain.source": note})
-    return props
+def description(source, labels, note):
+    """The source's description with the new classifier's labels, the bottleneck and a note."""
+    return {**desc.read(source), "labels": desc.labels_text(labels), "bottleneck": "bottleneck", "source": note}
 
 
 def finetune_model(source, classes, labels, dropout, seed, bottleneck):
@@ -192,7 +192,7 @@ def finetune_model(source, classes, labels, dropout, seed, bottleneck):
     model.ir_version = source.ir_version
     digest = hashlib.sha256(source.SerializeToString()).hexdigest()[:12]
     note = f"fine-tuning graph of {source.graph.name or 'a model'} (sha256 of the graph {digest}), new {classes}-way Logits"
-    helper.set_model_props(model, metadata(source, labels, note))
+    desc.write(model, description(source, labels, note))
     return model, features
 
 

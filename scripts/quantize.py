@@ -15,6 +15,11 @@ first: ONNX Runtime's int8 AveragePool runs about 7x slower than its float one (
 the pool does not count padding, so the result is the same; it is checked on the first
 calibration batch. Every key of DESC.json is written back as `retrain.KEY` metadata, with
 `retrain.quantized` saying how, so `extract`, `export` and `predict` take OUT as they take MODEL.
+
+retrain runs this file from a temporary folder (src/quantize.rs carries it with include_str!),
+so it cannot import scripts/description.py: `describe` mirrors that module's `write` (other
+tools' entries kept, earlier `retrain.*` entries replaced), with the keys sorted as
+src/description.rs writes them.
 """
 import argparse
 import json
@@ -98,6 +103,19 @@ def check_same_outputs(original, rewritten, feed):
             sys.exit(f"internal error: moving AveragePool after its Conv changed output {name} by {change}")
 
 
+def describe(model, description):
+    """Writes `description` (keys without the prefix) as the model's `retrain.KEY` metadata,
+    sorted, after the entries of other tools; as scripts/description.py's `write`."""
+    kept = [(e.key, e.value) for e in model.metadata_props if not e.key.startswith("retrain.")]
+    del model.metadata_props[:]
+    for key, value in kept:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    for key, value in sorted(description.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"retrain.{key}", str(value)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
@@ -133,14 +151,7 @@ def main():
             quantize_dynamic(prepared, a.out, per_channel=True, weight_type=QuantType.QInt8)
             how = "dynamic int8 (weights int8 per channel; activation ranges per batch)"
     model = onnx.load(a.out)
-    kept = [(e.key, e.value) for e in model.metadata_props if not e.key.startswith("retrain.")]
-    del model.metadata_props[:]
-    for key, value in kept:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    for key, value in sorted({**description, "quantized": how}.items()):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = f"retrain.{key}", str(value)
+    describe(model, {**description, "quantized": how})
     onnx.save(model, a.out)
     print(how)
 

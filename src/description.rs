@@ -53,10 +53,13 @@ pub enum FileKind {
 /// What `predict` needs to know of each head in an exported model (key `heads`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportedHead {
+    /// The attribute the head predicts.
     pub attribute: String,
     /// The graph output with this attribute's probabilities.
     pub output: String,
+    /// Class names, in the order of the output's columns.
     pub labels: Vec<String>,
+    /// The head as `train-head` described it.
     pub head: HeadInfo,
 }
 
@@ -65,9 +68,11 @@ pub struct ExportedHead {
 pub struct LocatedBy {
     /// The graph output with the placed landmarks: x1..x5, y1..y5 in the image's pixels, [1, 10].
     pub output: String,
+    /// SHA-256 of the landmark model file.
     pub model_sha256: String,
     /// The crop the landmark model was trained on (its passes after the first see it).
     pub crop: String,
+    /// Passes of the landmark model (the whole image, then its own crop).
     pub passes: usize,
     /// Each pass averaged with the mirrored input's estimate (false in files made before it existed).
     #[serde(default)]
@@ -84,11 +89,17 @@ pub struct Description {
     /// `layout`, `height`, `width`, `mean`, `std`, `resize`, `color`: the input tensor; see
     /// [`Description::input_spec`].
     pub layout: Option<Layout>,
+    /// Input height in pixels.
     pub height: Option<u32>,
+    /// Input width in pixels.
     pub width: Option<u32>,
+    /// Per-channel mean subtracted after scaling to 0..1.
     pub mean: Option<[f32; 3]>,
+    /// Per-channel divisor after the mean.
     pub std: Option<[f32; 3]>,
+    /// The resize filter.
     pub resize: Option<Filter>,
+    /// Colour order; only RGB is taken.
     pub color: Option<String>,
     /// `bottleneck`: the output `extract` caches [default: the graph's first output].
     pub bottleneck: Option<String>,
@@ -112,8 +123,11 @@ pub struct Description {
     pub attribute: Option<String>,
     /// `source`, `quantized`, `backbone_sha256`, `exported_by`: provenance.
     pub source: Option<String>,
+    /// How the model was quantised to int8 (`retrain quantize`).
     pub quantized: Option<String>,
+    /// SHA-256 of the backbone an exported model was made from.
     pub backbone_sha256: Option<String>,
+    /// The retrain version that exported the model.
     pub exported_by: Option<String>,
     /// Keys this version has no field for (`tasks` of the training scripts, say), kept as
     /// they are so that a description passes through unchanged.

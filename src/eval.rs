@@ -18,17 +18,34 @@ use crate::runtime::{self, SessionConfig};
 /// The result of `retrain eval`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
+    /// The head file scored.
     pub head_path: String,
+    /// The head's description.
     pub head: HeadInfo,
+    /// The cache it was scored on.
     pub cache: CacheOrigin,
     /// Rows of the cache without a label for the attribute (not scored).
     pub unlabeled: usize,
+    /// Accuracy, per-class precision and recall, confusion matrix.
     pub metrics: Metrics,
     #[serde(skip)]
+    /// Each scored row's class probabilities.
     pub predictions: PredictionTable,
 }
 
 /// Scores the head at `head_path` on every labelled row of the cache at `cache_path`.
+///
+/// ```
+/// use retrain::{eval::evaluate, runtime::SessionConfig};
+/// # let dir = tempfile::tempdir()?;
+/// # let head = retrain::examples::head(dir.path())?;
+/// # let test_cache = dir.path().join("photos.h5");
+///
+/// let scores = evaluate(&head, &test_cache, &SessionConfig::cpu())?;
+/// println!("{}", scores.markdown()); // accuracy, per-class precision and recall, confusion matrix
+/// assert_eq!(scores.metrics.confusion.len(), 2);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn evaluate(head_path: &Path, cache_path: &Path, config: &SessionConfig) -> Result<Evaluation> {
     Ok(evaluate_all(&[head_path], cache_path, config)?.remove(0))
 }
@@ -103,6 +120,7 @@ impl Evaluation {
         format!("{} ({} head on {}, crop {crop})", self.head.attribute, self.head.solver.name(), self.cache.source)
     }
 
+    /// The scores as a Markdown section: accuracy, per-class table, confusion matrix.
     pub fn markdown(&self) -> String {
         self.metrics.markdown(&self.title())
     }

@@ -6,7 +6,7 @@
 //! files as they are. The backbone's `retrain.*` metadata (input layout, size, scaling) stays,
 //! and the crop, the heads and their outputs are added, so `predict` (or anyone) can
 //! preprocess correctly from the file alone. With `pixel_input` the resize and scaling become
-//! part of the graph too (see [`pixels`]).
+//! part of the graph too (src/export/pixels.rs).
 
 mod located;
 mod pixels;
@@ -38,6 +38,17 @@ pub enum Input<'a> {
 
 /// Joins `backbone` and `heads` into `out`. Every head must have been trained on this very
 /// backbone file, on the same output and preprocessing.
+///
+/// ```
+/// use retrain::export::{export, Input};
+/// # let dir = tempfile::tempdir()?;
+/// # let head = retrain::examples::head(dir.path())?;
+/// # let out = dir.path().join("model.onnx");
+///
+/// let heads = export("onnx/test/tiny_cnn.onnx".as_ref(), &[&head], &out, Input::Pixels)?;
+/// assert_eq!((heads[0].output.as_str(), heads[0].labels.as_slice()), ("p_class", &["dark".to_string(), "light".to_string()][..]));
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn export(backbone: &Path, heads: &[&Path], out: &Path, input: Input) -> Result<Vec<ExportedHead>> {
     if heads.is_empty() {
         bail!("export needs at least one --head");

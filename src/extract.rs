@@ -22,36 +22,63 @@ use crate::stream::{Batches, Decoded};
 /// What to extract and how.
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
+    /// Which part of each image the backbone sees.
     pub crop: Crop,
+    /// Images per inference call.
     pub batch: usize,
     /// Output file; `None` = a name under `cache_dir` derived from model, output and preprocessing.
     pub out: Option<PathBuf>,
+    /// Folder for the default output name.
     pub cache_dir: PathBuf,
     /// Only the first `limit` images of the list.
     pub limit: Option<usize>,
+    /// Only the images of this shard (list position mod count).
     pub shard: Shard,
     /// Make an unreadable image fatal instead of skipping it.
     pub strict: bool,
     /// Threads decoding and resizing images; `None` = every core.
     pub decode_threads: Option<usize>,
+    /// Show a progress bar on standard error.
     pub show_progress: bool,
+}
+
+impl Default for ExtractOptions {
+    /// The whole image, batches of 16, a default file name under `cache/`, every image,
+    /// unreadable ones skipped, every core decoding, a progress bar.
+    fn default() -> Self {
+        ExtractOptions {
+            crop: Crop::Original,
+            batch: 16,
+            out: None,
+            cache_dir: PathBuf::from("cache"),
+            limit: None,
+            shard: Shard::WHOLE,
+            strict: false,
+            decode_threads: None,
+            show_progress: true,
+        }
+    }
 }
 
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct ExtractSummary {
+    /// The HDF5 file written.
     pub out: PathBuf,
     /// Rows in the file when the run started (resumed work).
     pub rows_before: usize,
+    /// Rows in the file when the run ended.
     pub rows_after: usize,
     /// Images looked at in this run (written or skipped).
     pub processed: usize,
     /// Images skipped in this run, as `path<TAB>reason`.
     pub skipped: Vec<String>,
+    /// Wall time of the run.
     pub seconds: f64,
 }
 
 impl ExtractSummary {
+    /// Images looked at per second of wall time.
     pub fn images_per_second(&self) -> f64 {
         self.processed as f64 / self.seconds.max(1e-9)
     }
@@ -63,7 +90,23 @@ pub fn extract_mtfl(root: &Path, split: crate::dataset::mtfl::Split, model: &mut
     extract(&dataset, model, opts).with_context(|| format!("extracting MTFL {} with crop {}", split.name(), opts.crop))
 }
 
-/// Runs the job over `dataset` with `model`.
+/// Runs the job over `dataset` with `model`: one row of `model`'s output per readable image,
+/// committed to the HDF5 file batch by batch (a second run resumes or reuses it).
+///
+/// ```
+/// use retrain::extract::{extract, ExtractOptions};
+/// use retrain::{dataset::folders, model::Model, runtime::SessionConfig};
+/// # let dir = tempfile::tempdir()?;
+/// # let photos = retrain::examples::class_folders(&dir.path().join("photos"), 4)?;
+///
+/// let mut backbone = Model::load("onnx/test/tiny_cnn.onnx".as_ref(), &SessionConfig::cpu(), None)?;
+/// let opts = ExtractOptions { out: Some(dir.path().join("photos.h5")), show_progress: false, ..Default::default() };
+/// let done = extract(&folders::load(&photos)?, &mut backbone, &opts)?;
+/// assert_eq!((done.rows_after, done.skipped.len()), (8, 0));
+/// // the same call again finds every row there
+/// assert_eq!(extract(&folders::load(&photos)?, &mut backbone, &opts)?.processed, 0);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> Result<ExtractSummary> {
     if opts.batch == 0 {
         bail!("--batch must be at least 1");
@@ -219,6 +262,7 @@ pub fn parse_shard(text: &str) -> Result<Shard> {
     parse_shard_with(text, |k| std::env::var(k).ok())
 }
 
+/// [`parse_shard`] with the environment given as a function (for tests).
 pub fn parse_shard_with(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Shard> {
     let (i, n) = text.split_once('/').unwrap_or((text, ""));
     let number = |what: &str, v: &str| -> Result<usize> { v.trim().parse().with_context(|| format!("--shard {text}: {what} '{v}' is not a number")) };

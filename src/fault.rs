@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Whether this build acts on [`VARIABLE`] (the `fault-injection` feature).
-pub const ENABLED: bool = cfg!(feature = "fault-injection");
+pub fn enabled() -> bool {
+    cfg!(feature = "fault-injection")
+}
 
 /// The places a job can be stopped at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

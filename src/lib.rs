@@ -1,34 +1,101 @@
-//! retrain: transfer learning for face attributes on ONNX Runtime.
+#![warn(missing_docs)]
+//! retrain: transfer learning for face attributes (or any image classes) on ONNX Runtime.
 //!
-//! Data flows one way: [`dataset`] -> [`preprocess`] (-> [`augment`] when training) -> [`runtime`]/[`model`] -> [`cache`]
-//! -> [`head`] / training ([`train`]) -> [`metrics`] -> [`export`]. [`extract`] is the job that
-//! joins the first four; [`eval`], [`predict`] and [`reproduce`] are the jobs after it.
+//! A pretrained ONNX backbone turns images into feature vectors ("bottlenecks") that are
+//! cached in HDF5; softmax heads are fitted on them; backbone and heads are joined into one
+//! ONNX model that any ONNX Runtime can run. The `retrain` command line is a thin layer over
+//! these calls.
+//!
+//! Data flows one way: [`dataset`] -> [`preprocess`] -> [`model`] / [`runtime`] -> [`cache`]
+//! (the job [`extract`]) -> [`head`] (or [`train`] and [`finetune`] for whole networks) ->
+//! [`eval`] / [`metrics`] -> [`export`] -> [`predict`]. [`description`] is what every ONNX file
+//! says of itself. The study's report ([`study`]) is built on these and nothing imports it.
+//!
+//! # Example: class folders to predictions
+//!
+//! ```
+//! use retrain::dataset::folders;
+//! use retrain::export::{self, Input};
+//! use retrain::extract::{self, ExtractOptions};
+//! use retrain::head::{self, Solver, TrainOptions};
+//! use retrain::model::Model;
+//! use retrain::predict::{self, PredictOptions};
+//! use retrain::runtime::SessionConfig;
+//! use retrain::{cache::Cache, eval};
+//! # let dir = tempfile::tempdir()?;
+//! # let photos = retrain::examples::class_folders(&dir.path().join("photos"), 8)?;
+//! # let out = dir.path();
+//!
+//! // photos/dark/*.png, photos/light/*.png: one class per folder
+//! let config = SessionConfig::cpu();
+//! let mut backbone = Model::load("onnx/test/tiny_cnn.onnx".as_ref(), &config, None)?;
+//! let data = folders::load(&photos)?;
+//! let opts = ExtractOptions { out: Some(out.join("photos.h5")), show_progress: false, ..ExtractOptions::default() };
+//! let cache_path = extract::extract(&data, &mut backbone, &opts)?.out;
+//!
+//! let cache = Cache::read(&cache_path)?;
+//! let fitted = head::train(&cache, &cache_path, &TrainOptions::new("class", Solver::Linfa), &mut |_| {})?;
+//! fitted.head.save(&out.join("class.onnx"), &fitted.curve)?;
+//! let scores = eval::evaluate(&out.join("class.onnx"), &cache_path, &config)?;
+//! assert!(scores.metrics.accuracy > 0.9);
+//!
+//! export::export(&backbone.path, &[&out.join("class.onnx")], &out.join("model.onnx"), Input::Tensor)?;
+//! let mut model = Model::load(&out.join("model.onnx"), &config, None)?;
+//! let photo = photos.join("light/light0.png");
+//! let labels = predict::predict(&mut model, &predict::images_from_paths(&[photo]), &PredictOptions::default())?;
+//! assert_eq!(labels.table.predicted_label(0, 0), "light");
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod augment;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod cache;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod dataset;
 pub mod description;
 pub mod eval;
+#[doc(hidden)]
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
+pub mod examples;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod export;
 pub mod extract;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod fault;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod finetune;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod head;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod interrupt;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod locate;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod metrics;
 pub mod model;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod onnx;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod plot;
 pub mod predict;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod predictions;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod preprocess;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod progress;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod quantize;
-pub mod reproduce;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod rng;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod runtime;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod stream;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
+pub mod study;
+#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod train;
 
 use std::path::Path;

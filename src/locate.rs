@@ -8,7 +8,7 @@
 //! framed as in training. With [`Passes::mirror`] every pass also sees its input mirrored
 //! and averages the two estimates (test-time flip averaging, as landmark detectors do): on
 //! MTFL's validation faces it lowered the mean error from 7.67% to 6.70% of the inter-ocular
-//! distance and the failures from 16.9% to 9.1% (README, "Every attribute, every pipeline").
+//! distance and the failures from 16.9% to 9.1% (docs/results.md).
 
 use std::path::Path;
 

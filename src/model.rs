@@ -18,10 +18,15 @@ use crate::runtime::{self, SessionConfig};
 
 /// A loaded backbone, ready to run.
 pub struct Model {
+    /// The ONNX file.
     pub path: PathBuf,
+    /// Hex SHA-256 of the file: the model's identity in every cache.
     pub sha256: String,
+    /// The ONNX Runtime session.
     pub session: Session,
+    /// The image input's name.
     pub input_name: String,
+    /// How images become its input tensor.
     pub input: InputSpec,
     /// The output that is cached (`--output`, else `bottleneck` from the description).
     pub output_name: String,
@@ -36,6 +41,17 @@ pub struct Model {
 
 impl Model {
     /// Loads `path`, reads its description and checks that the input and output fit it.
+    ///
+    /// ```
+    /// use retrain::model::Model;
+    /// use retrain::preprocess::Layout;
+    /// use retrain::runtime::SessionConfig;
+    ///
+    /// let model = Model::load("onnx/test/tiny_cnn.onnx".as_ref(), &SessionConfig::cpu(), None)?;
+    /// assert_eq!((model.input.layout, model.input.height, model.input.width), (Layout::Nhwc, 32, 32));
+    /// assert_eq!((model.output_name.as_str(), model.output_dim), ("bottleneck", 16));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn load(path: &Path, config: &SessionConfig, output: Option<&str>) -> Result<Model> {
         let sha256 = file_sha256(path)?;
         let session = runtime::session(path, config)?;

@@ -23,17 +23,30 @@ use crate::{progress, runtime};
 pub struct PredictOptions {
     /// Overrides the crop recorded in the model.
     pub crop: Option<Crop>,
+    /// Images per inference call.
     pub batch: usize,
+    /// Threads decoding and resizing images; `None` = every core.
     pub decode_threads: Option<usize>,
+    /// Show a progress bar on standard error.
     pub show_progress: bool,
+}
+
+impl Default for PredictOptions {
+    /// The crop the model records, batches of 16, every core decoding, a progress bar.
+    fn default() -> Self {
+        PredictOptions { crop: None, batch: 16, decode_threads: None, show_progress: true }
+    }
 }
 
 /// What a run produced.
 pub struct PredictSummary {
+    /// One row per image that was read.
     pub table: PredictionTable,
     /// `path<TAB>reason` for images that could not be read.
     pub skipped: Vec<String>,
+    /// The crop applied.
     pub crop: Crop,
+    /// Wall time of the run.
     pub seconds: f64,
 }
 
@@ -73,6 +86,22 @@ pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
 }
 
 /// Runs the model over `samples`; unreadable images are skipped and reported.
+///
+/// ```
+/// use retrain::predict::{images_from_paths, predict, PredictOptions};
+/// use retrain::{model::Model, runtime::SessionConfig};
+/// # let dir = tempfile::tempdir()?;
+/// # let exported = retrain::examples::exported(dir.path())?;
+/// # let photo = dir.path().join("photos/dark/dark1.png");
+///
+/// let mut model = Model::load(&exported, &SessionConfig::cpu(), None)?; // from `export`
+/// let missing = dir.path().join("missing.jpg");
+/// let done = predict(&mut model, &images_from_paths(&[photo, missing]), &PredictOptions::default())?;
+/// assert_eq!(done.table.predicted_label(0, 0), "dark");
+/// assert_eq!(done.skipped.len(), 1); // reported and skipped, not fatal
+/// print!("{}", done.table.to_csv()); // path,class,p_class_dark,p_class_light
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> Result<PredictSummary> {
     if opts.batch == 0 {
         bail!("--batch must be at least 1");

@@ -64,6 +64,11 @@ impl PredictionTable {
         &self.probabilities[a][i * k..(i + 1) * k]
     }
 
+    /// Predicted label of attribute `a` for row `i`.
+    pub fn predicted_label(&self, a: usize, i: usize) -> &str {
+        &self.attributes[a].labels[self.predicted(a, i)]
+    }
+
     /// Predicted class index of attribute `a` for row `i` (the most probable class).
     pub fn predicted(&self, a: usize, i: usize) -> usize {
         crate::head::softmax::argmax(ndarray::ArrayView1::from(self.row(a, i)))

@@ -65,7 +65,7 @@ impl std::str::FromStr for Filter {
     }
 }
 
-/// How to turn pixels into the model's input: value = (pixel / 255 - mean[c]) / std[c].
+/// How to turn pixels into the model's input: value = (pixel / 255 - mean\[c\]) / std\[c\].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
     pub layout: Layout,

@@ -55,6 +55,12 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
+    /// On the CPU, one intra-op thread per core.
+    pub fn cpu() -> Self {
+        SessionConfig::new(Device::Cpu)
+    }
+
+    /// On `device`, one intra-op thread per core, every graph optimisation.
     pub fn new(device: Device) -> Self {
         SessionConfig { device, intra_threads: None, optimization: GraphOptimizationLevel::Level3 }
     }

@@ -27,6 +27,7 @@ import onnxruntime as ort
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import description as desc  # noqa: E402
 from landmark_regressor import held_out  # noqa: E402  retrain's split (src/dataset/split.rs)
 
 MIRROR_ORDER = [1, 0, 2, 4, 3]  # left/right eye and mouth corner trade places
@@ -61,7 +62,7 @@ def main():
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     session = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
-    located = json.loads(session.get_modelmeta().custom_metadata_map.get("retrain.located_by", "{}"))
+    located = json.loads(desc.from_session(session).get("located_by", "{}"))
     if located.get("mirror"):
         raise SystemExit(f"{a.model} averages with the mirror already: export it with --no-landmark-mirror")
     run = lambda pixels: session.run(["landmarks"], {"pixels": pixels[None]})[0][0]

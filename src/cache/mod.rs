@@ -2,13 +2,13 @@
 //!
 //! Layout (readable by h5py):
 //! - `/features` [N, D] float32, chunked and resizable along N
-//! - `/paths` [N] UTF-8 strings, the data set's own names for the images
+//! - `/paths` \[N\] UTF-8 strings, the data set's own names for the images
 //! - `/labels` [N, C] int32 (MTFL: gender, smile, glasses, pose in MTFL coding; -1 = unknown)
 //! - `/landmarks` [N, 10] float32 (x1..x5, y1..y5; NaN where the data set has none)
-//! - `/source_index` [N] int64, each row's position in the full image list, so shards of one
+//! - `/source_index` \[N\] int64, each row's position in the full image list, so shards of one
 //!   extraction can be merged back into the single-machine order without changing the layout
-//! - `/skipped` [M] strings, `path<TAB>reason` for images (or list lines) that could not be used,
-//!   and `/skipped_index` [M] int64, their list positions (-1 for a line of the list itself)
+//! - `/skipped` \[M\] strings, `path<TAB>reason` for images (or list lines) that could not be used,
+//!   and `/skipped_index` \[M\] int64, their list positions (-1 for a line of the list itself)
 //!
 //! Root attributes name what produced the rows (`model_sha256`, `output`, `preprocess`, `source`,
 //! ...) and how far the extraction got. Rows are appended a batch at a time; a batch counts only
@@ -366,7 +366,7 @@ fn read_rows_1d<T: hdf5::H5Type>(file: &hdf5::File, name: &str, rows: usize) -> 
 
 /// The error for a cache (or checkpoint) that HDF5 cannot read back as written: cut short,
 /// or bytes changed so that a chunk fails its checksum. A file still locked after
-/// [`open_when_unlocked`]'s wait is in use, not damaged: the advice must not be to delete it.
+/// `open_when_unlocked`'s wait is in use, not damaged: the advice must not be to delete it.
 pub fn damaged(path: &Path, e: anyhow::Error) -> anyhow::Error {
     let text = format!("{e:#}");
     if text.contains(LOCK_HELD) {

@@ -7,9 +7,9 @@ use clap::Args;
 use retrain::head::Solver;
 use retrain::locate::Passes;
 use retrain::preprocess::Crop;
-use retrain::reproduce::beyond::BeyondOptions;
-use retrain::reproduce::{self, ReproduceOptions};
 use retrain::runtime::SessionConfig;
+use retrain::study::beyond::BeyondOptions;
+use retrain::study::{self, ReproduceOptions};
 
 use super::flags::{LocateArgs, StreamArgs};
 
@@ -65,7 +65,7 @@ pub struct ReproduceArgs {
 }
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
-    let data = reproduce::Extraction {
+    let data = study::Extraction {
         mtfl: a.mtfl.clone(),
         cache_dir: a.cache_dir.clone(),
         batch: a.stream.batch,
@@ -91,7 +91,7 @@ fn or_default(given: Vec<String>, default: &[&str]) -> Vec<String> {
 /// The study's backbone, the default of `reproduce --model` (with FaceRes under --beyond).
 const INCEPTION: &str = "onnx/inception_v3.onnx";
 
-fn run_beyond(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
+fn run_beyond(a: ReproduceArgs, data: study::Extraction) -> Result<String> {
     let opts = BeyondOptions {
         data,
         backbones: if a.model.is_empty() { vec![INCEPTION.into(), "onnx/faceres.onnx".into()] } else { a.model },
@@ -103,10 +103,10 @@ fn run_beyond(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
         validation_percent: a.validation_percent,
         landmark_passes: Passes::from(&a.locate),
     };
-    Ok(reproduce::beyond::beyond(&opts)?.markdown)
+    Ok(study::beyond::beyond(&opts)?.markdown)
 }
 
-fn run_study(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
+fn run_study(a: ReproduceArgs, data: study::Extraction) -> Result<String> {
     let models = if a.model.is_empty() { vec![INCEPTION.into()] } else { a.model };
     let [model] =
         <[PathBuf; 1]>::try_from(models).map_err(|m| anyhow::anyhow!("the study's report takes one --model ({} given); --beyond takes several", m.len()))?;
@@ -120,5 +120,5 @@ fn run_study(a: ReproduceArgs, data: reproduce::Extraction) -> Result<String> {
         seed: a.seed,
         finetune_runs: a.finetune_runs,
     };
-    Ok(reproduce::reproduce(&opts)?.markdown)
+    Ok(study::reproduce(&opts)?.markdown)
 }

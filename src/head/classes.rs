@@ -59,7 +59,7 @@ impl Classes {
     }
 
     /// Class index of each class's mirror image (the `--flip` distortion moves labels with it).
-    /// Classes not named by [`MTFL_MIRRORED`] stay themselves, as class folders do.
+    /// Classes not named by `MTFL_MIRRORED` stay themselves, as class folders do.
     pub fn mirrored(&self) -> Vec<usize> {
         let pairs = MTFL_MIRRORED.iter().find(|(a, _)| *a == self.attribute).map_or(&[][..], |(_, p)| *p);
         (0..self.len())

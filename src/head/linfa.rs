@@ -28,7 +28,7 @@ pub struct LinfaParams {
 
 /// The float type of linfa's fit. f32 reads half the bytes per pass over the rows and is what
 /// scikit-learn uses on f32 features; it stops once the f32 loss no longer falls measurably,
-/// within 0.1 points of scikit-learn's accuracy on MTFL (README). f64 reaches the optimum more
+/// within 0.1 points of scikit-learn's accuracy on MTFL (docs/benchmarks.md). f64 reaches the optimum more
 /// closely in about three times the time (gender: 4.65 s against 1.75 s, `train-head`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -93,7 +93,22 @@ pub struct Trained {
     pub curve: Vec<CurvePoint>,
 }
 
-/// Trains a head for `opts.attribute` on the rows of `cache` that have a label for it.
+/// Trains a head for `opts.attribute` on the rows of `cache` that have a label for it;
+/// `on_point` sees each point of the SGD solver's learning curve.
+///
+/// ```
+/// use retrain::cache::Cache;
+/// use retrain::head::{train, ClassWeight, Solver, TrainOptions};
+/// # let dir = tempfile::tempdir()?;
+/// # let cache_path = retrain::examples::cache(dir.path())?;
+///
+/// let cache = Cache::read(&cache_path)?; // from `extract` on class folders
+/// let opts = TrainOptions { class_weight: ClassWeight::Balanced, ..TrainOptions::new("class", Solver::Linfa) };
+/// let fitted = train(&cache, &cache_path, &opts, &mut |_| {})?;
+/// assert_eq!(fitted.head.info.labels, ["dark", "light"]);
+/// fitted.head.save(&dir.path().join("class.onnx"), &fitted.curve)?;
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
     let standardizer = standardizer_of(cache, opts);
     train_on(cache, cache_path, opts, &standardizer, on_point)

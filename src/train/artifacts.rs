@@ -211,7 +211,7 @@ impl Artifacts {
         self.manifest.tasks.iter().filter(|t| !t.is_classes()).map(|t| t.width).sum()
     }
 
-    /// Shape of `labels` for a batch of `rows`: [rows] for one attribute, [rows, T] for T tasks.
+    /// Shape of `labels` for a batch of `rows`: \[rows\] for one attribute, \[rows, T\] for T tasks.
     pub fn label_shape(&self, rows: usize) -> Vec<usize> {
         if self.manifest.tasks.is_empty() {
             vec![rows]

@@ -22,7 +22,7 @@ pub(crate) fn ort_err(e: ort::Error) -> anyhow::Error {
 /// One training batch, already laid out for the graph.
 pub struct Batch<'a> {
     pub images: Vec<f32>,
-    /// [rows] or, for a multi-task graph, [rows, class tasks]
+    /// \[rows\] or, for a multi-task graph, \[rows, class tasks\]
     pub labels: Vec<i64>,
     /// [rows, target width] for a landmark task; empty otherwise.
     pub targets: Vec<f32>,

@@ -97,7 +97,7 @@ pub fn retrain_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// The `RETRAIN_FAULT` setting that stops a run the `hit`-th time it passes `point`
 /// (see src/fault.rs), e.g. `fault("cache-committed", 3, "kill")`.
 pub fn fault(point: &str, hit: u64, action: &str) -> (&'static str, String) {
-    assert!(retrain::fault::ENABLED, "fault tests need the fault-injection feature: cargo test --features fault-injection (scripts/test.sh sets it)");
+    assert!(retrain::fault::enabled(), "fault tests need the fault-injection feature: cargo test --features fault-injection (scripts/test.sh sets it)");
     (retrain::fault::VARIABLE, format!("{point}:{hit}:{action}"))
 }
 

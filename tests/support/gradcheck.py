@@ -31,6 +31,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the product scripts it builds on
+import description as desc  # noqa: E402
 import make_artifacts as ma  # noqa: E402
 import scratch_nets  # noqa: E402
 
@@ -198,8 +199,8 @@ def case_multitask():
     heads = [t.op("Gemm", [flat, t.param(f"{n}/w", (98, w)), t.param(f"{n}/b", (w,))], f"task/{n}") for n, _, w, _ in tasks]
     t.op("Concat", heads, "logits", axis=1)
     model = t.model_of("logits", 15)
-    model.metadata_props.add(key="retrain.tasks", value=json.dumps(
-        [{"name": n, "kind": k, "tensor": f"task/{n}", "width": w, "weight": wt} for n, k, w, wt in tasks]))
+    desc.write(model, {"tasks": json.dumps(
+        [{"name": n, "kind": k, "tensor": f"task/{n}", "width": w, "weight": wt} for n, k, w, wt in tasks])}, replace=False)
     return model
 
 

@@ -44,6 +44,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gradcheck.py, beside it
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the product scripts it builds on
+import description as desc  # noqa: E402
 import make_artifacts as ma  # noqa: E402
 import make_finetune as mf  # noqa: E402
 from gradcheck import reference_evaluator, to_float64  # noqa: E402
@@ -145,7 +146,7 @@ def check(model_path, image_paths, seed=0):
         if t.name == mf.KERNEL:
             t.CopyFrom(numpy_helper.from_array(rng.normal(0, HEAD_STD, tuple(t.dims)).astype(np.float32), mf.KERNEL))
     forward = at_side(forward, SIDE)
-    spec = {p.key[len("retrain."):]: p.value for p in forward.metadata_props}
+    spec = desc.read(forward)
     trainable = ma.select_trainable(forward, None)
     forward64 = to_float64(forward)
     gradient64, masks, _ = ma.gradient_model(forward64, trainable, BATCH)

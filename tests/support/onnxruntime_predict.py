@@ -19,11 +19,16 @@ import csv
 import json
 import math
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the description's keys
+import description as desc  # noqa: E402
 
 FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "triangle": Image.BILINEAR,
            "bicubic": Image.BICUBIC, "catmullrom": Image.BICUBIC, "lanczos": Image.LANCZOS, "lanczos3": Image.LANCZOS}
@@ -93,11 +98,11 @@ def main():
     a = ap.parse_args()
     model = onnx.load(a.model)
     onnx.checker.check_model(model)
-    meta = {p.key[len("retrain."):]: p.value for p in model.metadata_props if p.key.startswith("retrain.")}
+    meta = desc.read(model)
     heads = json.loads(meta["heads"])
     size = (int(meta["width"]), int(meta["height"]))
-    mean = np.array([float(v) for v in meta.get("mean", "0").split(",")], np.float32)
-    std = np.array([float(v) for v in meta.get("std", "1").split(",")], np.float32)
+    mean = np.array(desc.triple(meta.get("mean"), 0), np.float32)
+    std = np.array(desc.triple(meta.get("std"), 1), np.float32)
     crop, layout = meta.get("crop", "original"), meta["layout"].upper()
     session = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
     input_name = meta.get("input_name", session.get_inputs()[0].name)

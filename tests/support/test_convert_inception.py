@@ -23,6 +23,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the product scripts it builds on
 import convert_inception as ci  # noqa: E402
+import description as desc  # noqa: E402
 
 WEIGHT_ORDER = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
@@ -63,7 +64,7 @@ def bottleneck(path, x):
 
 
 def metadata(path):
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return desc.read(onnx.load(str(path), load_external_data=False))
 
 
 def convert(args):
@@ -108,12 +109,11 @@ def main(argv=None):
             if not same:
                 failures.append(f"{path.name} bottleneck differs")
         top_meta, notop_meta = metadata(top_onnx), metadata(notop_onnx)
-        expected = {"retrain.mean": "0.5,0.5,0.5", "retrain.std": "0.5,0.5,0.5",
-                    "retrain.source": f"keras h5 {top_h5.name}"}
-        if any(top_meta.get(k) != v for k, v in expected.items()) or "retrain.labels" in top_meta:
+        expected = {"mean": "0.5,0.5,0.5", "std": "0.5,0.5,0.5", "source": f"keras h5 {top_h5.name}"}
+        if any(top_meta.get(k) != v for k, v in expected.items()) or "labels" in top_meta:
             failures.append(f"unexpected metadata {top_meta}")
         outputs = [o.name for o in onnx.load(str(notop_onnx)).graph.output]
-        if outputs != [ci.BOTTLENECK] or notop_meta["retrain.source"] != f"keras h5 {notop_h5.name}":
+        if outputs != [ci.BOTTLENECK] or notop_meta["source"] != f"keras h5 {notop_h5.name}":
             failures.append(f"notop model: outputs {outputs}, metadata {notop_meta}")
     print("FAILED: " + "; ".join(failures) if failures else "all source-B checks passed")
     return 1 if failures else 0

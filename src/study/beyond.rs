@@ -3,7 +3,7 @@
 //! works from plain photos (`OUT/model.onnx`).
 //!
 //! Heads are fitted here for each backbone and crop on the training list less a seeded,
-//! hashed validation share, eight recipes per attribute ([`RECIPES`]), of which validation
+//! hashed validation share, eight recipes per attribute (`RECIPES`), of which validation
 //! keeps one; the trained networks are read from the
 //! `result.json` their runs wrote ([`super::runs`]). Every choice (which backbone and crop are
 //! deployed, which landmark model places their crop) is made on validation scores; the test
