@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use retrain::cache::Cache;
 use retrain::eval;
 use retrain::head::linfa::LinfaParams;
-use retrain::head::{self, Solver, TrainOptions};
+use retrain::head::{self, HeadOptions, Solver};
 use retrain::runtime::{Device, SessionConfig};
 
 struct Args {
@@ -90,7 +90,7 @@ fn run(a: &Args) -> Result<()> {
 fn ours(a: &Args, train: &Cache, attribute: &str, solver: Solver, dir: &Path) -> Result<Row> {
     let mut best: Option<(f64, head::Trained)> = None;
     for _ in 0..a.repeat {
-        let trained = head::train(train, &a.train, &TrainOptions::new(attribute, solver), &mut |_| {})?;
+        let trained = head::train(train, &a.train, &HeadOptions::new(attribute, solver), &mut |_| {})?;
         let seconds = trained.head.info.train_seconds;
         if best.as_ref().is_none_or(|(s, _)| seconds < *s) {
             best = Some((seconds, trained));

@@ -44,15 +44,15 @@ KEYS = [
     "quantized",
     "backbone_sha256",
     "exported_by",
+    "converter",
+    "tasks",
 ]
 
 TASK_LABELS = "labels:"
 
-# Keys the scripts write that Rust has no field for (it keeps them as they are, in
-# `Description::other`): `converter`, the script that made a backbone (convert_*.py,
-# scratch_nets.py, make_test_models.py); `tasks`, the multi-task network's tasks as JSON
-# (scratch_nets.py writes it, make_artifacts.py reads it).
-EXTRA_KEYS = ["converter", "tasks"]
+# Keys of other tools' that a description may carry; Rust keeps them as they are
+# (`Description::other`). None so far: every key retrain's scripts write is in KEYS.
+EXTRA_KEYS = []
 
 
 def from_entries(entries):

@@ -10,8 +10,10 @@ use anyhow::{ensure, Result};
 
 use crate::preprocess::{InputSpec, Layout};
 
-/// Which distortions to apply; percentages as in retrain.py (0 = off).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+/// Which distortions to apply; percentages as in retrain.py (0 = off). A field that a file
+/// lacks reads as off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Distortions {
     /// Mirror left-right with probability 1/2.
     pub flip: bool,

@@ -121,7 +121,7 @@ pub struct Description {
     pub task_labels: BTreeMap<String, Vec<String>>,
     /// `attribute`: what the classifier predicts.
     pub attribute: Option<String>,
-    /// `source`, `quantized`, `backbone_sha256`, `exported_by`: provenance.
+    /// `source`: where the weights came from.
     pub source: Option<String>,
     /// How the model was quantised to int8 (`retrain quantize`).
     pub quantized: Option<String>,
@@ -129,7 +129,12 @@ pub struct Description {
     pub backbone_sha256: Option<String>,
     /// The retrain version that exported the model.
     pub exported_by: Option<String>,
-    /// Keys this version has no field for (`tasks` of the training scripts, say), kept as
+    /// `converter`: the script that wrote the file (scripts/convert_inception.py, ...).
+    pub converter: Option<String>,
+    /// `tasks`: a multi-task network's tasks (name, kind, width, loss weight) as JSON text,
+    /// written by scripts/scratch_nets.py for scripts/make_artifacts.py.
+    pub tasks: Option<String>,
+    /// Keys this version has no field for (another tool's, or a later retrain's), kept as
     /// they are so that a description passes through unchanged.
     pub other: BTreeMap<String, String>,
 }
@@ -138,7 +143,7 @@ const TASK_LABELS: &str = "labels:";
 
 /// Every key a [`Description`] has a field for (`labels:TASK` stands for one per task);
 /// scripts/description.py lists the same ones.
-pub const KEYS: [&str; 23] = [
+pub const KEYS: [&str; 25] = [
     "kind",
     "input_name",
     "layout",
@@ -162,6 +167,8 @@ pub const KEYS: [&str; 23] = [
     "quantized",
     "backbone_sha256",
     "exported_by",
+    "converter",
+    "tasks",
 ];
 
 impl Description {
@@ -232,6 +239,8 @@ impl Description {
             "quantized" => self.quantized = Some(v),
             "backbone_sha256" => self.backbone_sha256 = Some(v),
             "exported_by" => self.exported_by = Some(v),
+            "converter" => self.converter = Some(v),
+            "tasks" => self.tasks = Some(v),
             _ => match key.strip_prefix(TASK_LABELS) {
                 Some(task) => _ = self.task_labels.insert(task.to_string(), split_labels(&v)),
                 None => _ = self.other.insert(key.to_string(), v),
@@ -270,6 +279,8 @@ impl Description {
         put("quantized", self.quantized.clone());
         put("backbone_sha256", self.backbone_sha256.clone());
         put("exported_by", self.exported_by.clone());
+        put("converter", self.converter.clone());
+        put("tasks", self.tasks.clone());
         for (task, labels) in &self.task_labels {
             keys.insert(format!("{TASK_LABELS}{task}"), labels.join(","));
         }
@@ -446,7 +457,7 @@ mod tests {
         assert_eq!(d.mean, Some([0.5, 0.25, 0.125]));
         assert_eq!(d.std, Some([0.5; 3]));
         assert_eq!(d.task_labels["pose"], ["left", "front", "right"]);
-        assert_eq!(d.other["tasks"], "[{\"name\":\"pose\"}]");
+        assert_eq!(d.tasks.as_deref(), Some("[{\"name\":\"pose\"}]"));
         assert!(!d.located_by.as_ref().unwrap().mirror);
         assert_eq!(Description::from_keys(d.to_keys()).unwrap(), d);
     }

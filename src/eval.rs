@@ -12,7 +12,7 @@ use crate::head::classes::{Classes, Labeled};
 use crate::head::onnx::HeadFile;
 use crate::head::{CacheOrigin, HeadInfo};
 use crate::metrics::{self, Metrics};
-use crate::predictions::{Attribute, PredictionTable};
+use crate::predict::table::{Attribute, PredictionTable};
 use crate::runtime::{self, SessionConfig};
 
 /// The result of `retrain eval`.
@@ -138,6 +138,26 @@ impl Evaluation {
             self.predictions.write(path)?;
         }
         Ok(())
+    }
+}
+
+/// Writes the scores of `evaluations` as JSON to `json` (a list for several heads), the
+/// confusion matrices as PNG to `png` (`STEM-ATTRIBUTE.png` beside it for several heads)
+/// and the per-image predictions of every head as one table to `predictions`.
+pub fn write_all(evaluations: &[Evaluation], json: Option<&Path>, png: Option<&Path>, predictions: Option<&Path>) -> Result<()> {
+    if let [evaluation] = evaluations {
+        return evaluation.write(json, png, predictions);
+    }
+    for e in evaluations {
+        let beside = png.map(|p| p.with_file_name(format!("{}-{}.png", p.file_stem().unwrap_or_default().to_string_lossy(), e.head.attribute)));
+        e.write(None, beside.as_deref(), None)?;
+    }
+    if let Some(json) = json {
+        crate::write_file(json, serde_json::to_string_pretty(evaluations)?)?;
+    }
+    match predictions {
+        Some(path) => merged_predictions(evaluations)?.write(path),
+        None => Ok(()),
     }
 }
 

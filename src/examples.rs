@@ -37,7 +37,7 @@ pub fn cache(dir: &Path) -> Result<PathBuf> {
 pub fn head(dir: &Path) -> Result<PathBuf> {
     let cache_path = cache(dir)?;
     let cache = crate::cache::Cache::read(&cache_path)?;
-    let fitted = crate::head::train(&cache, &cache_path, &crate::head::TrainOptions::new("class", crate::head::Solver::Linfa), &mut |_| {})?;
+    let fitted = crate::head::train(&cache, &cache_path, &crate::head::HeadOptions::new("class", crate::head::Solver::Linfa), &mut |_| {})?;
     let path = dir.join("class.onnx");
     fitted.head.save(&path, &fitted.curve)?;
     Ok(path)

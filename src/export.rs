@@ -8,7 +8,7 @@
 //! preprocess correctly from the file alone. With `pixel_input` the resize and scaling become
 //! part of the graph too (src/export/pixels.rs).
 
-mod located;
+mod landmark_front;
 mod pixels;
 
 use std::collections::HashSet;
@@ -23,7 +23,7 @@ use crate::head::onnx::{HeadFile, INPUT};
 use crate::onnx::wire::{fields, Encoder, Field};
 use crate::onnx::{self, graph_field, model_field, node_field, Dim, OPSET, TENSOR_NAME, VALUE_INFO_NAME};
 use crate::preprocess::{Crop, Preprocess};
-pub use located::{Landmarks, LocatedBy};
+pub use landmark_front::{Landmarks, LocatedBy};
 pub use pixels::{PIXELS, PIXEL_INPUT};
 
 /// What the exported model takes.
@@ -108,7 +108,7 @@ fn pixel_front(backbone: &Path, bytes: &[u8], crop: Crop, landmarks: Option<&Lan
     description.input_name = Some(PIXELS.to_string());
     description.pixel_input = Some(PIXEL_INPUT.to_string());
     let Some(landmarks) = landmarks else { return pixels::front(&spec, &replaced) };
-    let (front, located) = located::front(landmarks, crop, &spec, &replaced)?;
+    let (front, located) = landmark_front::front(landmarks, crop, &spec, &replaced)?;
     description.located_by = Some(located);
     Ok(front)
 }

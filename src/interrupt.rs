@@ -42,6 +42,7 @@ pub fn install() {
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted by {}: {progress}", signal_name(*.signal))]
 pub struct Interrupted {
+    /// The signal that asked the job to stop (SIGINT or SIGTERM).
     pub signal: i32,
     /// What is safely on disk, e.g. "120 of 300 images committed to c.h5".
     pub progress: String,

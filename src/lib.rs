@@ -17,7 +17,7 @@
 //! use retrain::dataset::folders;
 //! use retrain::export::{self, Input};
 //! use retrain::extract::{self, ExtractOptions};
-//! use retrain::head::{self, Solver, TrainOptions};
+//! use retrain::head::{self, Solver, HeadOptions};
 //! use retrain::model::Model;
 //! use retrain::predict::{self, PredictOptions};
 //! use retrain::runtime::SessionConfig;
@@ -34,7 +34,7 @@
 //! let cache_path = extract::extract(&data, &mut backbone, &opts)?.out;
 //!
 //! let cache = Cache::read(&cache_path)?;
-//! let fitted = head::train(&cache, &cache_path, &TrainOptions::new("class", Solver::Linfa), &mut |_| {})?;
+//! let fitted = head::train(&cache, &cache_path, &HeadOptions::new("class", Solver::Linfa), &mut |_| {})?;
 //! fitted.head.save(&out.join("class.onnx"), &fitted.curve)?;
 //! let scores = eval::evaluate(&out.join("class.onnx"), &cache_path, &config)?;
 //! assert!(scores.metrics.accuracy > 0.9);
@@ -58,7 +58,6 @@ pub mod eval;
 #[doc(hidden)]
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod examples;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod export;
 pub mod extract;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
@@ -67,29 +66,23 @@ pub mod fault;
 pub mod finetune;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod head;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod interrupt;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod locate;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod metrics;
 pub mod model;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod onnx;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod plot;
 pub mod predict;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
-pub mod predictions;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod preprocess;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod progress;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod quantize;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod rng;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
+pub mod runs;
 pub mod runtime;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod stream;

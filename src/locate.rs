@@ -37,6 +37,7 @@ pub struct Passes {
     pub mirror: bool,
 }
 
+/// A landmark model ready to place the five landmarks on images (`predict --landmarks`).
 pub struct Locator {
     model: Model,
     /// The crop the model was trained on (its description's `crop`).
@@ -44,6 +45,7 @@ pub struct Locator {
 }
 
 impl Locator {
+    /// Loads the landmark model at `path`; its output `landmarks` must hold 10 values per image.
     pub fn load(path: &Path, config: &SessionConfig) -> Result<Locator> {
         let model = Model::load(path, config, Some(LANDMARKS_OUTPUT)).with_context(|| format!("landmark model {}", path.display()))?;
         if model.output_dim != 10 {

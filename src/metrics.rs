@@ -17,21 +17,48 @@ pub struct ClassScores {
     pub recall: Option<f64>,
 }
 
-/// Scores of one attribute on one set of rows.
+/// Scores of one attribute on one set of rows; read as any version wrote them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Written")]
 pub struct Metrics {
     pub labels: Vec<String>,
     pub rows: usize,
     pub accuracy: f64,
     /// Mean recall over the classes that have rows: what accuracy would be if every class had
     /// as many rows (a head that always answers a 92% majority class scores 50% on two classes).
-    #[serde(default)]
     pub balanced_accuracy: f64,
     pub classes: Vec<ClassScores>,
     /// `confusion[true][predicted]` counts.
     pub confusion: Vec<Vec<usize>>,
     /// Each row of `confusion` divided by its sum (0 for empty rows).
     pub confusion_normalized: Vec<Vec<f64>>,
+}
+
+/// [`Metrics`] as files hold them: those from before balanced accuracy lack it, and get it
+/// from their per-class recalls (which they have), not the 0 that a missing field would read as.
+#[derive(Deserialize)]
+struct Written {
+    labels: Vec<String>,
+    rows: usize,
+    accuracy: f64,
+    balanced_accuracy: Option<f64>,
+    classes: Vec<ClassScores>,
+    confusion: Vec<Vec<usize>>,
+    confusion_normalized: Vec<Vec<f64>>,
+}
+
+impl From<Written> for Metrics {
+    fn from(w: Written) -> Metrics {
+        Metrics {
+            balanced_accuracy: w.balanced_accuracy.unwrap_or_else(|| balanced(&w.classes)),
+            labels: w.labels,
+            rows: w.rows,
+            accuracy: w.accuracy,
+            classes: w.classes,
+            confusion: w.confusion,
+            confusion_normalized: w.confusion_normalized,
+        }
+    }
 }
 
 /// Scores predictions against the truth (both class indices into `labels`).
@@ -78,16 +105,6 @@ fn balanced(classes: &[ClassScores]) -> f64 {
     } else {
         recalls.iter().sum::<f64>() / recalls.len() as f64
     }
-}
-
-/// Scores as any version wrote them: files from before balanced accuracy get it from their
-/// per-class recalls (which they have), not the 0 that a missing field would read as.
-pub fn read(v: &serde_json::Value) -> serde_json::Result<Metrics> {
-    let mut m: Metrics = serde_json::from_value(v.clone())?;
-    if v.get("balanced_accuracy").is_none() {
-        m.balanced_accuracy = balanced(&m.classes);
-    }
-    Ok(m)
 }
 
 /// `86.3%`, or `-` for an undefined ratio.
@@ -153,6 +170,6 @@ mod tests {
         // a file written before the field existed reads with it recomputed, not as 0
         let mut old = serde_json::to_value(&m).unwrap();
         old.as_object_mut().unwrap().remove("balanced_accuracy");
-        assert_eq!(read(&old).unwrap(), m);
+        assert_eq!(serde_json::from_value::<Metrics>(old).unwrap(), m);
     }
 }

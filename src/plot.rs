@@ -85,6 +85,7 @@ pub fn confusion_image(m: &Metrics, title: &str) -> RgbImage {
     img
 }
 
+/// Draws the row-normalised confusion matrix of `m`, titled `title`, as a PNG at `path`.
 pub fn save_confusion_png(m: &Metrics, title: &str, path: &Path) -> Result<()> {
     confusion_image(m, title).save(path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -13,10 +13,12 @@ use crate::cache::Skip;
 use crate::dataset::{mtfl, Sample};
 use crate::description::ExportedHead;
 use crate::model::Model;
-use crate::predictions::{Attribute, PredictionTable};
+pub mod table;
+
 use crate::preprocess::{Crop, Preprocess};
 use crate::stream::{Batches, Decoded, WholeImages};
 use crate::{progress, runtime};
+use table::{Attribute, PredictionTable};
 
 /// How to run.
 #[derive(Debug, Clone)]

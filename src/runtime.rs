@@ -17,7 +17,9 @@ pub const ORT_LIBRARY: &str = "libonnxruntime.so.1.31.1";
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
     Cpu,
+    /// The CUDA execution provider on GPU N; never falls back to the CPU.
     Cuda(i32),
 }
 
@@ -47,6 +49,7 @@ impl std::fmt::Display for Device {
 /// How sessions are built. Defaults are chosen for throughput on a dedicated machine.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
+    /// Where the session runs.
     pub device: Device,
     /// Threads inside one operator; `None` = every core (ORT's own default, made explicit).
     pub intra_threads: Option<usize>,

@@ -16,7 +16,7 @@ use crate::cache::{Cache, Shard};
 use crate::dataset::mtfl::Split;
 use crate::eval::{self, Evaluation};
 use crate::extract::{self, ExtractOptions};
-use crate::head::{self, Solver, TrainOptions};
+use crate::head::{self, HeadOptions, Solver};
 use crate::metrics::percent;
 use crate::model::Model;
 use crate::preprocess::Crop;
@@ -120,7 +120,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<Report> {
         for attribute in &opts.attributes {
             for (k, &solver) in opts.solvers.iter().enumerate() {
                 let head_path = crop_dir.join(format!("{attribute}-{}.onnx", solver.name()));
-                let head_opts = TrainOptions { seed: opts.seed, ..TrainOptions::new(attribute, solver) };
+                let head_opts = HeadOptions { seed: opts.seed, ..HeadOptions::new(attribute, solver) };
                 let name = format!("{crop} {attribute} {}", solver.name());
                 let evaluation = fit_and_score(&head_path, (&train, &train_path), &test_path, &head_opts, &opts.data.session, &name, &mut stages)?;
                 evaluations.push((crop, evaluation));
@@ -177,7 +177,7 @@ pub fn fit_and_score(
     head_path: &Path,
     (train, train_path): (&Cache, &Path),
     test_path: &Path,
-    head_opts: &TrainOptions,
+    head_opts: &HeadOptions,
     session: &SessionConfig,
     name: &str,
     stages: &mut Stages,
@@ -231,9 +231,8 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
     let mut found = Vec::new();
     for attribute in &opts.attributes {
         for dir in finetune_runs(&opts.finetune_runs, attribute) {
-            if let Some(run) = runs::read_run(&dir).filter(|r| r.is_finetune() && r.result["settings"]["attribute"].as_str() == Some(attribute)) {
-                let crop = run.result["settings"]["crop"].as_str().unwrap_or("?").to_string();
-                found.push((attribute.clone(), crop, dir.join("result.json"), run.result));
+            if let Some(s) = runs::read_run(&dir).as_ref().and_then(runs::Run::finetune).filter(|s| &s.settings.attribute == attribute) {
+                found.push((attribute.clone(), s.settings.crop.clone(), dir.join("result.json"), s.clone()));
             }
         }
     }
@@ -247,26 +246,24 @@ fn finetune_section(opts: &ReproduceOptions) -> String {
     );
     for (attribute, crop, _, v) in &found {
         let study = STUDY_FINETUNE_ACCURACY.iter().find(|(a, _)| a == attribute).map(|(_, v)| *v);
-        let trains = v["settings"]["train_from"].as_str().map_or("every layer".to_string(), |l| format!("{l} and up"));
+        let trains = v.settings.train_from.as_ref().map_or("every layer".to_string(), |l| format!("{l} and up"));
         let _ = writeln!(
             s,
             "| {attribute} | {crop} | {} | {} | {trains} | {} | {}+{} | {} | {} | {} |",
             percent(study),
-            percent(v["phase1"]["test_accuracy"].as_f64()),
-            percent(v["phase2"]["test_accuracy"].as_f64()),
-            v["phase1"]["steps"],
-            v["phase2"]["steps"],
-            v["phase2"]["test_accuracy"].as_f64().and(v["phase2"]["seconds_per_step"].as_f64()).map_or("-".to_string(), |t| format!("{t:.2}")),
-            v["device"].as_str().unwrap_or("?"),
-            v["settings"]["seed"]
+            percent(v.phase1.test_accuracy),
+            percent(v.phase2.test_accuracy),
+            v.phase1.steps,
+            v.phase2.steps,
+            v.phase2.test_accuracy.map(|_| v.phase2.seconds_per_step).map_or("-".to_string(), |t| format!("{t:.2}")),
+            v.device,
+            v.settings.seed
         );
     }
     s.push('\n');
     for (attribute, crop, path, v) in &found {
-        if let Ok(m) = crate::metrics::read(&v["test"]) {
-            s.push_str(&m.markdown(&format!("{attribute} - {crop} crop - fine-tuned ({})", path.display())));
-            s.push('\n');
-        }
+        s.push_str(&v.test.markdown(&format!("{attribute} - {crop} crop - fine-tuned ({})", path.display())));
+        s.push('\n');
     }
     s
 }

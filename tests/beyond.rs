@@ -184,6 +184,7 @@ fn beyond_reports_every_pipeline_and_deploys_what_validation_prefers() {
     assert_eq!(log.matches("reused: same cache contents and settings").count(), 64, "2 backbones x 2 crops x 2 attributes x 8 recipes: {log}");
     assert!(log.contains("0 new rows"), "{log}");
     let result = read_json(&run.join("result.json"));
+    assert_eq!(result["kind"], "train", "result.json says which command wrote it");
     let val_gender = result["val_tasks"].as_array().unwrap().iter().find(|t| t["name"] == "gender").unwrap()["metrics"]["accuracy"].clone();
     let rows = second["rows"].as_array().unwrap();
     let row = rows.iter().find(|r| r["attribute"] == "gender" && r["configuration"].as_str().unwrap().contains("multitask")).expect("the run's gender row");

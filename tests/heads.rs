@@ -10,19 +10,19 @@ use retrain::cache::Cache;
 use retrain::eval;
 use retrain::head::linfa::Precision;
 use retrain::head::onnx::HeadFile;
-use retrain::head::{self, history_path, ClassWeight, Solver, TrainOptions, Trained};
+use retrain::head::{self, history_path, ClassWeight, HeadOptions, Solver, Trained};
 use retrain::runtime::{Device, SessionConfig};
 
 fn cpu() -> SessionConfig {
     SessionConfig { intra_threads: Some(1), ..SessionConfig::new(Device::Cpu) }
 }
 
-fn train(cache: &Path, opts: &TrainOptions) -> anyhow::Result<Trained> {
+fn train(cache: &Path, opts: &HeadOptions) -> anyhow::Result<Trained> {
     head::train(&Cache::read(cache)?, cache, opts, &mut |_| {})
 }
 
-fn quick_sgd(attribute: &str) -> TrainOptions {
-    let mut opts = TrainOptions::new(attribute, Solver::Sgd);
+fn quick_sgd(attribute: &str) -> HeadOptions {
+    let mut opts = HeadOptions::new(attribute, Solver::Sgd);
     opts.sgd.steps = 500;
     opts
 }
@@ -32,7 +32,7 @@ fn both_solvers_learn_and_the_onnx_head_computes_what_was_trained() {
     let dir = tempfile::tempdir().unwrap();
     let train_cache = synthetic_cache(&dir.path().join("train.h5"), 800, 16, 1.5, 0.5, 1);
     let test_cache = synthetic_cache(&dir.path().join("test.h5"), 400, 16, 1.5, 0.5, 2);
-    for opts in [TrainOptions::new("gender", Solver::Linfa), quick_sgd("gender")] {
+    for opts in [HeadOptions::new("gender", Solver::Linfa), quick_sgd("gender")] {
         let trained = train(&train_cache, &opts).unwrap();
         let path = dir.path().join(format!("gender-{}.onnx", opts.solver.name()));
         trained.head.save(&path, &trained.curve).unwrap();
@@ -56,7 +56,7 @@ fn both_solvers_learn_and_the_onnx_head_computes_what_was_trained() {
 fn the_seed_decides_the_head_and_is_stored_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let cache = synthetic_cache(&dir.path().join("train.h5"), 300, 8, 1.0, 0.5, 3);
-    let with_seed = |seed| train(&cache, &TrainOptions { seed, ..quick_sgd("smile") }).unwrap();
+    let with_seed = |seed| train(&cache, &HeadOptions { seed, ..quick_sgd("smile") }).unwrap();
     let (a, b, c) = (with_seed(7), with_seed(7), with_seed(8));
     assert_eq!(a.head.weights, b.head.weights);
     assert_eq!(a.curve, b.curve);
@@ -79,9 +79,9 @@ fn balanced_class_weights_rescue_the_minority_class_with_either_solver() {
     let dir = tempfile::tempdir().unwrap();
     let train_cache = synthetic_cache(&dir.path().join("train.h5"), 1000, 4, 0.6, 0.9, 4);
     let test_cache = synthetic_cache(&dir.path().join("test.h5"), 1000, 4, 0.6, 0.5, 5);
-    for base in [quick_sgd("gender"), TrainOptions::new("gender", Solver::Linfa)] {
+    for base in [quick_sgd("gender"), HeadOptions::new("gender", Solver::Linfa)] {
         let female_recall = |class_weight| {
-            let trained = train(&train_cache, &TrainOptions { class_weight, ..base.clone() }).unwrap();
+            let trained = train(&train_cache, &HeadOptions { class_weight, ..base.clone() }).unwrap();
             assert_eq!(trained.head.info.class_weight, class_weight);
             let path = dir.path().join(format!("{}-{class_weight:?}.onnx", base.solver.name()));
             trained.head.save(&path, &trained.curve).unwrap();
@@ -98,7 +98,7 @@ fn eval_names_head_cache_and_shapes_when_feature_sizes_differ() {
     let dir = tempfile::tempdir().unwrap();
     let cache16 = synthetic_cache(&dir.path().join("wide.h5"), 100, 16, 1.0, 0.5, 7);
     let cache5 = synthetic_cache(&dir.path().join("narrow.h5"), 100, 5, 1.0, 0.5, 8);
-    let trained = train(&cache16, &TrainOptions::new("gender", Solver::Linfa)).unwrap();
+    let trained = train(&cache16, &HeadOptions::new("gender", Solver::Linfa)).unwrap();
     let head = dir.path().join("gender.onnx");
     trained.head.save(&head, &[]).unwrap();
     let err = format!("{:#}", eval::evaluate(&head, &cache5, &cpu()).err().unwrap());
@@ -109,7 +109,7 @@ fn eval_names_head_cache_and_shapes_when_feature_sizes_differ() {
 fn unknown_attributes_are_refused_with_the_known_ones() {
     let dir = tempfile::tempdir().unwrap();
     let cache = synthetic_cache(&dir.path().join("train.h5"), 50, 4, 1.0, 0.5, 9);
-    let err = format!("{:#}", train(&cache, &TrainOptions::new("age", Solver::Sgd)).err().unwrap());
+    let err = format!("{:#}", train(&cache, &HeadOptions::new("age", Solver::Sgd)).err().unwrap());
     assert!(err.contains("'age'") && err.contains("gender, smile, glasses, pose"), "{err}");
 }
 
@@ -123,7 +123,7 @@ fn linfa_fits_in_f32_what_it_fits_in_f64() {
     let train_cache = correlated_cache(&dir.path().join("train.h5"), 2000, 256, 12);
     let test_cache = correlated_cache(&dir.path().join("test.h5"), 2000, 256, 13);
     let accuracy = |precision| {
-        let mut opts = TrainOptions::new("gender", Solver::Linfa);
+        let mut opts = HeadOptions::new("gender", Solver::Linfa);
         opts.linfa.precision = precision;
         let head = dir.path().join(format!("{precision:?}.onnx"));
         train(&train_cache, &opts).unwrap().head.save(&head, &[]).unwrap();
@@ -143,7 +143,7 @@ fn linfa_agrees_with_scikit_learn() {
     let train_cache = synthetic_cache(&dir.path().join("train.h5"), 2000, 32, 0.8, 0.6, 10);
     let test_cache = synthetic_cache(&dir.path().join("test.h5"), 2000, 32, 0.8, 0.6, 11);
     for (class_weight, name) in [(ClassWeight::None, "none"), (ClassWeight::Balanced, "balanced")] {
-        let opts = TrainOptions { class_weight, ..TrainOptions::new("gender", Solver::Linfa) };
+        let opts = HeadOptions { class_weight, ..HeadOptions::new("gender", Solver::Linfa) };
         let trained = train(&train_cache, &opts).unwrap();
         let head = dir.path().join(format!("gender-{name}.onnx"));
         trained.head.save(&head, &[]).unwrap();
@@ -186,7 +186,7 @@ fn every_attribute_from_one_call_is_scored_with_its_balanced_accuracy() {
     assert_eq!(infos.iter().map(|h| h.info.attribute.as_str()).collect::<Vec<_>>(), retrain::dataset::MTFL_ATTRIBUTES);
     // one standardisation for all four: the same mean and scale in every head
     let trained: Vec<Trained> =
-        infos.iter().map(|h| train(&train_cache, &TrainOptions { seed: h.info.seed, ..quick_sgd(&h.info.attribute) }).unwrap()).collect();
+        infos.iter().map(|h| train(&train_cache, &HeadOptions { seed: h.info.seed, ..quick_sgd(&h.info.attribute) }).unwrap()).collect();
     assert!(trained.windows(2).all(|w| w[0].head.standardizer == w[1].head.standardizer));
 
     let json = dir.path().join("eval/scores.json");
@@ -241,10 +241,10 @@ fn a_head_is_reused_only_for_the_recipe_it_was_made_from() {
     fewer_steps.sgd.steps = 400;
     let other_cache = Cache::read(&synthetic_cache(&dir.path().join("other.h5"), 301, 8, 1.0, 0.5, 3)).unwrap();
     for (what, cache, opts) in [
-        ("seed", &cache, TrainOptions { seed: 1, ..quick_sgd("gender") }),
+        ("seed", &cache, HeadOptions { seed: 1, ..quick_sgd("gender") }),
         ("attribute", &cache, quick_sgd("smile")),
         ("solver settings", &cache, fewer_steps),
-        ("class weights", &cache, TrainOptions { class_weight: ClassWeight::Balanced, ..quick_sgd("gender") }),
+        ("class weights", &cache, HeadOptions { class_weight: ClassWeight::Balanced, ..quick_sgd("gender") }),
         ("cache contents", &other_cache, quick_sgd("gender")),
     ] {
         assert!(head::reuse::reusable(&head_path, cache, &opts).is_none(), "reused despite another {what}");

@@ -12,7 +12,7 @@ use retrain::dataset::mtfl::{self, Split};
 use retrain::eval::{self, Evaluation};
 use retrain::export::{self, Input};
 use retrain::extract::{self, ExtractOptions};
-use retrain::head::{self, Solver, TrainOptions};
+use retrain::head::{self, HeadOptions, Solver};
 use retrain::locate::Passes;
 use retrain::model::Model;
 use retrain::predict::{self, PredictOptions};
@@ -61,7 +61,7 @@ fn heads(w: &World, train_cache: &Path, tag: &str) -> Vec<PathBuf> {
     ["gender", "smile"]
         .iter()
         .map(|a| {
-            let trained = head::train(&cache, train_cache, &TrainOptions::new(a, Solver::Linfa), &mut |_| {}).unwrap();
+            let trained = head::train(&cache, train_cache, &HeadOptions::new(a, Solver::Linfa), &mut |_| {}).unwrap();
             let path = w.dir.path().join(format!("{tag}-{a}.onnx"));
             trained.head.save(&path, &trained.curve).unwrap();
             path
@@ -662,7 +662,7 @@ fn the_graph_averages_with_the_mirrored_pixels_as_the_locator_does() {
 
 /// tests/support/onnxruntime_predict.py on a model exported with --landmarks writes `table`'s CSV:
 /// the same columns, landmarks to the last digit, probabilities to float rounding.
-fn python_answers_as_retrain(model: &Path, list: &Path, table: &retrain::predictions::PredictionTable) {
+fn python_answers_as_retrain(model: &Path, list: &Path, table: &retrain::predict::table::PredictionTable) {
     let Some(python) = python() else { return };
     let w = tempfile::tempdir().unwrap();
     let csv = w.path().join("python.csv");

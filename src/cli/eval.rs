@@ -34,20 +34,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let heads: Vec<&Path> = a.heads.iter().map(PathBuf::as_path).collect();
     let evaluations = retrain::eval::evaluate_all(&heads, &a.cache, &SessionConfig::from(&a.session))?;
     let png = a.png.or_else(|| a.json.as_ref().map(|j| j.with_extension("png")));
-    if let [evaluation] = evaluations.as_slice() {
-        evaluation.write(a.json.as_deref(), png.as_deref(), a.predictions.as_deref())?;
-    } else {
-        for e in &evaluations {
-            let beside = png.as_ref().map(|p| p.with_file_name(format!("{}-{}.png", p.file_stem().unwrap_or_default().to_string_lossy(), e.head.attribute)));
-            e.write(None, beside.as_deref(), None)?;
-        }
-        if let Some(json) = &a.json {
-            retrain::write_file(json, serde_json::to_string_pretty(&evaluations)?)?;
-        }
-        if let Some(path) = &a.predictions {
-            retrain::eval::merged_predictions(&evaluations)?.write(path)?;
-        }
-    }
+    retrain::eval::write_all(&evaluations, a.json.as_deref(), png.as_deref(), a.predictions.as_deref())?;
     for e in &evaluations {
         println!("{}", e.markdown());
         if e.unlabeled > 0 {

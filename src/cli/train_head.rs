@@ -7,7 +7,7 @@ use clap::Args;
 use retrain::cache::Cache;
 use retrain::head::linfa::{LinfaParams, Precision};
 use retrain::head::sgd::SgdParams;
-use retrain::head::{self, ClassWeight, Solver, TrainOptions};
+use retrain::head::{self, ClassWeight, HeadOptions, Solver};
 
 #[derive(Args)]
 pub struct TrainHeadArgs {
@@ -66,14 +66,14 @@ pub struct TrainHeadArgs {
 pub fn run(a: TrainHeadArgs) -> Result<()> {
     let cache = Cache::read(&a.cache)?;
     let attributes: Vec<String> = if a.attribute == "all" { head::attributes_of(&cache) } else { a.attribute.split(',').map(str::to_string).collect() };
-    let opts = TrainOptions {
+    let opts = HeadOptions {
         seed: a.seed,
         standardize: !a.no_standardize,
         class_weight: a.class_weight,
         validation_percent: a.validation_percent,
         linfa: LinfaParams { c: a.c, max_iterations: a.max_iterations, precision: a.precision, ..LinfaParams::default() },
         sgd: SgdParams { learning_rate: a.learning_rate, batch: a.batch, steps: a.steps, validation_batch: a.validation_batch, ..SgdParams::default() },
-        ..TrainOptions::new(&attributes[0], a.solver)
+        ..HeadOptions::new(&attributes[0], a.solver)
     };
     let outs = head_paths(&a.out, &attributes)?;
     let (every, several) = (a.print_every.max(1), attributes.len() > 1);

@@ -7,7 +7,7 @@
 //! activations at the cut -> test metrics -> exported model and head ([`export`]). Both
 //! phases run the training loop of [`crate::train::steps`] ([`phases`]).
 
-pub mod export;
+pub mod outputs;
 pub mod phases;
 pub mod plan;
 pub mod run;

@@ -19,7 +19,7 @@ pub const ACTIVATION_SHARE: f64 = 0.25;
 /// Keep this share of the free memory in reserve (ORT arenas, decoding, fragmentation).
 const HEADROOM: f64 = 0.8;
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub micro: usize,
     /// Micro-batches per optimizer step; the last one is padded with weight-0 rows.

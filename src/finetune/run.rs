@@ -96,8 +96,9 @@ pub struct PhaseSummary {
     pub test_accuracy: Option<f64>,
 }
 
-/// Written to `OUT/result.json`.
-#[derive(Debug, Clone, Serialize)]
+/// Written to `OUT/result.json` ([`FinetuneSummary::to_json`]) and read back by
+/// [`crate::runs::RunResult::read`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneSummary {
     pub settings: Settings,
     pub artifacts_phase1: String,
@@ -114,6 +115,22 @@ pub struct FinetuneSummary {
     pub device: String,
     pub model: PathBuf,
     pub head: PathBuf,
+}
+
+impl FinetuneSummary {
+    /// The `kind` of its `result.json`.
+    pub const KIND: &'static str = "finetune";
+
+    /// The text of `result.json`: `"kind": "finetune"`, then every field.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            kind: &'static str,
+            #[serde(flatten)]
+            summary: &'a FinetuneSummary,
+        }
+        Ok(serde_json::to_string_pretty(&Written { kind: Self::KIND, summary: self })? + "\n")
+    }
 }
 
 /// What every stage reads.
@@ -431,7 +448,7 @@ fn finish(
 ) -> Result<FinetuneSummary> {
     let [train, val, _] = sets;
     let a = &ctx.set.phase2;
-    let (model, head) = super::export::write(ctx, &opts.out, outcome, decoder, &ctx.classes, train.len(), val.len())?;
+    let (model, head) = super::outputs::write(ctx, &opts.out, outcome, decoder, &ctx.classes, train.len(), val.len())?;
     let phase2_test = (opts.phase2_steps > 0 || outcome.last.step > 0).then_some(test.accuracy);
     let summary = FinetuneSummary {
         settings: ctx.settings.clone(),
@@ -450,7 +467,7 @@ fn finish(
         model,
         head,
     };
-    crate::write_file(&opts.out.join("result.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    crate::write_file(&opts.out.join("result.json"), summary.to_json()?)?;
     Ok(summary)
 }
 

@@ -31,7 +31,7 @@ pub use info::{paths_sha256, CacheOrigin, ClassWeight, HeadInfo, Solver};
 
 /// Everything that decides a head.
 #[derive(Debug, Clone)]
-pub struct TrainOptions {
+pub struct HeadOptions {
     pub attribute: String,
     pub solver: Solver,
     pub seed: u64,
@@ -43,9 +43,9 @@ pub struct TrainOptions {
     pub sgd: SgdParams,
 }
 
-impl TrainOptions {
+impl HeadOptions {
     pub fn new(attribute: &str, solver: Solver) -> Self {
-        TrainOptions {
+        HeadOptions {
             attribute: attribute.to_string(),
             solver,
             seed: 0,
@@ -98,18 +98,18 @@ pub struct Trained {
 ///
 /// ```
 /// use retrain::cache::Cache;
-/// use retrain::head::{train, ClassWeight, Solver, TrainOptions};
+/// use retrain::head::{train, ClassWeight, Solver, HeadOptions};
 /// # let dir = tempfile::tempdir()?;
 /// # let cache_path = retrain::examples::cache(dir.path())?;
 ///
 /// let cache = Cache::read(&cache_path)?; // from `extract` on class folders
-/// let opts = TrainOptions { class_weight: ClassWeight::Balanced, ..TrainOptions::new("class", Solver::Linfa) };
+/// let opts = HeadOptions { class_weight: ClassWeight::Balanced, ..HeadOptions::new("class", Solver::Linfa) };
 /// let fitted = train(&cache, &cache_path, &opts, &mut |_| {})?;
 /// assert_eq!(fitted.head.info.labels, ["dark", "light"]);
 /// fitted.head.save(&dir.path().join("class.onnx"), &fitted.curve)?;
 /// # Ok::<(), anyhow::Error>(())
 /// ```
-pub fn train(cache: &Cache, cache_path: &Path, opts: &TrainOptions, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
+pub fn train(cache: &Cache, cache_path: &Path, opts: &HeadOptions, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
     let standardizer = standardizer_of(cache, opts);
     train_on(cache, cache_path, opts, &standardizer, on_point)
 }
@@ -120,13 +120,13 @@ pub fn train_all(
     cache: &Cache,
     cache_path: &Path,
     attributes: &[String],
-    opts: &TrainOptions,
+    opts: &HeadOptions,
     on_point: &mut dyn FnMut(&str, &CurvePoint),
 ) -> Result<Vec<Trained>> {
     let standardizer = standardizer_of(cache, opts);
     attributes
         .iter()
-        .map(|a| train_on(cache, cache_path, &TrainOptions { attribute: a.clone(), ..opts.clone() }, &standardizer, &mut |p| on_point(a, p)))
+        .map(|a| train_on(cache, cache_path, &HeadOptions { attribute: a.clone(), ..opts.clone() }, &standardizer, &mut |p| on_point(a, p)))
         .collect()
 }
 
@@ -139,7 +139,7 @@ pub fn attributes_of(cache: &Cache) -> Vec<String> {
 /// Mean and scale of the features over the training rows (those the validation split
 /// leaves), or the identity with standardisation off. The split goes by file name, so the
 /// training rows are the same for every attribute.
-fn standardizer_of(cache: &Cache, opts: &TrainOptions) -> Standardizer {
+fn standardizer_of(cache: &Cache, opts: &HeadOptions) -> Standardizer {
     if !opts.standardize {
         return Standardizer::identity(cache.features.ncols());
     }
@@ -148,7 +148,7 @@ fn standardizer_of(cache: &Cache, opts: &TrainOptions) -> Standardizer {
     Standardizer::fit(cache.features.select(Axis(0), &rows).view())
 }
 
-fn train_on(cache: &Cache, cache_path: &Path, opts: &TrainOptions, standardizer: &Standardizer, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
+fn train_on(cache: &Cache, cache_path: &Path, opts: &HeadOptions, standardizer: &Standardizer, on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Trained> {
     let classes = Classes::of(cache, &opts.attribute)?;
     let validation_percent = opts.validation_percent.unwrap_or(opts.solver.default_validation_percent());
     let (train, validation) = split(Labeled::from_cache(cache, &classes)?, opts.seed, validation_percent);
@@ -205,7 +205,7 @@ struct Fit {
     params: serde_json::Value,
 }
 
-fn fit(opts: &TrainOptions, train: &Labeled, validation: Option<&Labeled>, class_weights: &[f32], on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Fit> {
+fn fit(opts: &HeadOptions, train: &Labeled, validation: Option<&Labeled>, class_weights: &[f32], on_point: &mut dyn FnMut(&CurvePoint)) -> Result<Fit> {
     Ok(match opts.solver {
         Solver::Sgd => {
             let f = sgd::train(train, validation, class_weights, &opts.sgd, opts.seed, on_point);

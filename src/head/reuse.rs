@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::onnx::HeadFile;
-use super::{ClassWeight, HeadInfo, Solver, TrainOptions};
+use super::{ClassWeight, HeadInfo, HeadOptions, Solver};
 use crate::cache::Cache;
 
 /// What decides a head.
@@ -31,7 +31,7 @@ pub struct Recipe {
 
 impl Recipe {
     /// The recipe of training a head on `cache` with `opts`.
-    pub fn asked(cache: &Cache, opts: &TrainOptions) -> Recipe {
+    pub fn asked(cache: &Cache, opts: &HeadOptions) -> Recipe {
         let params = match opts.solver {
             Solver::Sgd => serde_json::to_value(&opts.sgd),
             Solver::Linfa => serde_json::to_value(&opts.linfa),
@@ -76,7 +76,7 @@ impl Recipe {
 }
 
 /// The head at `path`, if there is one made from the recipe of `opts` on `cache`.
-pub fn reusable(path: &Path, cache: &Cache, opts: &TrainOptions) -> Option<HeadFile> {
+pub fn reusable(path: &Path, cache: &Cache, opts: &HeadOptions) -> Option<HeadFile> {
     let head = HeadFile::read(path).ok()?;
     (Recipe::of(&head.info) == Recipe::asked(cache, opts)).then_some(head)
 }

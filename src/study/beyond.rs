@@ -21,7 +21,7 @@ use super::runs::{self, LandmarkRow, Row, Score};
 use super::{fit_and_score, Extraction, Stages, STUDY_ACCURACY, STUDY_FINETUNE_ACCURACY};
 use crate::cache::Cache;
 use crate::head::linfa::DEFAULT_C;
-use crate::head::{ClassWeight, Solver, TrainOptions};
+use crate::head::{ClassWeight, HeadOptions, Solver};
 use crate::locate::Passes;
 use crate::metrics::percent;
 use crate::model::Model;
@@ -102,9 +102,9 @@ impl Recipe {
     }
 
     /// `train-head`'s options for this recipe.
-    fn options(self, attribute: &str, seed: u64, validation_percent: f64) -> TrainOptions {
+    fn options(self, attribute: &str, seed: u64, validation_percent: f64) -> HeadOptions {
         let mut opts =
-            TrainOptions { seed, class_weight: self.class_weight, validation_percent: Some(validation_percent), ..TrainOptions::new(attribute, self.solver) };
+            HeadOptions { seed, class_weight: self.class_weight, validation_percent: Some(validation_percent), ..HeadOptions::new(attribute, self.solver) };
         if let Some(c) = self.c {
             opts.linfa.c = c;
         }

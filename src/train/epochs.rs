@@ -7,7 +7,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::artifacts::Artifacts;
 use super::batches::{self, Batches, Distort, Order, Source};
@@ -15,11 +15,11 @@ use super::checkpoint::Checkpoint;
 use super::data::{Examples, Subsets, Tasks};
 use super::decode::Decoder;
 use super::engine::Engine;
-use super::export;
 use super::history::{self, Point};
 use super::schedule::Schedule;
 use super::score::{self, Head, TaskScore};
 use super::steps::{self, Flow, Label, Points, Stepper, Steps};
+use super::weights;
 use crate::augment::Distortions;
 use crate::description::Description;
 use crate::head::classes::Classes;
@@ -69,25 +69,38 @@ pub struct TrainOptions {
     pub show_progress: bool,
 }
 
-/// What a run achieved; also written to `OUT/result.json`.
-#[derive(Debug, Clone, Serialize)]
+/// What a run achieved; also written to `OUT/result.json` ([`TrainSummary::to_json`]) and read
+/// back by [`crate::runs::RunResult::read`]. Fields that files of earlier versions lack read as
+/// their default: `?` for a crop that was not recorded, no schedule, distortions or early
+/// stopping (there were none), NaN for the best validation loss, no per-task scores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub attribute: String,
+    #[serde(default = "not_recorded")]
     pub crop: String,
+    #[serde(default = "not_recorded")]
     pub test_crop: String,
     pub seed: u64,
     pub artifact_sha256: String,
     pub optimizer: String,
     pub lr: f32,
+    #[serde(default)]
     pub schedule: Schedule,
+    #[serde(default)]
     pub distortions: Distortions,
+    #[serde(default)]
     pub distort_validation: bool,
     pub batch: usize,
     pub epochs_completed: u64,
     pub epochs_run_now: u64,
     /// Set when early stopping ended the run before `--epochs`.
+    #[serde(default)]
     pub stopped_early: bool,
+    /// NaN where the file does not say (written before it was recorded, or null: not finite).
+    #[serde(default = "unknown_loss", deserialize_with = "score::nan_if_null")]
     pub best_val_loss: f64,
+    /// 0 where the file does not say.
+    #[serde(default)]
     pub best_val_loss_epoch: u64,
     pub best_epoch: u64,
     pub best_val_accuracy: f64,
@@ -96,7 +109,9 @@ pub struct TrainSummary {
     pub test_loss: Option<f64>,
     /// The best epoch's scores per task (one for a one-attribute graph) on validation, and
     /// on test when it was read.
+    #[serde(default)]
     pub val_tasks: Vec<TaskScore>,
+    #[serde(default)]
     pub test_tasks: Option<Vec<TaskScore>>,
     pub train_images: usize,
     pub val_images: usize,
@@ -106,6 +121,31 @@ pub struct TrainSummary {
     pub seconds_per_epoch: f64,
     pub device: String,
     pub model: PathBuf,
+}
+
+/// A crop that a file of an earlier version did not record.
+fn not_recorded() -> String {
+    "?".to_string()
+}
+
+fn unknown_loss() -> f64 {
+    f64::NAN
+}
+
+impl TrainSummary {
+    /// The `kind` of its `result.json`.
+    pub const KIND: &'static str = "train";
+
+    /// The text of `result.json`: `"kind": "train"`, then every field.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            kind: &'static str,
+            #[serde(flatten)]
+            summary: &'a TrainSummary,
+        }
+        Ok(serde_json::to_string_pretty(&Written { kind: Self::KIND, summary: self })? + "\n")
+    }
 }
 
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
@@ -331,7 +371,7 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, heads: &[Head],
         &a.sha256[..12]
     );
     let metadata = model_metadata(heads, opts.crop, source);
-    export::export(&a.verified_file("forward")?, &params, &metadata, &model)?;
+    weights::write(&a.verified_file("forward")?, &params, &metadata, &model)?;
     let summary = TrainSummary {
         attribute: opts.attribute.clone(),
         crop: opts.crop.to_string(),
@@ -363,7 +403,7 @@ fn finish(opts: &TrainOptions, engine: &mut Engine, sets: &Sets, heads: &[Head],
         device: opts.device.to_string(),
         model,
     };
-    fs::write(opts.out.join("result.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    fs::write(opts.out.join("result.json"), summary.to_json()?)?;
     Ok(summary)
 }
 

@@ -19,10 +19,10 @@ pub mod data;
 pub mod decode;
 pub mod engine;
 pub mod epochs;
-pub mod export;
 pub mod history;
 pub mod schedule;
 pub mod score;
 pub mod steps;
+pub mod weights;
 
 pub use epochs::{train, TrainOptions, TrainSummary};

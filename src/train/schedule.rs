@@ -5,9 +5,11 @@
 //! validation loss and its epoch), so a resumed run decides exactly as a continuous one.
 
 use anyhow::{ensure, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// A field that a file lacks reads as the default: constant rate, no early stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Schedule {
     /// Stop once validation loss has not improved for this many epochs.
     pub patience: Option<u64>,

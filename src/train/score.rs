@@ -4,7 +4,7 @@
 //! the loss weighted as the train-step graph weighs it.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::artifacts::Artifacts;
 use super::data::Examples;
@@ -60,10 +60,12 @@ pub fn task_classes(name: &str, width: usize) -> Result<Classes> {
 }
 
 /// One task's scores on a set of rows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskScore {
     pub name: String,
-    /// Mean cross-entropy (attributes) or 0.5 x squared error summed over the coordinates.
+    /// Mean cross-entropy (attributes) or 0.5 x squared error summed over the coordinates
+    /// (NaN where the file has null: JSON writes a loss that is not finite so).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Accuracy, recall and confusion of an attribute (over the rows that know it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +76,12 @@ pub struct TaskScore {
     /// Landmarks: rows whose mean error exceeds 10% of the inter-ocular distance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_rate: Option<f64>,
+}
+
+/// A number that JSON wrote as null because it was not finite (a loss of a run that diverged)
+/// reads as NaN.
+pub(crate) fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Scores of all tasks: `loss` weighted as in training, `accuracy` the attributes' mean.

@@ -49,7 +49,7 @@ pub(super) fn write(
         Description { labels: Some(classes.labels.clone()), attribute: Some(classes.attribute.clone()), source: Some(source), ..Description::default() };
     let metadata = described.to_metadata();
     // the whole network, also when phase 2 trained only the layers above a cut
-    crate::train::export::export(&job.set.every_layer.verified_file("forward")?, &params, &metadata, &model)?;
+    crate::train::weights::write(&job.set.every_layer.verified_file("forward")?, &params, &metadata, &model)?;
     let head = out.join(format!("{}.head.onnx", classes.attribute));
     head_of(job, &params, &model, decoder, classes, outcome, train_rows, val_rows)?.save(&head, &[])?;
     Ok((model, head))

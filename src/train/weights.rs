@@ -29,7 +29,7 @@ const TENSOR_EXTERNAL_DATA: u32 = 13;
 const ONNX_FLOAT: u64 = 1;
 
 /// Copies `forward` to `out` with `params` as its initializer values and `metadata` set.
-pub fn export(forward: &Path, params: &[NamedTensor], metadata: &[(String, String)], out: &Path) -> Result<()> {
+pub fn write(forward: &Path, params: &[NamedTensor], metadata: &[(String, String)], out: &Path) -> Result<()> {
     let bytes = std::fs::read(forward).with_context(|| format!("cannot read {}", forward.display()))?;
     let by_name: HashMap<&str, &NamedTensor> = params.iter().map(|p| (p.name.as_str(), p)).collect();
     let mut written = Vec::new();

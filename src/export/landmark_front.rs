@@ -33,7 +33,9 @@ pub use crate::description::LocatedBy;
 
 /// The landmark model to build in, and how it runs (as `predict --landmark-passes`).
 pub struct Landmarks<'a> {
+    /// The landmark model file (`retrain train` on multi-task artifacts).
     pub model: &'a Path,
+    /// How many passes, and whether each is averaged with its mirror image.
     pub passes: Passes,
 }
 

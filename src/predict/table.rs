@@ -11,14 +11,18 @@ use anyhow::Result;
 /// An attribute and its class labels, in the order of its probabilities.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attribute {
+    /// The attribute's name (`gender`), the CSV's label column.
     pub name: String,
+    /// Its class labels, in the order of its probabilities.
     pub labels: Vec<String>,
 }
 
 /// Predictions for a list of images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictionTable {
+    /// The attributes, in column order.
     pub attributes: Vec<Attribute>,
+    /// Each row's image, as the input list named it.
     pub paths: Vec<String>,
     /// Per attribute, row-major [rows, classes].
     pub probabilities: Vec<Vec<f32>>,
@@ -31,6 +35,7 @@ pub struct PredictionTable {
 const LANDMARK_COLUMNS: [&str; 10] = ["x1", "x2", "x3", "x4", "x5", "y1", "y2", "y3", "y4", "y5"];
 
 impl PredictionTable {
+    /// An empty table for `attributes`.
     pub fn new(attributes: Vec<Attribute>) -> Self {
         let probabilities = vec![Vec::new(); attributes.len()];
         PredictionTable { attributes, paths: Vec::new(), probabilities, landmarks: None }
@@ -50,10 +55,12 @@ impl PredictionTable {
         self.landmarks = Some(self.paths.iter().map(|p| of(p)).collect());
     }
 
+    /// Rows (images).
     pub fn len(&self) -> usize {
         self.paths.len()
     }
 
+    /// Whether the table has no rows.
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
     }
@@ -102,6 +109,7 @@ impl PredictionTable {
         cells
     }
 
+    /// The table as CSV: a header, then one line per image (RFC 4180 quoting).
     pub fn to_csv(&self) -> String {
         let mut s = String::new();
         let line = |cells: Vec<String>| cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",");
