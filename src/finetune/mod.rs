@@ -4,13 +4,15 @@
 //!
 //! Data flow: MTFL -> bottleneck cache ([`crate::extract`]) -> phase 1 on cached rows ->
 //! phase 2 on images (micro-batches chosen by [`plan`]) or, from a layer up, on cached
-//! activations at the cut -> test metrics -> exported model and head ([`export`]). Both
+//! activations at the cut -> test metrics -> exported model and head ([`outputs`]). Both
 //! phases run the training loop of [`crate::train::steps`] ([`phases`]).
 
+pub mod job;
 pub mod outputs;
 pub mod phases;
 pub mod plan;
 pub mod run;
 pub mod set;
 
+pub use job::Settings;
 pub use run::{finetune, report, FinetuneOptions, FinetuneSummary};

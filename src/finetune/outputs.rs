@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 use ndarray::Array2;
 
+use super::job::Job;
 use super::phases::VALIDATION_PERCENT;
-use super::run::Job;
 use crate::description::Description;
 use crate::head::classes::Classes;
 use crate::head::standardize::Standardizer;

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::ArrayView1;
 use serde::{Deserialize, Serialize};
 
+use super::job::{Job, Settings};
 use super::phases::{self, Phase, VALIDATION_PERCENT};
 use super::plan::{self, Plan};
 use super::set::FinetuneSet;
@@ -65,26 +66,6 @@ pub struct FinetuneOptions {
     pub show_progress: bool,
 }
 
-/// What decides the result; a resumed run must match the one that wrote the checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
-    pub attribute: String,
-    pub crop: String,
-    pub seed: u64,
-    pub distortions: String,
-    pub phase1_steps: u64,
-    pub phase1_lr: f32,
-    pub phase2_steps: u64,
-    pub phase2_lr: f32,
-    /// The layer phase 2 trains from (None: every layer).
-    #[serde(default)]
-    pub train_from: Option<String>,
-    /// Phase 1 trains on standardised bottlenecks (runs before this was so cannot be resumed).
-    #[serde(default)]
-    pub phase1_standardized: bool,
-    pub limit: Option<usize>,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseSummary {
     pub steps: u64,
@@ -131,16 +112,6 @@ impl FinetuneSummary {
         }
         Ok(serde_json::to_string_pretty(&Written { kind: Self::KIND, summary: self })? + "\n")
     }
-}
-
-/// What every stage reads.
-pub(super) struct Job {
-    pub set: FinetuneSet,
-    pub classes: Classes,
-    pub config: SessionConfig,
-    pub settings: Settings,
-    pub history: PathBuf,
-    pub subsets: Subsets,
 }
 
 pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneSummary> {

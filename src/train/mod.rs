@@ -8,7 +8,7 @@
 //! batch source (order, values, distortions), [`engine`] keeps the state on the device and
 //! runs steps ([`accumulate`]: as micro-batches), [`steps`] is the one loop with validation
 //! points, [`history`] its learning curve and [`checkpoint`] its HDF5 file, [`epochs`] is
-//! `retrain train` on top of it with [`schedule`]'s learning rate and early stop, [`export`]
+//! `retrain train` on top of it with [`schedule`]'s learning rate and early stop, [`weights`]
 //! writes weights back into the forward graph.
 
 pub mod accumulate;
