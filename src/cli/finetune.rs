@@ -84,35 +84,42 @@ pub struct FinetuneArgs {
     decode: DecodeArgs,
 }
 
+impl TryFrom<FinetuneArgs> for FinetuneOptions {
+    type Error = anyhow::Error;
+    fn try_from(a: FinetuneArgs) -> Result<FinetuneOptions> {
+        Ok(FinetuneOptions {
+            model: a.model,
+            artifacts: a.artifacts,
+            mtfl: a.mtfl,
+            attribute: a.attribute,
+            crop: a.crop.crop,
+            phase1_steps: a.phase1_steps,
+            phase1_lr: a.phase1_lr,
+            phase2_steps: a.phase2_steps,
+            phase2_lr: a.phase2_lr,
+            train_from: a.train_from,
+            batch: a.batch,
+            micro_batch: a.micro_batch,
+            memory_budget: a.memory_budget.map(|g| (g * (1u64 << 30) as f64) as u64),
+            distortions: Distortions::try_from(&a.distort)?,
+            eval_every: a.eval_every,
+            device: a.session.device,
+            threads: a.session.threads,
+            decode_threads: a.decode.decode_threads,
+            cache_dir: a.cache_dir,
+            out: a.out,
+            seed: a.seed,
+            resume: a.resume,
+            limit: a.limit,
+            eval_batch: a.eval_batch,
+            strict: a.strict.strict,
+            show_progress: !a.decode.quiet,
+        })
+    }
+}
+
 pub fn run(a: FinetuneArgs) -> Result<()> {
-    let opts = FinetuneOptions {
-        model: a.model,
-        artifacts: a.artifacts,
-        mtfl: a.mtfl,
-        attribute: a.attribute,
-        crop: a.crop.crop,
-        phase1_steps: a.phase1_steps,
-        phase1_lr: a.phase1_lr,
-        phase2_steps: a.phase2_steps,
-        phase2_lr: a.phase2_lr,
-        train_from: a.train_from,
-        batch: a.batch,
-        micro_batch: a.micro_batch,
-        memory_budget: a.memory_budget.map(|g| (g * (1u64 << 30) as f64) as u64),
-        distortions: Distortions::try_from(&a.distort)?,
-        eval_every: a.eval_every,
-        device: a.session.device,
-        threads: a.session.threads,
-        decode_threads: a.decode.decode_threads,
-        cache_dir: a.cache_dir,
-        out: a.out,
-        seed: a.seed,
-        resume: a.resume,
-        limit: a.limit,
-        eval_batch: a.eval_batch,
-        strict: a.strict.strict,
-        show_progress: !a.decode.quiet,
-    };
+    let opts = FinetuneOptions::try_from(a)?;
     let summary = finetune::finetune(&opts)?;
     println!("{}", finetune::report(&summary));
     Ok(())

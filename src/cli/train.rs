@@ -79,30 +79,37 @@ pub struct TrainArgs {
     decode: DecodeArgs,
 }
 
+impl TryFrom<TrainArgs> for TrainOptions {
+    type Error = anyhow::Error;
+    fn try_from(a: TrainArgs) -> Result<TrainOptions> {
+        Ok(TrainOptions {
+            artifacts: a.artifacts,
+            mtfl: a.mtfl,
+            attribute: a.attribute,
+            crop: a.crop.crop,
+            test_crop: a.test_crop.unwrap_or(a.crop.crop),
+            epochs: a.epochs,
+            lr: a.lr,
+            schedule: Schedule { patience: a.patience, lr_decay: a.lr_decay, lr_decay_every: a.lr_decay_every },
+            distortions: Distortions::try_from(&a.distort)?,
+            distort_validation: a.distort_validation,
+            batch: a.batch,
+            device: a.session.device,
+            threads: a.session.threads,
+            out: a.out,
+            seed: a.seed,
+            resume: a.resume,
+            limit: a.limit,
+            eval_batch: a.eval_batch,
+            strict: a.strict.strict,
+            score_test: !a.no_test,
+            show_progress: !a.decode.quiet,
+        })
+    }
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
-    let opts = TrainOptions {
-        artifacts: a.artifacts,
-        mtfl: a.mtfl,
-        attribute: a.attribute,
-        crop: a.crop.crop,
-        test_crop: a.test_crop.unwrap_or(a.crop.crop),
-        epochs: a.epochs,
-        lr: a.lr,
-        schedule: Schedule { patience: a.patience, lr_decay: a.lr_decay, lr_decay_every: a.lr_decay_every },
-        distortions: Distortions::try_from(&a.distort)?,
-        distort_validation: a.distort_validation,
-        batch: a.batch,
-        device: a.session.device,
-        threads: a.session.threads,
-        out: a.out,
-        seed: a.seed,
-        resume: a.resume,
-        limit: a.limit,
-        eval_batch: a.eval_batch,
-        strict: a.strict.strict,
-        score_test: !a.no_test,
-        show_progress: !a.decode.quiet,
-    };
+    let opts = TrainOptions::try_from(a)?;
     let summary = train::train(&opts)?;
     println!("{}", train::epochs::report(&summary));
     Ok(())
