@@ -789,7 +789,7 @@ fn run_info(path: &std::path::Path) -> Result<()> {
     );
     println!("skipped: {}", c.skipped.len());
     for s in &c.skipped {
-        println!("  {}", s.replace('\t', ": "));
+        println!("  {s}");
     }
     Ok(())
 }

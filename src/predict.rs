@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::Skip;
-use crate::dataset::{mtfl, Sample};
+use crate::dataset::{mtfl, Sample, Skipped};
 use crate::export::{ExportedHead, LocatedBy, CROP_KEY, HEADS_KEY, LOCATED_KEY};
 use crate::model::{Model, METADATA_PREFIX};
 use crate::predictions::{Attribute, PredictionTable};
@@ -31,8 +30,8 @@ pub struct PredictOptions {
 /// What a run produced.
 pub struct PredictSummary {
     pub table: PredictionTable,
-    /// `path<TAB>reason` for images that could not be read.
-    pub skipped: Vec<String>,
+    /// Images that could not be read.
+    pub skipped: Vec<Skipped>,
     pub crop: Crop,
     pub seconds: f64,
 }
@@ -104,12 +103,12 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     bar.set_message("predict");
     let all: Vec<usize> = (0..samples.len()).collect();
     // Decoding the next batch overlaps this one's inference, as in extract.
-    let mut report = |failures: Vec<Skip>, done: usize| {
+    let mut report = |failures: Vec<Skipped>, done: usize| {
         for f in &failures {
-            bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
+            bar.suspend(|| eprintln!("skipped {f}"));
         }
         bar.inc((done + failures.len()) as u64);
-        skipped.extend(failures.into_iter().map(|f| f.text));
+        skipped.extend(failures);
     };
     if model.pixel_input {
         let batches = Batches { samples, pre: &WholeImages, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };

@@ -8,8 +8,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use anyhow::Result;
 use rayon::prelude::*;
 
-use crate::cache::Skip;
-use crate::dataset::Sample;
+use crate::dataset::{Sample, Skipped};
 use crate::preprocess::{self, Preprocess, Window};
 
 /// How the images of a batch are made ready for the model.
@@ -17,14 +16,14 @@ pub trait Load: Sync {
     /// What a batch becomes.
     type Batch: Send;
     /// Loads `samples[i]` for each `i` of `chunk` in parallel on `pool`: the batch of those that
-    /// loaded (in order), their indices, and a [`Skip`] for each of the others.
-    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Self::Batch, Vec<usize>, Vec<Skip>);
+    /// loaded (in order), their indices, and a [`Skipped`] for each of the others.
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Self::Batch, Vec<usize>, Vec<Skipped>);
 }
 
 /// Cropped, resized and scaled into one tensor in the model's layout.
 impl Load for Preprocess {
     type Batch = Vec<f32>;
-    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skip>) {
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skipped>) {
         load_batch(pool, self, samples, chunk)
     }
 }
@@ -34,7 +33,7 @@ pub struct WholeImages;
 
 impl Load for WholeImages {
     type Batch = Vec<image::RgbImage>;
-    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Vec<image::RgbImage>, Vec<usize>, Vec<Skip>) {
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Vec<image::RgbImage>, Vec<usize>, Vec<Skipped>) {
         let results: Vec<Result<image::RgbImage>> = pool.install(|| chunk.par_iter().map(|&i| preprocess::decode_whole(&samples[i].path)).collect());
         let (good, failures) = sort_out(samples, chunk, &results);
         (results.into_iter().filter_map(Result::ok).collect(), good, failures)
@@ -47,8 +46,8 @@ pub struct Decoded<B = Vec<f32>> {
     pub tensor: B,
     /// Their indices in the sample list.
     pub good: Vec<usize>,
-    /// One per image that did not load: `key<TAB>reason`.
-    pub failures: Vec<Skip>,
+    /// One per image that did not load.
+    pub failures: Vec<Skipped>,
     /// The list position after this batch (where a resumed run continues).
     pub next_source: usize,
 }
@@ -102,8 +101,8 @@ pub fn decode_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
 }
 
 /// Loads `samples[i]` for each `i` of `chunk` in parallel. Returns the input tensor of the
-/// images that loaded (in order), their indices, and a [`Skip`] (`key<TAB>reason`) for the others.
-pub fn load_batch(pool: &rayon::ThreadPool, pre: &Preprocess, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skip>) {
+/// images that loaded (in order), their indices, and a [`Skipped`] for the others.
+pub fn load_batch(pool: &rayon::ThreadPool, pre: &Preprocess, samples: &[Sample], chunk: &[usize]) -> (Vec<f32>, Vec<usize>, Vec<Skipped>) {
     let ((tensor, _), good, failures) = WithWindows(pre).load(pool, samples, chunk);
     (tensor, good, failures)
 }
@@ -114,7 +113,7 @@ pub struct WithWindows<'a>(pub &'a Preprocess);
 
 impl Load for WithWindows<'_> {
     type Batch = (Vec<f32>, Vec<Window>);
-    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Self::Batch, Vec<usize>, Vec<Skip>) {
+    fn load(&self, pool: &rayon::ThreadPool, samples: &[Sample], chunk: &[usize]) -> (Self::Batch, Vec<usize>, Vec<Skipped>) {
         let len = self.0.input.image_len();
         let mut tensor = vec![0f32; chunk.len() * len];
         let results: Vec<Result<Window>> =
@@ -125,14 +124,14 @@ impl Load for WithWindows<'_> {
     }
 }
 
-/// The indices of `chunk` whose image loaded, and a [`Skip`] (`key<TAB>reason`) for each other.
-fn sort_out<T>(samples: &[Sample], chunk: &[usize], results: &[Result<T>]) -> (Vec<usize>, Vec<Skip>) {
+/// The indices of `chunk` whose image loaded, and a [`Skipped`] for each other.
+fn sort_out<T>(samples: &[Sample], chunk: &[usize], results: &[Result<T>]) -> (Vec<usize>, Vec<Skipped>) {
     let mut good = Vec::with_capacity(chunk.len());
     let mut failures = Vec::new();
     for (&i, result) in chunk.iter().zip(results) {
         match result {
             Ok(_) => good.push(i),
-            Err(e) => failures.push(Skip { source_index: i as i64, text: format!("{}\t{e:#}", samples[i].key) }),
+            Err(e) => failures.push(Skipped::image(&samples[i], i, format!("{e:#}"))),
         }
     }
     (good, failures)

@@ -8,7 +8,8 @@
 //! - `/source_index` [N] int64, each row's position in the full image list, so shards of one
 //!   extraction can be merged back into the single-machine order without changing the layout
 //! - `/skipped` [M] strings, `path<TAB>reason` for images (or list lines) that could not be used,
-//!   and `/skipped_index` [M] int64, their list positions (-1 for a line of the list itself)
+//!   and `/skipped_index` [M] int64, their list positions (-1 for a line of the list itself);
+//!   read back as [`Skipped`] records
 //!
 //! Root attributes name what produced the rows (`model_sha256`, `output`, `preprocess`, `source`,
 //! ...) and how far the extraction got. Rows are appended a batch at a time; a batch counts only
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::dataset::Skipped;
 use crate::fault::{self, Point};
 use hdf5::types::VarLenUnicode;
 use ndarray::{Array1, Array2, ArrayView2};
@@ -83,14 +85,6 @@ pub struct Rows<'a> {
 
 impl Rows<'_> {
     pub const NONE: Rows<'static> = Rows { features: &[], paths: vec![], labels: vec![], landmarks: vec![], source_index: vec![] };
-}
-
-/// An image (or a line of the image list, `source_index` -1) that could not be used.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Skip {
-    pub source_index: i64,
-    /// `path<TAB>reason`
-    pub text: String,
 }
 
 /// An open cache file being written. Holds `<file>.lock` so that no second process writes it.
@@ -201,7 +195,7 @@ impl CacheWriter {
     }
 
     /// Appends one batch plus what was skipped in it, then commits through `next_source`.
-    pub fn append(&mut self, rows: &Rows, skipped: &[Skip], next_source: usize, sources_total: usize) -> Result<()> {
+    pub fn append(&mut self, rows: &Rows, skipped: &[Skipped], next_source: usize, sources_total: usize) -> Result<()> {
         let n = rows.paths.len();
         if rows.features.len() != n * self.dim {
             bail!("batch of {n} rows has {} feature values, expected {} ({n} x {})", rows.features.len(), n * self.dim, self.dim);
@@ -217,15 +211,15 @@ impl CacheWriter {
         Ok(())
     }
 
-    fn commit(&self, rows: &Rows, skipped: &[Skip], next_source: usize, sources_total: usize) -> Result<()> {
+    fn commit(&self, rows: &Rows, skipped: &[Skipped], next_source: usize, sources_total: usize) -> Result<()> {
         let (start, end) = (self.rows, self.rows + rows.paths.len());
         space::claim(&self.path, self.bytes_needed(end - start, skipped.len()))?;
         if end > start {
             self.write_rows(rows, start, end)?;
         }
         if !skipped.is_empty() {
-            let text = skipped.iter().map(|s| to_varlen(&s.text)).collect::<Result<Vec<_>>>()?;
-            let index: Vec<i64> = skipped.iter().map(|s| s.source_index).collect();
+            let text = skipped.iter().map(|s| to_varlen(&stored_skip(s))).collect::<Result<Vec<_>>>()?;
+            let index: Vec<i64> = skipped.iter().map(|s| s.position.map_or(-1, |p| p as i64)).collect();
             self.extend("skipped", Array1::from(text), self.skipped)?;
             self.extend("skipped_index", Array1::from(index), self.skipped)?;
         }
@@ -291,6 +285,17 @@ impl CacheWriter {
         ds.write_slice(&data, (start..end, ..))?;
         Ok(())
     }
+}
+
+/// A skip as `/skipped` holds it: `path<TAB>reason` (its position goes to `/skipped_index`).
+fn stored_skip(s: &Skipped) -> String {
+    format!("{}\t{}", s.path.to_string_lossy(), s.reason)
+}
+
+/// A skip read back from `/skipped` and `/skipped_index` (-1: a line of the list).
+fn read_skip(text: &str, index: i64) -> Skipped {
+    let (path, reason) = text.split_once('\t').unwrap_or((text, ""));
+    Skipped { path: path.into(), reason: reason.to_string(), position: usize::try_from(index).ok() }
 }
 
 /// The datasets and attributes of an empty cache, in a new file at `path`, flushed.

@@ -6,7 +6,8 @@ use anyhow::{anyhow, Context, Result};
 use hdf5::types::VarLenUnicode;
 use ndarray::{Array1, Array2};
 
-use super::{read_i64_attr, read_str_attr, Shard};
+use super::{read_i64_attr, read_skip, read_str_attr, Shard};
+use crate::dataset::Skipped;
 
 /// Everything a finished cache holds, read back for training, evaluation and tests.
 #[derive(Debug, Clone)]
@@ -16,8 +17,8 @@ pub struct Cache {
     pub labels: Array2<i32>,
     pub landmarks: Array2<f32>,
     pub source_index: Vec<i64>,
-    pub skipped: Vec<String>,
-    pub skipped_index: Vec<i64>,
+    /// Images (and list lines) that could not be used, in the order recorded.
+    pub skipped: Vec<Skipped>,
     pub label_columns: Vec<String>,
     pub class_names: Vec<String>,
     pub model_sha256: String,
@@ -48,8 +49,7 @@ impl Cache {
                 labels: file.dataset("labels")?.read_slice_2d((0..rows, ..))?,
                 landmarks: file.dataset("landmarks")?.read_slice_2d((0..rows, ..))?,
                 source_index: file.dataset("source_index")?.read_slice_1d::<i64, _>(0..rows)?.to_vec(),
-                skipped: strings("skipped", skipped_len)?,
-                skipped_index: file.dataset("skipped_index")?.read_slice_1d::<i64, _>(0..skipped_len)?.to_vec(),
+                skipped: skipped(&file, skipped_len)?,
                 label_columns: read_str_attr(&file, "label_columns")?.split(',').map(str::to_string).collect(),
                 class_names: serde_json::from_str(&read_str_attr(&file, "class_names")?)?,
                 model_sha256: read_str_attr(&file, "model_sha256")?,
@@ -71,6 +71,13 @@ impl Cache {
             .position(|c| c == attribute)
             .ok_or_else(|| anyhow!("attribute '{attribute}' is not in this cache (it has: {})", self.label_columns.join(", ")))
     }
+}
+
+/// The first `n` entries of `/skipped` with their `/skipped_index`.
+fn skipped(file: &hdf5::File, n: usize) -> Result<Vec<Skipped>> {
+    let text: Array1<VarLenUnicode> = file.dataset("skipped")?.read_slice_1d(0..n)?;
+    let index: Array1<i64> = file.dataset("skipped_index")?.read_slice_1d(0..n)?;
+    Ok(text.iter().zip(&index).map(|(t, &i)| read_skip(t.as_str(), i)).collect())
 }
 
 impl Cache {

@@ -7,7 +7,8 @@ pub mod folders;
 pub mod mtfl;
 pub mod split;
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// The four MTFL attributes, in the column order of `/labels` in the cache.
 pub const MTFL_ATTRIBUTES: [&str; 4] = ["gender", "smile", "glasses", "pose"];
@@ -45,6 +46,39 @@ pub struct Dataset {
     /// For class folders: the class names, index = label value.
     pub class_names: Vec<String>,
     pub samples: Vec<Sample>,
-    /// Entries of the listing that could not be used (`file:line N: reason`); the rest is kept.
-    pub problems: Vec<String>,
+    /// Lines of the listing that could not be used; the rest is kept.
+    pub problems: Vec<Skipped>,
+}
+
+/// An image of a data set that could not be used, or a line of its list that names none:
+/// reported, left out, and recorded in the cache's `/skipped`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    /// The image as the data set names it ([`Sample::key`]); for a line of the list, `LIST:line N`.
+    pub path: PathBuf,
+    /// Why, the file named.
+    pub reason: String,
+    /// Its position in the image list; `None` for a line of the list.
+    pub position: Option<usize>,
+}
+
+impl Skipped {
+    /// Image `position` of the list, `sample`.
+    pub fn image(sample: &Sample, position: usize, reason: String) -> Skipped {
+        Skipped { path: PathBuf::from(&sample.key), reason, position: Some(position) }
+    }
+
+    /// Line `line` of the list file `list`.
+    pub fn line(list: &Path, line: usize, reason: String) -> Skipped {
+        let mut path = list.as_os_str().to_owned();
+        path.push(format!(":line {line}"));
+        Skipped { path: path.into(), reason, position: None }
+    }
+}
+
+/// `PATH: reason`, as every command reports it.
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
 }
