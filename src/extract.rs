@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheWriter, Identity, Rows, Shard};
@@ -17,7 +17,7 @@ use crate::dataset::{Dataset, Skipped};
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
 use crate::progress;
-use crate::stream::{Batches, Decoded};
+use crate::stream::{Batches, Decoded, Skips};
 
 /// What to extract and how.
 #[derive(Debug, Clone)]
@@ -86,6 +86,7 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
     let mut writer = CacheWriter::open_or_create(&out, &identity, model.output_dim)?;
     let total = opts.limit.map_or(dataset.samples.len(), |l| l.min(dataset.samples.len()));
     let mut skipped = record_listing_problems(dataset, &mut writer, total)?;
+    let skips = Skips::new(opts.strict);
     let todo: Vec<usize> = (writer.next_source_index()..total).filter(|&i| opts.shard.contains(i)).collect();
     let rows_before = writer.rows();
     let started = Instant::now();
@@ -93,9 +94,10 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
     bar.set_message(format!("extract {}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
 
     let batches = Batches { samples: &dataset.samples, pre: &preprocess, todo: &todo, size: opts.batch, decode_threads: opts.decode_threads };
-    let ran = batches.for_each(|b| consume(dataset, model, &mut writer, b, &bar, &mut skipped, total, opts.strict));
+    let ran = batches.for_each(|b| consume(dataset, model, &mut writer, b, &bar, &skips, total));
     bar.finish_and_clear();
     ran?;
+    skipped.extend(skips.all());
     Ok(ExtractSummary { out, rows_before, rows_after: writer.rows(), processed: todo.len(), skipped, seconds: started.elapsed().as_secs_f64() })
 }
 
@@ -113,29 +115,21 @@ fn record_listing_problems(dataset: &Dataset, writer: &mut CacheWriter, total: u
 }
 
 /// Runs the model on one decoded batch and commits its rows (and skips) to the cache.
-#[allow(clippy::too_many_arguments)]
 fn consume(
     dataset: &Dataset,
     model: &mut Model,
     writer: &mut CacheWriter,
     batch: Decoded,
     bar: &indicatif::ProgressBar,
-    skipped: &mut Vec<Skipped>,
+    skips: &Skips,
     total: usize,
-    strict: bool,
 ) -> Result<()> {
     let Decoded { tensor, mut good, mut failures, next_source } = batch;
     let n_seen = good.len() + failures.len();
     let mut features = if good.is_empty() { Vec::new() } else { model.run(tensor, good.len())? };
     drop_non_finite(dataset, model.output_dim, &mut features, &mut good, &mut failures);
     failures.sort_by_key(|f| f.position); // list order, as a merge of shards restores it
-    if strict && !failures.is_empty() {
-        let what: Vec<String> = failures.iter().map(Skipped::to_string).collect();
-        bail!("--strict: {} (nothing of this batch was written; earlier batches are kept)", what.join("; "));
-    }
-    for f in &failures {
-        bar.suspend(|| eprintln!("skipped {f}"));
-    }
+    let failures = skips.report(failures, bar).map_err(|e| anyhow!("{e} (nothing of this batch was written; earlier batches are kept)"))?;
     let rows = Rows {
         features: &features,
         paths: good.iter().map(|&i| dataset.samples[i].key.as_str()).collect(),
@@ -144,7 +138,6 @@ fn consume(
         source_index: good.iter().map(|&i| i as i64).collect(),
     };
     writer.append(&rows, &failures, next_source, total)?;
-    skipped.extend(failures);
     bar.inc(n_seen as u64);
     crate::interrupt::check(|| {
         let done = format!("{} images of {total} done, {} rows committed to {}", writer.next_source_index(), writer.rows(), writer.path().display());

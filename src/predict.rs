@@ -14,7 +14,7 @@ use crate::export::{ExportedHead, LocatedBy, CROP_KEY, HEADS_KEY, LOCATED_KEY};
 use crate::model::{Model, METADATA_PREFIX};
 use crate::predictions::{Attribute, PredictionTable};
 use crate::preprocess::{Crop, Preprocess};
-use crate::stream::{Batches, Decoded, WholeImages};
+use crate::stream::{Batches, Decoded, Skips, WholeImages};
 use crate::{progress, runtime};
 
 /// How to run.
@@ -97,24 +97,23 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     let landmarks_output = located.map(|l| l.output);
     let pre = Preprocess { crop, input: model.input.clone() };
     let mut table = PredictionTable::new(heads.iter().map(|h| Attribute { name: h.attribute.clone(), labels: h.labels.clone() }).collect());
-    let mut skipped = Vec::new();
+    let skips = Skips::new(false);
     let started = Instant::now();
     let bar = progress::bar(samples.len() as u64, "images", opts.show_progress);
     bar.set_message("predict");
     let all: Vec<usize> = (0..samples.len()).collect();
     // Decoding the next batch overlaps this one's inference, as in extract.
-    let mut report = |failures: Vec<Skipped>, done: usize| {
-        for f in &failures {
-            bar.suspend(|| eprintln!("skipped {f}"));
-        }
-        bar.inc((done + failures.len()) as u64);
-        skipped.extend(failures);
+    let report = |failures: Vec<Skipped>, done: usize| -> Result<()> {
+        let seen = done + failures.len();
+        skips.report(failures, &bar)?;
+        bar.inc(seen as u64);
+        Ok(())
     };
     if model.pixel_input {
         let batches = Batches { samples, pre: &WholeImages, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
         let mut placed = Vec::new();
         batches.for_each(|Decoded { tensor: images, good, failures, .. }| {
-            report(failures, good.len());
+            report(failures, good.len())?;
             // One image per run: the images of a batch differ in size.
             for (image, &i) in images.into_iter().zip(&good) {
                 let shape = [1, image.height() as usize, image.width() as usize, 3];
@@ -130,7 +129,7 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     } else {
         let batches = Batches { samples, pre: &pre, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
         batches.for_each(|Decoded { tensor, good, failures, .. }| {
-            report(failures, good.len());
+            report(failures, good.len())?;
             if good.is_empty() {
                 return Ok(());
             }
@@ -139,7 +138,7 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
         })?;
     }
     bar.finish_and_clear();
-    Ok(PredictSummary { table, skipped, crop, seconds: started.elapsed().as_secs_f64() })
+    Ok(PredictSummary { table, skipped: skips.all(), crop, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Runs one batch of prepared images (`shape`: the input's) and adds a row per image to

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use crate::dataset::{Dataset, Skipped};
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
-use crate::stream::{decode_pool, load_batch};
+use crate::stream::{decode_pool, Decoded, Load};
 
 const SCRIPT: &str = include_str!("../scripts/quantize.py");
 
@@ -95,7 +95,7 @@ fn calibration_tensor(dataset: &Dataset, pre: &Preprocess, opts: &QuantizeOption
     let all: Vec<usize> = (0..dataset.samples.len()).collect();
     let picked: Vec<usize> = crate::rng::shuffled(&all, opts.seed, 0).into_iter().take(n).collect();
     let pool = decode_pool(opts.decode_threads)?;
-    let (tensor, good, failures) = load_batch(&pool, pre, &dataset.samples, &picked);
+    let Decoded { tensor, good, failures, .. } = pre.load(&pool, &dataset.samples, &picked);
     if good.is_empty() {
         bail!("none of the {} calibration images could be read (first: {})", picked.len(), failures.first().map(Skipped::to_string).unwrap_or_default());
     }

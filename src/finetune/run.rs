@@ -1,6 +1,6 @@
 //! The two phases end to end: checks, caches, phase 1, phase 2, test scores, export.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,7 @@ use super::set::FinetuneSet;
 use crate::augment::Distortions;
 use crate::cache::Cache;
 use crate::dataset::mtfl::Split;
+use crate::dataset::Skipped;
 use crate::head::classes::Classes;
 use crate::head::softmax::argmax;
 use crate::head::standardize::Standardizer;
@@ -445,13 +446,19 @@ fn finish(
         test,
         train_images: train.len(),
         val_images: val.len(),
-        skipped: decoder.failures(),
+        skipped: names(&decoder.skipped()),
         device: opts.device.to_string(),
         model,
         head,
     };
     crate::write_file(&opts.out.join("result.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
     Ok(summary)
+}
+
+/// The names of images left out, sorted, each once: `skipped` of result.json.
+fn names(skipped: &[Skipped]) -> Vec<String> {
+    let names: BTreeSet<String> = skipped.iter().map(|s| s.path.display().to_string()).collect();
+    names.into_iter().collect()
 }
 
 fn phase_summary(o: &Outcome, steps: u64, lr: f32, test_accuracy: Option<f64>) -> PhaseSummary {
