@@ -233,7 +233,7 @@ fn camera_jpegs(dir: &Path, n: u32) -> Vec<Sample> {
             let path = dir.join(format!("photo{k}.jpg"));
             let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 90).encode_image(&img).unwrap();
-            Sample { key: format!("photo{k}.jpg"), path, labels: vec![], landmarks: None }
+            Sample { key: format!("photo{k}.jpg").into(), path, labels: vec![], landmarks: None }
         })
         .collect()
 }

@@ -132,7 +132,7 @@ fn consume(
     let failures = skips.report(failures, bar).map_err(|e| anyhow!("{e} (nothing of this batch was written; earlier batches are kept)"))?;
     let rows = Rows {
         features: &features,
-        paths: good.iter().map(|&i| dataset.samples[i].key.as_str()).collect(),
+        paths: good.iter().map(|&i| dataset.samples[i].key.as_os_str()).collect(),
         labels: good.iter().map(|&i| dataset.samples[i].labels.as_slice()).collect(),
         landmarks: good.iter().map(|&i| dataset.samples[i].landmarks).collect(),
         source_index: good.iter().map(|&i| i as i64).collect(),

@@ -896,7 +896,7 @@ fn run_predict(a: PredictArgs) -> Result<()> {
     let opts = PredictOptions { crop: a.crop, batch: a.stream.batch, decode_threads: a.stream.decode_threads, show_progress: !a.stream.quiet };
     let mut summary = predict::predict(&mut model, &samples, &opts)?;
     if a.landmarks.is_some() {
-        let placed: std::collections::HashMap<&str, [f32; 10]> = samples.iter().filter_map(|s| Some((s.key.as_str(), s.landmarks?))).collect();
+        let placed: std::collections::HashMap<_, [f32; 10]> = samples.iter().filter_map(|s| Some((s.name(), s.landmarks?))).collect();
         summary.table.add_landmarks(|key| placed.get(key).copied());
     }
     summary.table.write(&a.out)?;

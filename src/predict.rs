@@ -44,9 +44,10 @@ pub fn exported_heads(model: &Model) -> Result<Vec<ExportedHead>> {
     serde_json::from_str(json).with_context(|| format!("metadata '{METADATA_PREFIX}{HEADS_KEY}' of {}", model.path.display()))
 }
 
-/// Images given on the command line; their names in the output are as given.
+/// Images given on the command line, read by the exact names given; their names in the output
+/// are as given (lossy where not UTF-8).
 pub fn images_from_paths(paths: &[PathBuf]) -> Vec<Sample> {
-    paths.iter().map(|p| Sample { path: p.clone(), key: p.display().to_string(), labels: Vec::new(), landmarks: None }).collect()
+    paths.iter().map(|p| Sample { path: p.clone(), key: p.clone().into_os_string(), labels: Vec::new(), landmarks: None }).collect()
 }
 
 /// A list file: an MTFL annotation file (path, landmarks, labels: the nose crop works), or one
@@ -66,7 +67,7 @@ pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(|l| Sample { path: root.join(l), key: l.to_string(), labels: Vec::new(), landmarks: None })
+        .map(|l| Sample { path: root.join(l), key: l.into(), labels: Vec::new(), landmarks: None })
         .collect())
 }
 
@@ -117,8 +118,9 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
             // One image per run: the images of a batch differ in size.
             for (image, &i) in images.into_iter().zip(&good) {
                 let shape = [1, image.height() as usize, image.width() as usize, 3];
-                let found = run_batch(model, &heads, landmarks_output.as_deref(), &shape, image.into_raw(), &[samples[i].key.as_str()], &mut table)?;
-                placed.extend(found.map(|l| (samples[i].key.clone(), l)));
+                let name = samples[i].name();
+                let found = run_batch(model, &heads, landmarks_output.as_deref(), &shape, image.into_raw(), &[&name], &mut table)?;
+                placed.extend(found.map(|l| (name.into_owned(), l)));
             }
             Ok(())
         })?;
@@ -133,7 +135,8 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
             if good.is_empty() {
                 return Ok(());
             }
-            let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
+            let names: Vec<_> = good.iter().map(|&i| samples[i].name()).collect();
+            let keys: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
             run_batch(model, &heads, None, &pre.input.batch_shape(keys.len()), tensor, &keys, &mut table).map(|_| ())
         })?;
     }

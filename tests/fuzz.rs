@@ -49,7 +49,7 @@ proptest! {
         let parsed = mtfl::parse(&text, Path::new("/r"));
         prop_assert!(parsed.samples.len() >= lines.len());
         for (s, (path, lm, labels, _, _)) in parsed.samples.iter().zip(&lines) {
-            prop_assert_eq!(&s.key, &path.replace('\\', "/"));
+            prop_assert_eq!(s.name(), path.replace('\\', "/"));
             prop_assert_eq!(&s.labels, &labels.to_vec());
             let got = s.landmarks.unwrap();
             for k in 0..10 {

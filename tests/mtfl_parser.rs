@@ -78,6 +78,6 @@ fn real_mtfl_counts_and_label_balance() {
     assert_eq!((count(&train, 1, 1), count(&train, 1, 2)), (5_616, 4_384));
     assert_eq!((count(&test, 0, 1), count(&test, 0, 2)), (1_173, 1_822));
     assert_eq!((count(&test, 1, 1), count(&test, 1, 2)), (1_632, 1_363));
-    assert!(train.samples.iter().all(|s| s.path.exists() && !s.key.contains('\\')));
+    assert!(train.samples.iter().all(|s| s.path.exists() && !s.name().contains('\\')));
     assert!(test.samples.iter().all(|s| s.path.exists()));
 }

@@ -166,7 +166,7 @@ fn hash_split_is_stable_and_near_the_percentage() {
 /// read them: (train keys, validation keys).
 fn subsets(root: &std::path::Path) -> [(Vec<String>, Vec<String>); 2] {
     let classes = retrain::head::classes::Classes::mtfl("smile").unwrap();
-    let names = |l: &retrain::train::data::LabeledImages| l.samples.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+    let names = |l: &retrain::train::data::LabeledImages| l.samples.iter().map(|s| s.name().into_owned()).collect::<Vec<_>>();
     [retrain::train::epochs::VALIDATION_PERCENT, retrain::finetune::phases::VALIDATION_PERCENT].map(|validation_percent| {
         let subsets = retrain::train::data::Subsets { validation_percent, seed: 7, limit: None, test: false };
         let [train, val, _] = subsets.of_mtfl(root, &retrain::train::data::Tasks::one(classes.clone())).unwrap();

@@ -28,7 +28,7 @@ pub fn merge(shards: &[&Path], out: &Path) -> Result<usize> {
         let labels: Vec<Vec<i32>> = chunk.iter().map(|&(c, r)| caches[c].labels.row(r).to_vec()).collect();
         let rows = Rows {
             features: &features,
-            paths: chunk.iter().map(|&(c, r)| caches[c].paths[r].as_str()).collect(),
+            paths: chunk.iter().map(|&(c, r)| caches[c].paths[r].as_os_str()).collect(),
             labels: labels.iter().map(Vec::as_slice).collect(),
             landmarks: chunk.iter().map(|&(c, r)| landmarks(&caches[c], r)).collect(),
             source_index: chunk.iter().map(|&(c, r)| caches[c].source_index[r]).collect(),

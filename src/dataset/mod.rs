@@ -7,6 +7,8 @@ pub mod folders;
 pub mod mtfl;
 pub mod split;
 
+use std::borrow::Cow;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -21,8 +23,9 @@ pub const UNKNOWN_LABEL: i32 = -1;
 pub struct Sample {
     /// Where to read the image.
     pub path: PathBuf,
-    /// The name recorded in the cache: the path as the data set spells it, with `/` separators.
-    pub key: String,
+    /// The name recorded in the cache: the path as the data set spells it, with `/` separators,
+    /// byte for byte (a file name need not be UTF-8).
+    pub key: OsString,
     /// One value per label column of the data set (MTFL: gender, smile, glasses, pose in MTFL coding).
     pub labels: Vec<i32>,
     /// x1..x5, y1..y5 (left eye, right eye, nose, left and right mouth corner), when annotated.
@@ -30,6 +33,11 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// The key as text, for messages and tables: lossy where it is not UTF-8.
+    pub fn name(&self) -> Cow<'_, str> {
+        self.key.to_string_lossy()
+    }
+
     /// The nose landmark (x3, y3), when the sample has landmarks.
     pub fn nose(&self) -> Option<(f32, f32)> {
         self.landmarks.map(|l| (l[2], l[7]))

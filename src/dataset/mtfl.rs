@@ -126,7 +126,7 @@ fn parse_line(line: &str, root: &Path) -> Result<Sample> {
         }
         labels.push(v);
     }
-    Ok(Sample { path: root.join(&key), key, labels, landmarks: Some(landmarks) })
+    Ok(Sample { path: root.join(&key), key: key.into(), labels, landmarks: Some(landmarks) })
 }
 
 fn shorten(line: &str) -> String {

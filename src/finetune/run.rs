@@ -1,6 +1,7 @@
 //! The two phases end to end: checks, caches, phase 1, phase 2, test scores, export.
 
 use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -298,8 +299,8 @@ fn cached_subsets(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, sets: [&
 }
 
 /// The names of the images in `sets`.
-fn keys<'a>(sets: &[&'a LabeledImages]) -> HashSet<&'a str> {
-    sets.iter().flat_map(|s| s.samples.iter().map(|x| x.key.as_str())).collect()
+fn keys<'a>(sets: &[&'a LabeledImages]) -> HashSet<&'a OsStr> {
+    sets.iter().flat_map(|s| s.samples.iter().map(|x| x.key.as_os_str())).collect()
 }
 
 fn read_phase1_summary(out: &Path) -> Result<PhaseSummary> {

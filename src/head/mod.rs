@@ -13,6 +13,7 @@ pub mod sgd;
 pub mod softmax;
 pub mod standardize;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -159,12 +160,12 @@ impl CacheOrigin {
     }
 }
 
-/// SHA-256 of image names, one per line.
-pub fn paths_sha256(paths: &[String]) -> String {
+/// SHA-256 of image names (their bytes), one per line.
+pub fn paths_sha256(paths: &[OsString]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in paths {
-        h.update(p.as_bytes());
+        h.update(p.as_encoded_bytes());
         h.update(b"\n");
     }
     hex::encode(h.finalize())

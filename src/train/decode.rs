@@ -68,7 +68,7 @@ impl Decoder {
         let Decoded { tensor: (images, truths), failures, .. } = loaded;
         self.skips.report(failures, bar)?;
         if truths.is_empty() && !index.is_empty() {
-            bail!("no image could be read (of {}, from {})", index.len(), set.samples[index[0]].key);
+            bail!("no image could be read (of {}, from {})", index.len(), set.samples[index[0]].name());
         }
         let mut ex = Examples { images, ..set.examples(self.pre.input.image_len()) };
         for (labels, landmarks) in truths {
