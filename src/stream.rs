@@ -58,12 +58,14 @@ pub fn load_rows<T: Send>(
     sort_out(samples, chunk, results).map(|made| (tensor, made))
 }
 
-/// The rows of a tensor of `len`-value rows whose result is `Ok`, moved to its front in order.
+/// Keeps the rows (of `len` values) whose result is `Ok`, moved to the front in order.
 fn keep_loaded<T>(tensor: &mut Vec<f32>, len: usize, results: &[Result<T>]) {
     let mut kept = 0;
     for (slot, result) in results.iter().enumerate() {
         if result.is_ok() {
-            tensor.copy_within(slot * len..(slot + 1) * len, kept * len);
+            if slot != kept {
+                tensor.copy_within(slot * len..(slot + 1) * len, kept * len);
+            }
             kept += 1;
         }
     }
