@@ -4,6 +4,8 @@
 //! scaling and layout (as for any backbone) and the crop the heads were trained on. A model
 //! exported with `--pixel-input` gets each whole decoded image and prepares it itself.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,9 +53,11 @@ pub fn images_from_paths(paths: &[PathBuf]) -> Vec<Sample> {
 }
 
 /// A list file: an MTFL annotation file (path, landmarks, labels: the nose crop works), or one
-/// image path per line. Relative paths are taken from the list's folder.
+/// image path per line, its bytes as they are (a name need not be UTF-8). Relative paths are
+/// taken from the list's folder.
 pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
-    let text = std::fs::read_to_string(list).with_context(|| format!("cannot read image list {}", list.display()))?;
+    let bytes = std::fs::read(list).with_context(|| format!("cannot read image list {}", list.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
     let root = list.parent().unwrap_or(Path::new("."));
     let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
     if first.split_whitespace().count() == 15 {
@@ -63,12 +67,17 @@ pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
         }
         return Ok(parsed.samples);
     }
-    Ok(text
-        .lines()
-        .map(str::trim)
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .map(trimmed)
         .filter(|l| !l.is_empty())
-        .map(|l| Sample { path: root.join(l), key: l.into(), labels: Vec::new(), landmarks: None })
+        .map(|l| Sample { path: root.join(OsStr::from_bytes(l)), key: OsStr::from_bytes(l).into(), labels: Vec::new(), landmarks: None })
         .collect())
+}
+
+/// A line without the white space around it: as `str::trim` has it where the line is UTF-8.
+fn trimmed(line: &[u8]) -> &[u8] {
+    std::str::from_utf8(line).map_or(line.trim_ascii(), |text| text.trim().as_bytes())
 }
 
 /// The landmark model built into an exported model (`export --landmarks`), if any.

@@ -142,4 +142,9 @@ fn predict_reads_a_file_whose_name_is_not_utf8() {
     let o = retrain_os(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("wrote 2 predictions") && stdout(&o).contains("0 images skipped"), "{}{}", stdout(&o), stderr(&o));
+    // and from a list file naming it (with a CRLF line end)
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, [b"img/ok/".as_slice(), LATIN1_NAME, b"\r\n img/other/img000.jpg\n"].concat()).unwrap();
+    let o = retrain(&["predict", "--quiet", "--model", &s(&model), "--out", &s(&csv), "--list", &s(&list)]);
+    assert!(stdout(&o).contains("wrote 2 predictions") && stdout(&o).contains("0 images skipped"), "{}{}", stdout(&o), stderr(&o));
 }
