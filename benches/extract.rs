@@ -26,7 +26,7 @@ use std::time::Instant;
 use retrain::dataset::mtfl::{self, Split};
 use retrain::dataset::Sample;
 use retrain::model::Model;
-use retrain::preprocess::{decode_rgb, write_tensor, Crop, Preprocess};
+use retrain::preprocess::{write_tensor, Crop, Preprocess};
 use retrain::runtime::{Device, SessionConfig};
 
 struct Args {
@@ -196,7 +196,7 @@ fn preprocessing_per_core(a: &Args) {
     for (what, samples) in [("MTFL testing", &mtfl[..600.min(mtfl.len())]), ("generated 4000x3000 JPEG", &photos[..])] {
         let len = pre.input.image_len();
         let before = per_second(samples, len, |s, out| {
-            let rgb = decode_rgb(&s.path).expect("decode");
+            let rgb = image::open(&s.path).expect("decode").into_rgb8();
             let resized = image::imageops::resize(&rgb, pre.input.width, pre.input.height, image::imageops::FilterType::Triangle);
             write_tensor(&resized, &pre.input, out);
         });
@@ -233,7 +233,7 @@ fn camera_jpegs(dir: &Path, n: u32) -> Vec<Sample> {
             let path = dir.join(format!("photo{k}.jpg"));
             let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 90).encode_image(&img).unwrap();
-            Sample { key: format!("photo{k}.jpg"), path, labels: vec![], landmarks: None }
+            Sample { key: format!("photo{k}.jpg").into(), path, labels: vec![], landmarks: None }
         })
         .collect()
 }

@@ -65,7 +65,7 @@ fn evaluate_on(head_path: &Path, cache: &Cache, cache_path: &Path, config: &Sess
     let predicted = crate::head::softmax::predictions(probs.view());
     let mut predictions = PredictionTable::new(vec![Attribute { name: classes.attribute.clone(), labels: classes.labels.clone() }]);
     for (path, p) in rows.paths.iter().zip(probs.rows()) {
-        predictions.push(path, &[p.as_slice().expect("standard layout")]);
+        predictions.push(&path.to_string_lossy(), &[p.as_slice().expect("standard layout")]);
     }
     Ok(Evaluation {
         head_path: head_path.display().to_string(),

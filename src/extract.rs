@@ -9,15 +9,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{CacheWriter, Identity, Rows, Shard, Skip};
-use crate::dataset::Dataset;
+use crate::cache::{CacheWriter, Identity, Rows, Shard};
+use crate::dataset::{Dataset, Skipped};
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
 use crate::progress;
-use crate::stream::{Batches, Decoded};
+use crate::stream::{Batches, Decoded, Skips};
 
 /// What to extract and how.
 #[derive(Debug, Clone)]
@@ -71,8 +71,8 @@ pub struct ExtractSummary {
     pub rows_after: usize,
     /// Images looked at in this run (written or skipped).
     pub processed: usize,
-    /// Images skipped in this run, as `path<TAB>reason`.
-    pub skipped: Vec<String>,
+    /// Images (and list lines) skipped in this run.
+    pub skipped: Vec<Skipped>,
     /// Wall time of the run.
     pub seconds: f64,
 }
@@ -122,12 +122,14 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
         shard: opts.shard,
     };
     if opts.strict && !dataset.problems.is_empty() {
-        bail!("--strict: the image list has unusable entries:\n  {}", dataset.problems.join("\n  "));
+        let problems: Vec<String> = dataset.problems.iter().map(Skipped::to_string).collect();
+        bail!("--strict: the image list has unusable entries:\n  {}", problems.join("\n  "));
     }
     let out = opts.out.clone().unwrap_or_else(|| default_cache_path(&opts.cache_dir, dataset, &identity));
     let mut writer = CacheWriter::open_or_create(&out, &identity, model.output_dim)?;
     let total = opts.limit.map_or(dataset.samples.len(), |l| l.min(dataset.samples.len()));
     let mut skipped = record_listing_problems(dataset, &mut writer, total)?;
+    let skips = Skips::new(opts.strict);
     let todo: Vec<usize> = (writer.next_source_index()..total).filter(|&i| opts.shard.contains(i)).collect();
     let rows_before = writer.rows();
     let started = Instant::now();
@@ -135,14 +137,15 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
     bar.set_message(format!("extract {}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
 
     let batches = Batches { samples: &dataset.samples, pre: &preprocess, todo: &todo, size: opts.batch, decode_threads: opts.decode_threads };
-    let ran = batches.for_each(|b| consume(dataset, model, &mut writer, b, &bar, &mut skipped, total, opts.strict));
+    let ran = batches.for_each(|b| consume(dataset, model, &mut writer, b, &bar, &skips, total));
     bar.finish_and_clear();
     ran?;
+    skipped.extend(skips.all());
     Ok(ExtractSummary { out, rows_before, rows_after: writer.rows(), processed: todo.len(), skipped, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Reports unusable lines of the image list; a new cache also records them in `/skipped`.
-fn record_listing_problems(dataset: &Dataset, writer: &mut CacheWriter, total: usize) -> Result<Vec<String>> {
+fn record_listing_problems(dataset: &Dataset, writer: &mut CacheWriter, total: usize) -> Result<Vec<Skipped>> {
     for p in &dataset.problems {
         eprintln!("skipped {p}");
     }
@@ -150,44 +153,34 @@ fn record_listing_problems(dataset: &Dataset, writer: &mut CacheWriter, total: u
     if !fresh || dataset.problems.is_empty() {
         return Ok(Vec::new());
     }
-    let skips: Vec<Skip> = dataset.problems.iter().map(|p| Skip { source_index: -1, text: p.replacen(": ", "\t", 1) }).collect();
-    writer.append(&Rows::NONE, &skips, 0, total)?;
-    Ok(skips.into_iter().map(|s| s.text).collect())
+    writer.append(&Rows::NONE, &dataset.problems, 0, total)?;
+    Ok(dataset.problems.clone())
 }
 
 /// Runs the model on one decoded batch and commits its rows (and skips) to the cache.
-#[allow(clippy::too_many_arguments)]
 fn consume(
     dataset: &Dataset,
     model: &mut Model,
     writer: &mut CacheWriter,
     batch: Decoded,
     bar: &indicatif::ProgressBar,
-    skipped: &mut Vec<String>,
+    skips: &Skips,
     total: usize,
-    strict: bool,
 ) -> Result<()> {
     let Decoded { tensor, mut good, mut failures, next_source } = batch;
     let n_seen = good.len() + failures.len();
     let mut features = if good.is_empty() { Vec::new() } else { model.run(tensor, good.len())? };
     drop_non_finite(dataset, model.output_dim, &mut features, &mut good, &mut failures);
-    failures.sort_by_key(|f| f.source_index); // list order, as a merge of shards restores it
-    if strict && !failures.is_empty() {
-        let what: Vec<&str> = failures.iter().map(|f| f.text.as_str()).collect();
-        bail!("--strict: {} (nothing of this batch was written; earlier batches are kept)", what.join("; "));
-    }
-    for f in &failures {
-        bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
-    }
+    failures.sort_by_key(|f| f.position); // list order, as a merge of shards restores it
+    let failures = skips.report(failures, bar).map_err(|e| anyhow!("{e} (nothing of this batch was written; earlier batches are kept)"))?;
     let rows = Rows {
         features: &features,
-        paths: good.iter().map(|&i| dataset.samples[i].key.as_str()).collect(),
+        paths: good.iter().map(|&i| dataset.samples[i].key.as_os_str()).collect(),
         labels: good.iter().map(|&i| dataset.samples[i].labels.as_slice()).collect(),
         landmarks: good.iter().map(|&i| dataset.samples[i].landmarks).collect(),
         source_index: good.iter().map(|&i| i as i64).collect(),
     };
     writer.append(&rows, &failures, next_source, total)?;
-    skipped.extend(failures.into_iter().map(|f| f.text));
     bar.inc(n_seen as u64);
     crate::interrupt::check(|| {
         let done = format!("{} images of {total} done, {} rows committed to {}", writer.next_source_index(), writer.rows(), writer.path().display());
@@ -196,7 +189,7 @@ fn consume(
 }
 
 /// Rows whose features contain NaN or Inf are reported like unreadable images, never cached.
-fn drop_non_finite(dataset: &Dataset, dim: usize, features: &mut Vec<f32>, good: &mut Vec<usize>, failures: &mut Vec<Skip>) {
+fn drop_non_finite(dataset: &Dataset, dim: usize, features: &mut Vec<f32>, good: &mut Vec<usize>, failures: &mut Vec<Skipped>) {
     if features.iter().all(|v| v.is_finite()) {
         return;
     }
@@ -207,7 +200,7 @@ fn drop_non_finite(dataset: &Dataset, dim: usize, features: &mut Vec<f32>, good:
             kept_features.extend_from_slice(row);
             kept.push(i);
         } else {
-            failures.push(Skip { source_index: i as i64, text: format!("{}\tmodel output contains NaN or Inf", dataset.samples[i].key) });
+            failures.push(Skipped::image(&dataset.samples[i], i, "model output contains NaN or Inf".to_string()));
         }
     }
     *features = kept_features;
@@ -248,8 +241,8 @@ pub fn report(s: &ExtractSummary) -> String {
     );
     if !s.skipped.is_empty() {
         text.push_str(&format!("\nskipped {} images:", s.skipped.len()));
-        for line in &s.skipped {
-            text.push_str(&format!("\n  {}", line.replace('\t', ": ")));
+        for skipped in &s.skipped {
+            text.push_str(&format!("\n  {skipped}"));
         }
     }
     text

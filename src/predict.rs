@@ -4,19 +4,20 @@
 //! scaling and layout (as for any backbone) and the crop the heads were trained on. A model
 //! exported with `--pixel-input` gets each whole decoded image and prepares it itself.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::Skip;
-use crate::dataset::{mtfl, Sample};
+use crate::dataset::{mtfl, Sample, Skipped};
 use crate::description::ExportedHead;
 use crate::model::Model;
 pub mod table;
 
 use crate::preprocess::{Crop, Preprocess};
-use crate::stream::{Batches, Decoded, WholeImages};
+use crate::stream::{Batches, Decoded, Skips, WholeImages};
 use crate::{progress, runtime};
 use table::{Attribute, PredictionTable};
 
@@ -44,8 +45,8 @@ impl Default for PredictOptions {
 pub struct PredictSummary {
     /// One row per image that was read.
     pub table: PredictionTable,
-    /// `path<TAB>reason` for images that could not be read.
-    pub skipped: Vec<String>,
+    /// Images that could not be read.
+    pub skipped: Vec<Skipped>,
     /// The crop applied.
     pub crop: Crop,
     /// Wall time of the run.
@@ -61,15 +62,18 @@ pub fn exported_heads(model: &Model) -> Result<Vec<ExportedHead>> {
         .with_context(|| format!("model {} lists no heads: it is a backbone, not a model made by `retrain export`", model.path.display()))
 }
 
-/// Images given on the command line; their names in the output are as given.
+/// Images given on the command line, read by the exact names given; their names in the output
+/// are as given (lossy where not UTF-8).
 pub fn images_from_paths(paths: &[PathBuf]) -> Vec<Sample> {
-    paths.iter().map(|p| Sample { path: p.clone(), key: p.display().to_string(), labels: Vec::new(), landmarks: None }).collect()
+    paths.iter().map(|p| Sample { path: p.clone(), key: p.clone().into_os_string(), labels: Vec::new(), landmarks: None }).collect()
 }
 
 /// A list file: an MTFL annotation file (path, landmarks, labels: the nose crop works), or one
-/// image path per line. Relative paths are taken from the list's folder.
+/// image path per line, its bytes as they are (a name need not be UTF-8). Relative paths are
+/// taken from the list's folder.
 pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
-    let text = std::fs::read_to_string(list).with_context(|| format!("cannot read image list {}", list.display()))?;
+    let bytes = std::fs::read(list).with_context(|| format!("cannot read image list {}", list.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
     let root = list.parent().unwrap_or(Path::new("."));
     let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
     if first.split_whitespace().count() == 15 {
@@ -79,12 +83,17 @@ pub fn images_from_list(list: &Path) -> Result<Vec<Sample>> {
         }
         return Ok(parsed.samples);
     }
-    Ok(text
-        .lines()
-        .map(str::trim)
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .map(trimmed)
         .filter(|l| !l.is_empty())
-        .map(|l| Sample { path: root.join(l), key: l.to_string(), labels: Vec::new(), landmarks: None })
+        .map(|l| Sample { path: root.join(OsStr::from_bytes(l)), key: OsStr::from_bytes(l).into(), labels: Vec::new(), landmarks: None })
         .collect())
+}
+
+/// A line without the white space around it: as `str::trim` has it where the line is UTF-8.
+fn trimmed(line: &[u8]) -> &[u8] {
+    std::str::from_utf8(line).map_or(line.trim_ascii(), |text| text.trim().as_bytes())
 }
 
 /// Runs the model over `samples`; unreadable images are skipped and reported.
@@ -120,29 +129,29 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     let landmarks_output = located.map(|l| l.output);
     let pre = Preprocess { crop, input: model.input.clone() };
     let mut table = PredictionTable::new(heads.iter().map(|h| Attribute { name: h.attribute.clone(), labels: h.labels.clone() }).collect());
-    let mut skipped = Vec::new();
+    let skips = Skips::new(false);
     let started = Instant::now();
     let bar = progress::bar(samples.len() as u64, "images", opts.show_progress);
     bar.set_message("predict");
     let all: Vec<usize> = (0..samples.len()).collect();
     // Decoding the next batch overlaps this one's inference, as in extract.
-    let mut report = |failures: Vec<Skip>, done: usize| {
-        for f in &failures {
-            bar.suspend(|| eprintln!("skipped {}", f.text.replace('\t', ": ")));
-        }
-        bar.inc((done + failures.len()) as u64);
-        skipped.extend(failures.into_iter().map(|f| f.text));
+    let report = |failures: Vec<Skipped>, done: usize| -> Result<()> {
+        let seen = done + failures.len();
+        skips.report(failures, &bar)?;
+        bar.inc(seen as u64);
+        Ok(())
     };
     if model.pixel_input {
         let batches = Batches { samples, pre: &WholeImages, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
         let mut placed = Vec::new();
         batches.for_each(|Decoded { tensor: images, good, failures, .. }| {
-            report(failures, good.len());
+            report(failures, good.len())?;
             // One image per run: the images of a batch differ in size.
             for (image, &i) in images.into_iter().zip(&good) {
                 let shape = [1, image.height() as usize, image.width() as usize, 3];
-                let found = run_batch(model, &heads, landmarks_output.as_deref(), &shape, image.into_raw(), &[samples[i].key.as_str()], &mut table)?;
-                placed.extend(found.map(|l| (samples[i].key.clone(), l)));
+                let name = samples[i].name();
+                let found = run_batch(model, &heads, landmarks_output.as_deref(), &shape, image.into_raw(), &[&name], &mut table)?;
+                placed.extend(found.map(|l| (name.into_owned(), l)));
             }
             Ok(())
         })?;
@@ -153,16 +162,17 @@ pub fn predict(model: &mut Model, samples: &[Sample], opts: &PredictOptions) -> 
     } else {
         let batches = Batches { samples, pre: &pre, todo: &all, size: opts.batch, decode_threads: opts.decode_threads };
         batches.for_each(|Decoded { tensor, good, failures, .. }| {
-            report(failures, good.len());
+            report(failures, good.len())?;
             if good.is_empty() {
                 return Ok(());
             }
-            let keys: Vec<&str> = good.iter().map(|&i| samples[i].key.as_str()).collect();
+            let names: Vec<_> = good.iter().map(|&i| samples[i].name()).collect();
+            let keys: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
             run_batch(model, &heads, None, &pre.input.batch_shape(keys.len()), tensor, &keys, &mut table).map(|_| ())
         })?;
     }
     bar.finish_and_clear();
-    Ok(PredictSummary { table, skipped, crop, seconds: started.elapsed().as_secs_f64() })
+    Ok(PredictSummary { table, skipped: skips.all(), crop, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Runs one batch of prepared images (`shape`: the input's) and adds a row per image to

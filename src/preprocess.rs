@@ -234,14 +234,6 @@ pub fn decode_whole(path: &Path) -> Result<RgbImage> {
     Ok(pixels::decode_window(path, |w, h| Ok((0, 0, w, h)), (MAX_SIDE + 1, MAX_SIDE + 1))?.rgb)
 }
 
-/// Decodes any supported file into 8-bit RGB (grayscale and CMYK JPEGs included) with the
-/// image crate. A JPEG that stops before its end-of-image marker is an error, not a picture
-/// half grey.
-pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let data = read_image_file(path)?;
-    decode_with_image_crate(path, data)
-}
-
 /// The file's bytes; a JPEG cut short is refused here, whichever decoder follows.
 fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let data = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;

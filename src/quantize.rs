@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Skipped};
 use crate::model::Model;
 use crate::preprocess::{Crop, Preprocess};
-use crate::stream::{decode_pool, load_batch};
+use crate::stream::{decode_pool, Decoded, Load};
 
 const SCRIPT: &str = include_str!("../scripts/quantize.py");
 
@@ -35,7 +35,7 @@ pub struct QuantizeOptions {
 pub struct QuantizeSummary {
     pub method: String,
     pub calibration_images: usize,
-    pub skipped: Vec<String>,
+    pub skipped: Vec<Skipped>,
     pub seconds: f64,
 }
 
@@ -87,7 +87,7 @@ pub fn quantize(model: &Model, calibration: Option<&Dataset>, opts: &QuantizeOpt
 }
 
 /// `opts.images` images drawn without replacement (seeded), preprocessed; unreadable ones are skipped.
-fn calibration_tensor(dataset: &Dataset, pre: &Preprocess, opts: &QuantizeOptions) -> Result<(Vec<f32>, usize, Vec<String>)> {
+fn calibration_tensor(dataset: &Dataset, pre: &Preprocess, opts: &QuantizeOptions) -> Result<(Vec<f32>, usize, Vec<Skipped>)> {
     let n = opts.images;
     if n == 0 {
         bail!("calibration needs at least one image");
@@ -95,11 +95,11 @@ fn calibration_tensor(dataset: &Dataset, pre: &Preprocess, opts: &QuantizeOption
     let all: Vec<usize> = (0..dataset.samples.len()).collect();
     let picked: Vec<usize> = crate::rng::shuffled(&all, opts.seed, 0).into_iter().take(n).collect();
     let pool = decode_pool(opts.decode_threads)?;
-    let (tensor, good, failures) = load_batch(&pool, pre, &dataset.samples, &picked);
+    let Decoded { tensor, good, failures, .. } = pre.load(&pool, &dataset.samples, &picked);
     if good.is_empty() {
-        bail!("none of the {} calibration images could be read (first: {})", picked.len(), failures.first().map_or("", |f| f.text.as_str()));
+        bail!("none of the {} calibration images could be read (first: {})", picked.len(), failures.first().map(Skipped::to_string).unwrap_or_default());
     }
-    Ok((tensor, good.len(), failures.into_iter().map(|f| f.text.replace('\t', ": ")).collect()))
+    Ok((tensor, good.len(), failures))
 }
 
 fn write_f32(path: &Path, values: &[f32]) -> Result<()> {

@@ -25,7 +25,8 @@ fn skipped_with_others_kept(img: &Path, out: &Path) -> String {
     let c = Cache::read(out).unwrap();
     assert_eq!(c.paths.len(), 8, "the other rows must be kept");
     assert_eq!(c.source_index, vec![0, 1, 2, 3, 5, 6, 7, 8]);
-    assert_eq!((c.skipped.len(), c.skipped_index.as_slice()), (1, &[4i64][..]));
+    assert_eq!(c.skipped.iter().map(|s| s.position).collect::<Vec<_>>(), [Some(4)]);
+    assert_eq!(c.skipped[0].path, Path::new("ok/img004.jpg"));
     report
 }
 
@@ -75,6 +76,20 @@ fn zero_byte_file() {
     let (dir, img) = with_one_bad_image(|p| std::fs::write(p, b"").unwrap());
     let r = skipped_with_others_kept(&img, &dir.path().join("c.h5"));
     assert!(r.contains("img004.jpg"), "{r}");
+}
+
+/// `/skipped` keeps the form every cache has had (`path<TAB>reason`, with its list position in
+/// `/skipped_index`), which `Cache::read` turns into a record.
+#[test]
+fn skip_records_keep_their_on_disk_form() {
+    let Some(python) = common::python() else { return };
+    let (dir, img) = with_one_bad_image(|p| std::fs::write(p, b"").unwrap());
+    let out = dir.path().join("c.h5");
+    skipped_with_others_kept(&img, &out);
+    let text = common::h5py_eval(&python, &out, &["f['skipped'][0].decode().split('\\t')[0]", "f['skipped_index'][:].tolist()"]);
+    assert!(text.contains("= ok/img004.jpg\n") && text.contains("= [4]"), "{text}");
+    let reason = &Cache::read(&out).unwrap().skipped[0].reason;
+    assert!(reason.contains("img004.jpg") && !reason.contains('\t'), "{reason}");
 }
 
 #[test]
@@ -141,8 +156,8 @@ fn bad_annotation_line(line: &str, message: &str) {
     assert!(stderr(&o).contains("testing.txt:line 2") && stderr(&o).contains(message), "{}", stderr(&o));
     let c = Cache::read(&out).unwrap();
     assert_eq!(c.paths, vec!["AFLW/a.jpg", "AFLW/b.jpg"], "the good lines must be kept");
-    assert_eq!(c.skipped_index, vec![-1]);
-    assert!(c.skipped[0].contains("line 2"));
+    assert_eq!(c.skipped.iter().map(|s| s.position).collect::<Vec<_>>(), [None]);
+    assert!(c.skipped[0].path.ends_with("testing.txt:line 2") && c.skipped[0].reason.contains(message), "{}", c.skipped[0]);
     let strict = extract_mtfl(&root, &dir.path().join("strict.h5"), &["--strict"]);
     assert!(!strict.status.success() && stderr(&strict).contains("line 2"), "{}", stderr(&strict));
 }

@@ -103,7 +103,7 @@ fn cache_round_trip_matches_the_model() {
     // The cached row equals the model run directly on the same preprocessed image.
     let mut model = Model::load(&test_model("tiny_cnn.onnx"), &cpu(), None).unwrap();
     let pre = retrain::preprocess::Preprocess { crop: retrain::preprocess::Crop::Original, input: model.input.clone() };
-    let sample = retrain::dataset::Sample { path: files[7].clone(), key: String::new(), labels: vec![], landmarks: None };
+    let sample = retrain::dataset::Sample { path: files[7].clone(), key: Default::default(), labels: vec![], landmarks: None };
     let mut x = vec![0f32; model.input.image_len()];
     pre.load_into(&sample, &mut x).unwrap();
     let direct = model.run(x, 1).unwrap();

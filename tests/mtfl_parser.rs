@@ -30,7 +30,7 @@ fn error_of(text: &str) -> String {
     let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
     assert_eq!(parsed.problems.len(), 1, "{:?}", parsed.problems);
     assert_eq!(parsed.samples.len(), lines - 1, "the good lines must be kept");
-    parsed.problems[0].clone()
+    parsed.problems[0].to_string()
 }
 
 #[test]
@@ -60,7 +60,9 @@ fn load_names_the_file_in_problems_and_errors() {
     std::fs::write(dir.path().join("testing.txt"), "AFLW/a.jpg 1 2\nAFLW/b.jpg 1 2 3 4 5 6 7 8 9 10 1 1 2 3\n").unwrap();
     let d = mtfl::load(dir.path(), Split::Testing).unwrap();
     assert_eq!(d.samples.len(), 1);
-    assert!(d.problems[0].contains("testing.txt:line 1") && d.problems[0].contains("found 3"), "{:?}", d.problems);
+    let problem = d.problems[0].to_string();
+    assert!(problem.contains("testing.txt:line 1") && problem.contains("found 3"), "{problem}");
+    assert_eq!(d.problems[0].position, None);
     let e = format!("{:#}", mtfl::load(dir.path(), Split::Training).unwrap_err());
     assert!(e.contains("training.txt") && e.contains("cannot read"), "{e}");
 }
@@ -76,6 +78,6 @@ fn real_mtfl_counts_and_label_balance() {
     assert_eq!((count(&train, 1, 1), count(&train, 1, 2)), (5_616, 4_384));
     assert_eq!((count(&test, 0, 1), count(&test, 0, 2)), (1_173, 1_822));
     assert_eq!((count(&test, 1, 1), count(&test, 1, 2)), (1_632, 1_363));
-    assert!(train.samples.iter().all(|s| s.path.exists() && !s.key.contains('\\')));
+    assert!(train.samples.iter().all(|s| s.path.exists() && !s.name().contains('\\')));
     assert!(test.samples.iter().all(|s| s.path.exists()));
 }

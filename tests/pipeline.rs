@@ -423,7 +423,7 @@ fn a_landmark_model_places_landmarks_on_the_whole_image_then_on_its_own_crop() {
             _ => first,
         };
         for s in &samples {
-            let got = s.landmarks.unwrap_or_else(|| panic!("{crop:?}/{passes}: {} has no landmarks", s.key));
+            let got = s.landmarks.unwrap_or_else(|| panic!("{crop:?}/{passes}: {} has no landmarks", s.name()));
             assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-4), "{crop:?}/{passes}: {got:?} vs {want:?}");
         }
     }
@@ -446,7 +446,7 @@ fn mirror_averaging_flips_the_mirrored_estimate_back_before_averaging() {
     assert!((want[0] - (f[0] + 1.0 - f[1]) * 0.5 * IMAGE_SIZE as f32).abs() < 1e-4, "{want:?}");
     for s in &samples {
         let got = s.landmarks.unwrap();
-        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "{}: {got:?} vs {want:?}", s.key);
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "{}: {got:?} vs {want:?}", s.name());
     }
 }
 
@@ -463,7 +463,7 @@ fn with_mirror_averaging_a_mirrored_photo_gets_mirrored_landmarks() {
         .map(|s| {
             let path = w.dir.path().join(format!("mirrored-{}", s.path.file_name().unwrap().to_string_lossy()));
             image::imageops::flip_horizontal(&image::open(&s.path).unwrap().to_rgb8()).save(&path).unwrap();
-            retrain::dataset::Sample { path: path.clone(), key: path.display().to_string(), ..s.clone() }
+            retrain::dataset::Sample { path: path.clone(), key: path.clone().into_os_string(), ..s.clone() }
         })
         .collect();
     let side = IMAGE_SIZE as f32;
@@ -592,7 +592,7 @@ fn a_model_with_its_landmark_model_inside_crops_plain_photos_as_predict_landmark
         let mut worst = 0f32;
         for (i, path) in got.table.paths.iter().enumerate() {
             let j = want.paths.iter().position(|p| p == path).unwrap();
-            let by_locator = located.iter().find(|s| s.key == *path).unwrap().landmarks.unwrap();
+            let by_locator = located.iter().find(|s| s.key == path.as_str()).unwrap().landmarks.unwrap();
             let by_graph = placed[i].unwrap();
             assert!(by_graph.iter().zip(by_locator).all(|(a, b)| (a - b).abs() < 1e-4), "{path}: {by_graph:?} vs {by_locator:?}");
             for a in 0..2 {
@@ -645,7 +645,7 @@ fn the_graph_averages_with_the_mirrored_pixels_as_the_locator_does() {
         export::export(&w.backbone, &paths(&heads), &joined, Input::Located(export::Landmarks { model: &landmarks, passes })).unwrap();
         let got = predict_all(&joined, &list);
         for (i, path) in got.table.paths.iter().enumerate() {
-            let by_locator = located.iter().find(|s| s.key == *path).unwrap().landmarks.unwrap();
+            let by_locator = located.iter().find(|s| s.key == path.as_str()).unwrap().landmarks.unwrap();
             let by_graph = got.table.landmarks.as_ref().unwrap()[i].unwrap();
             // within 2e-3 px: the graph resizes as PIL does, retrain's resizer reads a little more
             assert!(by_graph.iter().zip(by_locator).all(|(a, b)| (a - b).abs() < 2e-3), "mirror {mirror}, {path}: {by_graph:?} vs {by_locator:?}");

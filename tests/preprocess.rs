@@ -7,7 +7,7 @@ use std::process::Command;
 use image::{Rgb, RgbImage};
 use retrain::dataset::split::{assign, Subset};
 use retrain::dataset::Sample;
-use retrain::preprocess::{crop_window, decode_rgb, face_window, write_tensor, Crop, InputSpec, Layout, Preprocess};
+use retrain::preprocess::{crop_window, decode_whole, face_window, write_tensor, Crop, InputSpec, Layout, Preprocess};
 
 const NOSE: Crop = Crop::Nose { size: 150 };
 
@@ -107,13 +107,14 @@ fn grayscale_and_cmyk_jpegs_become_rgb() {
     let Some(py) = common::python() else { return };
     let ok = Command::new(py).args(["-c", code]).arg(dir.path()).status().unwrap();
     assert!(ok.success());
-    let gray = decode_rgb(&dir.path().join("gray.jpg")).unwrap();
+    // as predict decodes whole images: libjpeg-turbo for the gray one, the image crate for CMYK
+    let gray = decode_whole(&dir.path().join("gray.jpg")).unwrap();
     assert_eq!(gray.dimensions(), (8, 6));
     let p = gray.get_pixel(3, 3).0;
     assert!(p[0] == p[1] && p[1] == p[2] && (p[0] as i32 - 200).abs() <= 2, "{p:?}");
-    let red = decode_rgb(&dir.path().join("cmyk.jpg")).unwrap().get_pixel(3, 3).0;
+    let red = decode_whole(&dir.path().join("cmyk.jpg")).unwrap().get_pixel(3, 3).0;
     assert!(red[0] > 200 && red[1] < 60 && red[2] < 60, "CMYK (0,255,255,0) is red, got {red:?}");
-    // The model path (libjpeg-turbo for the gray one, the image crate for CMYK) gives the same.
+    // The model path gives the same.
     let pre = Preprocess { crop: Crop::Original, input: InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(Layout::Nhwc, 8, 6) } };
     for (name, want) in [("gray.jpg", p), ("cmyk.jpg", red)] {
         let sample = Sample { path: dir.path().join(name), key: name.into(), labels: vec![], landmarks: None };
@@ -142,7 +143,7 @@ fn a_large_jpeg_decoded_at_reduced_scale_matches_the_full_size_path() {
     let sample = Sample { path: path.clone(), key: "large.jpg".into(), labels: vec![], landmarks: None };
     let mut got = vec![0f32; (ow * oh * 3) as usize];
     pre.load_into(&sample, &mut got).unwrap();
-    let full = image::imageops::resize(&decode_rgb(&path).unwrap(), ow, oh, image::imageops::FilterType::Triangle);
+    let full = image::imageops::resize(&image::open(&path).unwrap().into_rgb8(), ow, oh, image::imageops::FilterType::Triangle);
     let diffs: Vec<f32> = got.iter().zip(full.as_raw()).map(|(g, &f)| (g * 255.0 - f as f32).abs()).collect();
     let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
     let max = diffs.iter().cloned().fold(0.0, f32::max);
@@ -166,7 +167,7 @@ fn hash_split_is_stable_and_near_the_percentage() {
 /// read them: (train keys, validation keys).
 fn subsets(root: &std::path::Path) -> [(Vec<String>, Vec<String>); 2] {
     let classes = retrain::head::classes::Classes::mtfl("smile").unwrap();
-    let names = |l: &retrain::train::data::LabeledImages| l.samples.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+    let names = |l: &retrain::train::data::LabeledImages| l.samples.iter().map(|s| s.name().into_owned()).collect::<Vec<_>>();
     [retrain::train::epochs::VALIDATION_PERCENT, retrain::finetune::phases::VALIDATION_PERCENT].map(|validation_percent| {
         let subsets = retrain::train::data::Subsets { validation_percent, seed: 7, limit: None, test: false };
         let [train, val, _] = subsets.of_mtfl(root, &retrain::train::data::Tasks::one(classes.clone())).unwrap();

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::{Cache, CacheWriter, Rows, Shard, Skip};
+use super::{Cache, CacheWriter, Rows, Shard};
+use crate::dataset::Skipped;
 
 /// Rows written per commit while merging.
 const MERGE_BATCH: usize = 1024;
@@ -27,7 +28,7 @@ pub fn merge(shards: &[&Path], out: &Path) -> Result<usize> {
         let labels: Vec<Vec<i32>> = chunk.iter().map(|&(c, r)| caches[c].labels.row(r).to_vec()).collect();
         let rows = Rows {
             features: &features,
-            paths: chunk.iter().map(|&(c, r)| caches[c].paths[r].as_str()).collect(),
+            paths: chunk.iter().map(|&(c, r)| caches[c].paths[r].as_os_str()).collect(),
             labels: labels.iter().map(Vec::as_slice).collect(),
             landmarks: chunk.iter().map(|&(c, r)| landmarks(&caches[c], r)).collect(),
             source_index: chunk.iter().map(|&(c, r)| caches[c].source_index[r]).collect(),
@@ -68,15 +69,11 @@ fn merged_order(caches: &[Cache]) -> Vec<(usize, usize)> {
     order.into_iter().map(|(_, c, r)| (c, r)).collect()
 }
 
-/// Skipped images in list order; problems of the list itself (index -1) are in every shard, kept once.
-fn merged_skips(caches: &[Cache]) -> Vec<Skip> {
-    let mut skips: Vec<Skip> =
-        caches[0].skipped_index.iter().zip(&caches[0].skipped).filter(|(&i, _)| i < 0).map(|(&i, t)| Skip { source_index: i, text: t.clone() }).collect();
-    let mut images: Vec<Skip> = caches
-        .iter()
-        .flat_map(|c| c.skipped_index.iter().zip(&c.skipped).filter(|(&i, _)| i >= 0).map(|(&i, t)| Skip { source_index: i, text: t.clone() }))
-        .collect();
-    images.sort_by_key(|s| s.source_index);
+/// Skipped images in list order; problems of the list itself (no position) are in every shard, kept once.
+fn merged_skips(caches: &[Cache]) -> Vec<Skipped> {
+    let mut skips: Vec<Skipped> = caches[0].skipped.iter().filter(|s| s.position.is_none()).cloned().collect();
+    let mut images: Vec<Skipped> = caches.iter().flat_map(|c| c.skipped.iter().filter(|s| s.position.is_some()).cloned()).collect();
+    images.sort_by_key(|s| s.position);
     skips.extend(images);
     skips
 }

@@ -2,13 +2,16 @@
 //!
 //! Layout (readable by h5py):
 //! - `/features` [N, D] float32, chunked and resizable along N
-//! - `/paths` \[N\] UTF-8 strings, the data set's own names for the images
+//! - `/paths` \[N\] UTF-8 strings, the data set's own names for the images (byte for byte: a name
+//!   that is not UTF-8 is stored escaped and its row listed in `/paths_escaped`, see [`names`])
 //! - `/labels` [N, C] int32 (MTFL: gender, smile, glasses, pose in MTFL coding; -1 = unknown)
 //! - `/landmarks` [N, 10] float32 (x1..x5, y1..y5; NaN where the data set has none)
 //! - `/source_index` \[N\] int64, each row's position in the full image list, so shards of one
 //!   extraction can be merged back into the single-machine order without changing the layout
 //! - `/skipped` \[M\] strings, `path<TAB>reason` for images (or list lines) that could not be used,
-//!   and `/skipped_index` \[M\] int64, their list positions (-1 for a line of the list itself)
+//!   and `/skipped_index` \[M\] int64, their list positions (-1 for a line of the list itself);
+//!   read back as [`Skipped`] records (a path that is not UTF-8 escaped as in `/paths`, listed
+//!   in `/skipped_escaped`)
 //!
 //! Root attributes name what produced the rows (`model_sha256`, `output`, `preprocess`, `source`,
 //! ...) and how far the extraction got. Rows are appended a batch at a time; a batch counts only
@@ -20,17 +23,21 @@
 //! run reads the committed rows back once to check them.
 
 mod merge;
+mod names;
 mod read;
 mod space;
 
 pub use merge::{merge, merge_command};
 pub use read::Cache;
 
+use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::dataset::Skipped;
 use crate::fault::{self, Point};
 use hdf5::types::VarLenUnicode;
 use ndarray::{Array1, Array2, ArrayView2};
@@ -75,7 +82,7 @@ impl Shard {
 /// One batch of finished rows.
 pub struct Rows<'a> {
     pub features: &'a [f32],
-    pub paths: Vec<&'a str>,
+    pub paths: Vec<&'a OsStr>,
     pub labels: Vec<&'a [i32]>,
     pub landmarks: Vec<Option<[f32; 10]>>,
     pub source_index: Vec<i64>,
@@ -83,14 +90,6 @@ pub struct Rows<'a> {
 
 impl Rows<'_> {
     pub const NONE: Rows<'static> = Rows { features: &[], paths: vec![], labels: vec![], landmarks: vec![], source_index: vec![] };
-}
-
-/// An image (or a line of the image list, `source_index` -1) that could not be used.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Skip {
-    pub source_index: i64,
-    /// `path<TAB>reason`
-    pub text: String,
 }
 
 /// An open cache file being written. Holds `<file>.lock` so that no second process writes it.
@@ -165,7 +164,10 @@ impl CacheWriter {
         read_rows_1d::<i64>(f, "source_index", rows)?;
         read_rows_1d::<VarLenUnicode>(f, "paths", rows)?;
         read_rows_1d::<VarLenUnicode>(f, "skipped", skipped)?;
-        read_rows_1d::<i64>(f, "skipped_index", skipped)
+        read_rows_1d::<i64>(f, "skipped_index", skipped)?;
+        names::escaped(f, "paths", rows)?;
+        names::escaped(f, "skipped", skipped)?;
+        Ok(())
     }
 
     /// Drops what a killed run wrote after its last commit.
@@ -179,7 +181,8 @@ impl CacheWriter {
                 ds.resize(shape)?;
             }
         }
-        Ok(())
+        names::truncate(&self.file, "paths", self.rows)?;
+        names::truncate(&self.file, "skipped", self.skipped)
     }
 
     pub fn path(&self) -> &Path {
@@ -201,7 +204,7 @@ impl CacheWriter {
     }
 
     /// Appends one batch plus what was skipped in it, then commits through `next_source`.
-    pub fn append(&mut self, rows: &Rows, skipped: &[Skip], next_source: usize, sources_total: usize) -> Result<()> {
+    pub fn append(&mut self, rows: &Rows, skipped: &[Skipped], next_source: usize, sources_total: usize) -> Result<()> {
         let n = rows.paths.len();
         if rows.features.len() != n * self.dim {
             bail!("batch of {n} rows has {} feature values, expected {} ({n} x {})", rows.features.len(), n * self.dim, self.dim);
@@ -217,16 +220,15 @@ impl CacheWriter {
         Ok(())
     }
 
-    fn commit(&self, rows: &Rows, skipped: &[Skip], next_source: usize, sources_total: usize) -> Result<()> {
+    fn commit(&self, rows: &Rows, skipped: &[Skipped], next_source: usize, sources_total: usize) -> Result<()> {
         let (start, end) = (self.rows, self.rows + rows.paths.len());
         space::claim(&self.path, self.bytes_needed(end - start, skipped.len()))?;
         if end > start {
             self.write_rows(rows, start, end)?;
         }
         if !skipped.is_empty() {
-            let text = skipped.iter().map(|s| to_varlen(&s.text)).collect::<Result<Vec<_>>>()?;
-            let index: Vec<i64> = skipped.iter().map(|s| s.source_index).collect();
-            self.extend("skipped", Array1::from(text), self.skipped)?;
+            let index: Vec<i64> = skipped.iter().map(|s| s.position.map_or(-1, |p| p as i64)).collect();
+            self.extend_names("skipped", skipped.iter().map(stored_skip).collect(), self.skipped)?;
             self.extend("skipped_index", Array1::from(index), self.skipped)?;
         }
         fault::reached(Point::CacheDataWritten);
@@ -265,11 +267,10 @@ impl CacheWriter {
         let features = ArrayView2::from_shape((n, self.dim), rows.features)?;
         let labels = Array2::from_shape_fn((n, self.label_width), |(i, j)| rows.labels[i][j]);
         let landmarks = Array2::from_shape_fn((n, 10), |(i, j)| rows.landmarks[i].map_or(f32::NAN, |l| l[j]));
-        let paths: Vec<VarLenUnicode> = rows.paths.iter().map(|p| to_varlen(p)).collect::<Result<_>>()?;
         self.extend_rows("features", features, start)?;
         self.extend_rows("labels", labels.view(), start)?;
         self.extend_rows("landmarks", landmarks.view(), start)?;
-        self.extend("paths", Array1::from(paths), start)?;
+        self.extend_names("paths", rows.paths.iter().map(|p| names::encode(p)).collect(), start)?;
         self.extend("source_index", Array1::from(rows.source_index.clone()), start)?;
         Ok(())
     }
@@ -283,6 +284,15 @@ impl CacheWriter {
         Ok(())
     }
 
+    /// Writes `texts` (each with whether it is escaped) to string dataset `name` from entry
+    /// `start` on, and lists the escaped ones in its companion ([`names`]).
+    fn extend_names(&self, name: &str, texts: Vec<(Cow<str>, bool)>, start: usize) -> Result<()> {
+        let escaped: Vec<i64> = texts.iter().enumerate().filter(|(_, (_, e))| *e).map(|(k, _)| (start + k) as i64).collect();
+        let strings: Vec<VarLenUnicode> = texts.iter().map(|(t, _)| to_varlen(t)).collect::<Result<_>>()?;
+        self.extend(name, Array1::from(strings), start)?;
+        names::list_escaped(&self.file, name, &escaped)
+    }
+
     /// The same for a 2-d dataset, whose width stays as it is.
     fn extend_rows<T: hdf5::H5Type>(&self, name: &str, data: ArrayView2<T>, start: usize) -> Result<()> {
         let ds = self.file.dataset(name)?;
@@ -291,6 +301,19 @@ impl CacheWriter {
         ds.write_slice(&data, (start..end, ..))?;
         Ok(())
     }
+}
+
+/// A skip as `/skipped` holds it: `path<TAB>reason` (its position goes to `/skipped_index`),
+/// and whether the path is escaped ([`names`]).
+fn stored_skip(s: &Skipped) -> (Cow<'static, str>, bool) {
+    let (path, escaped) = names::encode(s.path.as_os_str());
+    (Cow::Owned(format!("{path}\t{}", s.reason)), escaped)
+}
+
+/// A skip read back from `/skipped` and `/skipped_index` (-1: a line of the list).
+fn read_skip(text: &str, index: i64, escaped: bool) -> Result<Skipped> {
+    let (path, reason) = text.split_once('\t').unwrap_or((text, ""));
+    Ok(Skipped { path: names::decode(path, escaped)?.into(), reason: reason.to_string(), position: usize::try_from(index).ok() })
 }
 
 /// The datasets and attributes of an empty cache, in a new file at `path`, flushed.

@@ -1,23 +1,26 @@
 //! Reading a cache back: for training, evaluation, merging and tests.
 
+use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use hdf5::types::VarLenUnicode;
 use ndarray::{Array1, Array2};
 
-use super::{read_i64_attr, read_str_attr, Shard};
+use super::{names, read_i64_attr, read_skip, read_str_attr, Shard};
+use crate::dataset::Skipped;
 
 /// Everything a finished cache holds, read back for training, evaluation and tests.
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub features: Array2<f32>,
-    pub paths: Vec<String>,
+    /// The images' names, byte for byte.
+    pub paths: Vec<OsString>,
     pub labels: Array2<i32>,
     pub landmarks: Array2<f32>,
     pub source_index: Vec<i64>,
-    pub skipped: Vec<String>,
-    pub skipped_index: Vec<i64>,
+    /// Images (and list lines) that could not be used, in the order recorded.
+    pub skipped: Vec<Skipped>,
     pub label_columns: Vec<String>,
     pub class_names: Vec<String>,
     pub model_sha256: String,
@@ -37,19 +40,14 @@ impl Cache {
         read_i64_attr(&file, "format_version").with_context(|| format!("{} is not a retrain cache", path.display()))?;
         let read = || -> Result<Cache> {
             let rows = read_i64_attr(&file, "rows_committed")? as usize;
-            let strings = |name: &str, n: usize| -> Result<Vec<String>> {
-                let v: Array1<VarLenUnicode> = file.dataset(name)?.read_slice_1d(0..n)?;
-                Ok(v.iter().map(|s| s.as_str().to_string()).collect())
-            };
             let skipped_len = read_i64_attr(&file, "skipped_committed")? as usize;
             Ok(Cache {
                 features: file.dataset("features")?.read_slice_2d((0..rows, ..))?,
-                paths: strings("paths", rows)?,
+                paths: paths(&file, rows)?,
                 labels: file.dataset("labels")?.read_slice_2d((0..rows, ..))?,
                 landmarks: file.dataset("landmarks")?.read_slice_2d((0..rows, ..))?,
                 source_index: file.dataset("source_index")?.read_slice_1d::<i64, _>(0..rows)?.to_vec(),
-                skipped: strings("skipped", skipped_len)?,
-                skipped_index: file.dataset("skipped_index")?.read_slice_1d::<i64, _>(0..skipped_len)?.to_vec(),
+                skipped: skipped(&file, skipped_len)?,
                 label_columns: read_str_attr(&file, "label_columns")?.split(',').map(str::to_string).collect(),
                 class_names: serde_json::from_str(&read_str_attr(&file, "class_names")?)?,
                 model_sha256: read_str_attr(&file, "model_sha256")?,
@@ -71,6 +69,23 @@ impl Cache {
             .position(|c| c == attribute)
             .ok_or_else(|| anyhow!("attribute '{attribute}' is not in this cache (it has: {})", self.label_columns.join(", ")))
     }
+}
+
+/// The first `n` entries of `/paths`.
+fn paths(file: &hdf5::File, n: usize) -> Result<Vec<OsString>> {
+    let text = strings(file, "paths", n)?;
+    text.iter().zip(names::escaped(file, "paths", n)?).map(|(t, escaped)| names::decode(t.as_str(), escaped)).collect()
+}
+
+/// The first `n` entries of `/skipped` with their `/skipped_index`.
+fn skipped(file: &hdf5::File, n: usize) -> Result<Vec<Skipped>> {
+    let (text, escaped) = (strings(file, "skipped", n)?, names::escaped(file, "skipped", n)?);
+    let index: Array1<i64> = file.dataset("skipped_index")?.read_slice_1d(0..n)?;
+    text.iter().zip(&index).zip(escaped).map(|((t, &i), e)| read_skip(t.as_str(), i, e)).collect()
+}
+
+fn strings(file: &hdf5::File, name: &str, n: usize) -> Result<Array1<VarLenUnicode>> {
+    Ok(file.dataset(name)?.read_slice_1d(0..n)?)
 }
 
 impl Cache {

@@ -49,7 +49,7 @@ fn info(path: &Path) -> Result<()> {
     );
     println!("skipped: {}", c.skipped.len());
     for s in &c.skipped {
-        println!("  {}", s.replace('\t', ": "));
+        println!("  {s}");
     }
     Ok(())
 }

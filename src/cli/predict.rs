@@ -63,7 +63,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let opts = PredictOptions { crop: a.crop, batch, decode_threads: decode.decode_threads, show_progress: !decode.quiet };
     let mut summary = predict::predict(&mut model, &samples, &opts)?;
     if a.landmarks.is_some() {
-        let placed: HashMap<&str, [f32; 10]> = samples.iter().filter_map(|s| Some((s.key.as_str(), s.landmarks?))).collect();
+        let placed: HashMap<_, [f32; 10]> = samples.iter().filter_map(|s| Some((s.name(), s.landmarks?))).collect();
         summary.table.add_landmarks(|key| placed.get(key).copied());
     }
     let file = a.out.as_deref().filter(|p| *p != Path::new("-"));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{Dataset, Sample, MTFL_ATTRIBUTES};
+use super::{Dataset, Sample, Skipped, MTFL_ATTRIBUTES};
 
 /// Valid codes per attribute: gender 1/2, smile 1/2, glasses 1/2, pose 1..5.
 const LABEL_RANGES: [(i32, i32); 4] = [(1, 2), (1, 2), (1, 2), (1, 5)];
@@ -55,7 +55,7 @@ pub fn load(root: &Path, split: Split) -> Result<Dataset> {
         .with_context(|| format!("cannot read MTFL annotations {} (is --mtfl the folder holding training.txt and testing.txt?)", file.display()))?;
     let text = String::from_utf8_lossy(&text);
     let parsed = parse(&text, root);
-    let problems = parsed.problems.iter().map(|p| format!("{}:{p}", file.display())).collect();
+    let problems = parsed.problems.into_iter().map(|p| Skipped::line(&file, p.line, p.reason)).collect();
     Ok(Dataset {
         source: format!("mtfl:{}", split.name()),
         label_columns: MTFL_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
@@ -65,11 +65,25 @@ pub fn load(root: &Path, split: Split) -> Result<Dataset> {
     })
 }
 
-/// The good lines as samples, and one `line N: reason` for each line left out.
+/// The good lines as samples, and a [`Problem`] for each line left out.
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub samples: Vec<Sample>,
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// A line left out, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Counted from 1.
+    pub line: usize,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
 }
 
 /// Parses annotation text; problems carry the 1-based line number.
@@ -82,7 +96,7 @@ pub fn parse(text: &str, root: &Path) -> Parsed {
         }
         match parse_line(line, root) {
             Ok(sample) => parsed.samples.push(sample),
-            Err(e) => parsed.problems.push(format!("line {}: {e:#} in '{}'", i + 1, shorten(line))),
+            Err(e) => parsed.problems.push(Problem { line: i + 1, reason: format!("{e:#} in '{}'", shorten(line)) }),
         }
     }
     parsed
@@ -112,7 +126,7 @@ fn parse_line(line: &str, root: &Path) -> Result<Sample> {
         }
         labels.push(v);
     }
-    Ok(Sample { path: root.join(&key), key, labels, landmarks: Some(landmarks) })
+    Ok(Sample { path: root.join(&key), key: key.into(), labels, landmarks: Some(landmarks) })
 }
 
 fn shorten(line: &str) -> String {

@@ -4,6 +4,8 @@
 //! data set never moves old ones between subsets. As in retrain.py, anything after `_nohash_`
 //! in a file name is ignored, so variants of one picture stay together.
 
+use std::ffi::OsStr;
+
 use sha2::{Digest, Sha256};
 
 /// Subset a file falls into.
@@ -13,16 +15,20 @@ pub enum Subset {
     Holdout,
 }
 
+/// What marks the end of the part of a file name that is hashed.
+const NO_HASH: &[u8] = b"_nohash_";
+
 /// Resolution of the percentage, large enough that rounding does not bias small percentages.
 const BUCKETS: u64 = (1 << 27) - 1;
 
 /// Assigns `name` to the hold-out subset with probability `holdout_percent` / 100.
-pub fn assign(name: &str, seed: u64, holdout_percent: f64) -> Subset {
-    let base = name.rsplit('/').next().unwrap_or(name);
-    let stem = base.split("_nohash_").next().unwrap_or(base);
+pub fn assign(name: impl AsRef<OsStr>, seed: u64, holdout_percent: f64) -> Subset {
+    let name = name.as_ref().as_encoded_bytes();
+    let base = name.rsplit(|&b| b == b'/').next().unwrap_or(name);
+    let stem = base.windows(NO_HASH.len()).position(|w| w == NO_HASH).map_or(base, |end| &base[..end]);
     let mut h = Sha256::new();
     h.update(seed.to_le_bytes());
-    h.update(stem.as_bytes());
+    h.update(stem);
     let digest = h.finalize();
     let value = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) % (BUCKETS + 1);
     let percent = value as f64 * 100.0 / BUCKETS as f64;

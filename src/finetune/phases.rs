@@ -5,6 +5,7 @@
 //! for phase 2 from a layer up).
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::path::Path;
 
 use anyhow::Result;
@@ -69,9 +70,9 @@ impl Points for Validation<'_> {
 /// The cache's labelled rows whose image is in `images` (a cache may hold more than a
 /// --limit run uses), split as the images are into (train, validation) by `split`, or all in
 /// the first when `split` is None (test).
-pub fn cached_rows(cache: &Cache, classes: &Classes, split: Option<&Subsets>, images: &HashSet<&str>) -> Result<(Examples, Examples)> {
+pub fn cached_rows(cache: &Cache, classes: &Classes, split: Option<&Subsets>, images: &HashSet<&OsStr>) -> Result<(Examples, Examples)> {
     let labeled = Labeled::from_cache(cache, classes)?;
-    let wanted: Vec<usize> = (0..labeled.y.len()).filter(|&i| images.contains(labeled.paths[i].as_str())).collect();
+    let wanted: Vec<usize> = (0..labeled.y.len()).filter(|&i| images.contains(labeled.paths[i].as_os_str())).collect();
     let (train, val): (Vec<usize>, Vec<usize>) = wanted.into_iter().partition(|&i| split.is_none_or(|s| s.is_train(&labeled.paths[i])));
     let rows = |index: &[usize]| {
         let part = labeled.select(index);

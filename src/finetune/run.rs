@@ -1,6 +1,7 @@
 //! The two phases end to end: checks, caches, phase 1, phase 2, test scores, export.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use super::set::FinetuneSet;
 use crate::augment::Distortions;
 use crate::cache::Cache;
 use crate::dataset::mtfl::Split;
+use crate::dataset::Skipped;
 use crate::head::classes::Classes;
 use crate::head::softmax::argmax;
 use crate::head::standardize::Standardizer;
@@ -285,8 +287,8 @@ fn cached_subsets(opts: &FinetuneOptions, ctx: &Job, model: &mut Model, sets: [&
 }
 
 /// The names of the images in `sets`.
-fn keys<'a>(sets: &[&'a LabeledImages]) -> HashSet<&'a str> {
-    sets.iter().flat_map(|s| s.samples.iter().map(|x| x.key.as_str())).collect()
+fn keys<'a>(sets: &[&'a LabeledImages]) -> HashSet<&'a OsStr> {
+    sets.iter().flat_map(|s| s.samples.iter().map(|x| x.key.as_os_str())).collect()
 }
 
 fn read_phase1_summary(out: &Path) -> Result<PhaseSummary> {
@@ -433,13 +435,19 @@ fn finish(
         test,
         train_images: train.len(),
         val_images: val.len(),
-        skipped: decoder.failures(),
+        skipped: names(&decoder.skipped()),
         device: opts.device.to_string(),
         model,
         head,
     };
     crate::write_file(&opts.out.join("result.json"), summary.to_json()?)?;
     Ok(summary)
+}
+
+/// The names of images left out, sorted, each once: `skipped` of result.json.
+fn names(skipped: &[Skipped]) -> Vec<String> {
+    let names: BTreeSet<String> = skipped.iter().map(|s| s.path.display().to_string()).collect();
+    names.into_iter().collect()
 }
 
 fn phase_summary(o: &Outcome, steps: u64, lr: f32, test_accuracy: Option<f64>) -> PhaseSummary {

@@ -1,5 +1,7 @@
 //! What the label codes of an attribute mean, and the rows of a cache that have one.
 
+use std::ffi::OsString;
+
 use anyhow::{bail, Result};
 use ndarray::{Array2, Axis};
 
@@ -83,7 +85,8 @@ pub struct Labeled {
     pub x: Array2<f32>,
     /// Class index per row (see [`Classes`]).
     pub y: Vec<usize>,
-    pub paths: Vec<String>,
+    /// The images' names, byte for byte.
+    pub paths: Vec<OsString>,
     /// Rows left out because their label was unknown.
     pub unlabeled: usize,
 }

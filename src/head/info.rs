@@ -1,6 +1,7 @@
 //! What a head is and how it was made ([`HeadInfo`], stored as JSON in the head's ONNX
 //! metadata), and the solver and class-weighting choices it records.
 
+use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -111,12 +112,12 @@ impl CacheOrigin {
     }
 }
 
-/// SHA-256 of image names, one per line.
-pub fn paths_sha256(paths: &[String]) -> String {
+/// SHA-256 of image names (their bytes), one per line.
+pub fn paths_sha256(paths: &[OsString]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in paths {
-        h.update(p.as_bytes());
+        h.update(p.as_encoded_bytes());
         h.update(b"\n");
     }
     hex::encode(h.finalize())

@@ -112,7 +112,7 @@ mod tests {
     fn rows(n: usize) -> Labeled {
         let y: Vec<usize> = (0..n).map(|i| usize::from(i % 3 == 0)).collect();
         let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 7 + j * 13) % 11) as f32 / 5.0 - 1.0 + y[i] as f32 * (j as f32 - 0.5));
-        Labeled { x, y, paths: (0..n).map(|i| format!("{i}.jpg")).collect(), unlabeled: 0 }
+        Labeled { x, y, paths: (0..n).map(|i| format!("{i}.jpg").into()).collect(), unlabeled: 0 }
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn score_plain_photos(model_path: &Path, data: &Extraction, csv: &Path, earl
     }
     let mut dataset = mtfl::load(&data.mtfl, Split::Testing)?;
     dataset.samples.truncate(data.limit.unwrap_or(usize::MAX));
-    let annotated: HashMap<&str, &Sample> = dataset.samples.iter().map(|s| (s.key.as_str(), s)).collect();
+    let annotated: HashMap<_, &Sample> = dataset.samples.iter().map(|s| (s.name(), s)).collect();
     let plain: Vec<Sample> = dataset.samples.iter().map(|s| Sample { labels: Vec::new(), landmarks: None, ..s.clone() }).collect();
     let mut model = Model::load(model_path, &data.session, None)?;
     let heads = predict::exported_heads(&model)?;

@@ -6,6 +6,7 @@
 //! 20% for `retrain train` (the study's Table 5), 10% for `retrain finetune` (its Table 2, and
 //! `train-head`'s split, so phase 1 on the bottleneck cache holds out the same faces).
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -270,7 +271,7 @@ pub struct Subsets {
 
 impl Subsets {
     /// Whether a training-list name falls in the training part of the hold-out.
-    pub fn is_train(&self, key: &str) -> bool {
+    pub fn is_train(&self, key: &OsStr) -> bool {
         assign(key, self.seed, self.validation_percent) == Subset::Train
     }
 

@@ -1,19 +1,20 @@
-//! Images to model-ready rows, for every training command, with one policy for an image that
-//! cannot be read: it is reported once (`skipped KEY: reason`), left out of every batch and
-//! every score, and stops the run under `--strict`. A batch that loses images is filled up
-//! with weight-0 copies of its readable ones ([`super::batches`]), as a short last batch is.
-
-use std::collections::BTreeSet;
-use std::sync::Mutex;
+//! Images to model-ready rows, for every training command: decoded as every command decodes
+//! them ([`stream::load_rows`]), then, as a stage of their own on each decoded row, given their
+//! landmark targets and, in training batches, distorted. An image that cannot be read goes
+//! through the one policy of every command ([`Skips`]): reported once (`skipped KEY: reason`),
+//! left out of every batch and every score, and fatal under `--strict`. A batch that loses
+//! images is filled up with weight-0 copies of its readable ones ([`super::batches`]), as a
+//! short last batch is.
 
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 
 use super::batches::Pick;
 use super::data::{Examples, LabeledImages, Landmarks};
 use crate::augment::Distortions;
-use crate::preprocess::Preprocess;
+use crate::dataset::Skipped;
+use crate::preprocess::{Preprocess, Window};
 use crate::progress;
+use crate::stream::{self, Decoded, Skips};
 
 /// Decodes images in parallel; remembers which failed, to report each once.
 pub struct Decoder {
@@ -21,14 +22,17 @@ pub struct Decoder {
     /// Applied to training batches (never to validation or test rows).
     pub distortions: Distortions,
     seed: u64,
-    strict: bool,
     pool: rayon::ThreadPool,
-    failed: Mutex<BTreeSet<String>>,
+    skips: Skips,
 }
+
+/// What training adds to a decoded row: its labels (mirrored where its distortion mirrors)
+/// and its landmark targets.
+type Truth = (Vec<i64>, Option<Landmarks>);
 
 impl Decoder {
     pub fn new(pre: Preprocess, distortions: Distortions, seed: u64, strict: bool, threads: Option<usize>) -> Result<Decoder> {
-        Ok(Decoder { pre, distortions, seed, strict, pool: crate::stream::decode_pool(threads)?, failed: Mutex::new(BTreeSet::new()) })
+        Ok(Decoder { pre, distortions, seed, pool: stream::decode_pool(threads)?, skips: Skips::new(strict) })
     }
 
     /// The picked images of `set`, distorted with their picks' seeds when distortions are on.
@@ -53,62 +57,48 @@ impl Decoder {
         self.decode(set, index, &vec![None; index.len()], &indicatif::ProgressBar::hidden())
     }
 
-    /// Images `index` of `set` in parallel, each distorted with its seed if it has one; their
-    /// landmarks, where `set` trains them, as fractions of the crop moved with the pixels, and
-    /// their labels those of the mirror image where the distortion mirrors.
+    /// Images `index` of `set` in parallel, each distorted with its seed if it has one
+    /// ([`Decoder::stage`]), in order, the unreadable ones left out.
     fn decode(&self, set: &LabeledImages, index: &[usize], seeds: &[Option<u64>], bar: &indicatif::ProgressBar) -> Result<Examples> {
-        let len = self.pre.input.image_len();
-        let loaded: Vec<Result<(Vec<f32>, Option<Landmarks>)>> = self.pool.install(|| {
-            index
-                .par_iter()
-                .zip(seeds)
-                .map(|(&i, seed)| {
-                    let sample = &set.samples[i];
-                    let mut out = vec![0f32; len];
-                    let window = self.pre.load_into(sample, &mut out)?;
-                    let mut landmarks = match (set.landmarks, sample.landmarks) {
-                        (true, Some(l)) => Some(Landmarks { fractions: window.to_fractions(&l), window: [window.w, window.h] }),
-                        _ => None,
-                    };
-                    if let Some(seed) = seed {
-                        self.distortions.apply(&mut out, &self.pre.input, *seed);
-                        if let Some(l) = &mut landmarks {
-                            self.distortions.move_landmarks(&mut l.fractions, &self.pre.input, *seed);
-                        }
-                    }
-                    bar.inc(1);
-                    Ok((out, landmarks))
-                })
-                .collect()
+        let loaded = stream::load_rows(&self.pool, &self.pre, &set.samples, index, |k, pixels, window| {
+            let truth = self.stage(set, index[k], seeds[k], pixels, window);
+            bar.inc(1);
+            truth
         });
-        let mut ex = set.examples(len);
-        for ((&i, r), seed) in index.iter().zip(loaded).zip(seeds) {
-            match r {
-                Ok((pixels, landmarks)) => {
-                    let labels = set.mirror.labels(set.classes_of(i), seed.is_some_and(|s| self.distortions.mirrors(s)));
-                    ex.push_row(&pixels, &labels, landmarks)
-                }
-                Err(e) => self.failed(&set.samples[i].key, e)?,
-            }
+        let Decoded { tensor: (images, truths), failures, .. } = loaded;
+        self.skips.report(failures, bar)?;
+        if truths.is_empty() && !index.is_empty() {
+            bail!("no image could be read (of {}, from {})", index.len(), set.samples[index[0]].name());
         }
-        if ex.is_empty() && !index.is_empty() {
-            bail!("no image could be read (of {}, from {})", index.len(), set.samples[index[0]].key);
+        let mut ex = Examples { images, ..set.examples(self.pre.input.image_len()) };
+        for (labels, landmarks) in truths {
+            ex.labels.extend(labels);
+            ex.landmarks.extend(landmarks);
         }
         Ok(ex)
     }
 
-    fn failed(&self, key: &str, e: anyhow::Error) -> Result<()> {
-        if self.strict {
-            bail!("{key}: {e:#}");
+    /// Sample `i` of `set`, decoded into `pixels` from its crop `window`: its landmarks, where
+    /// `set` trains them, as fractions of the crop, and with a `seed` its distortion, the
+    /// landmarks moved with the pixels and the labels those of the mirror image where it mirrors.
+    fn stage(&self, set: &LabeledImages, i: usize, seed: Option<u64>, pixels: &mut [f32], window: Window) -> Truth {
+        let sample = &set.samples[i];
+        let mut landmarks = match (set.landmarks, sample.landmarks) {
+            (true, Some(l)) => Some(Landmarks { fractions: window.to_fractions(&l), window: [window.w, window.h] }),
+            _ => None,
+        };
+        if let Some(seed) = seed {
+            self.distortions.apply(pixels, &self.pre.input, seed);
+            if let Some(l) = &mut landmarks {
+                self.distortions.move_landmarks(&mut l.fractions, &self.pre.input, seed);
+            }
         }
-        if self.failed.lock().expect("not poisoned").insert(key.to_string()) {
-            eprintln!("skipped {key}: {e:#}");
-        }
-        Ok(())
+        let mirrored = seed.is_some_and(|s| self.distortions.mirrors(s));
+        (set.mirror.labels(set.classes_of(i), mirrored), landmarks)
     }
 
-    /// Images that could not be read so far.
-    pub fn failures(&self) -> Vec<String> {
-        self.failed.lock().expect("not poisoned").iter().cloned().collect()
+    /// Images that could not be read so far, each once, in the order reported.
+    pub fn skipped(&self) -> Vec<Skipped> {
+        self.skips.all()
     }
 }

@@ -173,7 +173,7 @@ fn write_synthetic(path: &Path, n: usize, dim: usize, rng: &mut Rng, mut draw: i
     }
     let rows = Rows {
         features: &features,
-        paths: paths.iter().map(String::as_str).collect(),
+        paths: paths.iter().map(std::ffi::OsStr::new).collect(),
         labels: labels.iter().map(|l| l.as_slice()).collect(),
         landmarks: vec![None; n],
         source_index: (0..n as i64).collect(),
