@@ -1,7 +1,7 @@
 //! Training benchmark: forward-only vs train-step images/s for each network, same batch, one run.
 //!
 //! cargo bench --bench train -- [--batch 64] [--repeats 5] [--device cpu|cuda] [--threads N]
-//!                              [--micro 8,32] [--only tcdcn|cascade_cnn|inception]
+//!                              [--micro 8,32] [--only tcdcn|cascade_cnn|inception] [--peer]
 //!
 //! For TCDCN and Cascade-CNN (onnx/*.onnx) it makes Adam training artifacts if missing
 //! (target/bench-artifacts/), then on one random batch measures the eval graph (forward only)
@@ -15,6 +15,13 @@
 //! micro-batches whose gradients are summed (accumulate_bM.onnx) before one RMSprop update
 //! (update.onnx), against the eval graph's forward at the micro-batch; images/s of both, their
 //! ratio, and the seconds of the batch-100 step.
+//!
+//! `--peer` also runs the Keras twin of each network (benches/keras_peer.py, with
+//! $RETRAIN_TF_PYTHON or .venv-tf/bin/python, TensorFlow 2.15.1 from `scripts/setup.sh
+//! --faceres`) right after retrain's measurement of it, on the same batch (written to
+//! target/bench-artifacts/keras-peer/) with the same timing, and prints `ratio retrain step /
+//! keras step` and `ratio retrain forward / keras forward` (seconds over seconds: below 1 means
+//! retrain is faster) and, for InceptionV3, the batch-100 phase-2 step of both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,10 +43,11 @@ struct Args {
     threads: Option<usize>,
     micro: Vec<usize>,
     only: Option<String>,
+    peer: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { batch: 64, repeats: 5, device: Device::Cpu, threads: None, micro: vec![8, 32], only: None };
+    let mut a = Args { batch: 64, repeats: 5, device: Device::Cpu, threads: None, micro: vec![8, 32], only: None, peer: false };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -51,6 +59,11 @@ fn args() -> Args {
             "--threads" => a.threads = Some(value().parse().expect("--threads N")),
             "--micro" => a.micro = value().split(',').map(|m| m.parse().expect("--micro M1,M2")).collect(),
             "--only" => a.only = Some(value()),
+            "--peer" => {
+                a.peer = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1; // cargo's own flags, such as --bench
                 continue;
@@ -131,7 +144,15 @@ fn seconds_per_call(repeats: usize, mut f: impl FnMut()) -> f64 {
     t.elapsed().as_secs_f64() / repeats as f64
 }
 
-fn bench(net: &str, a: &Args) {
+/// What one measurement gives the Keras peer: seconds of a forward call and of a step (for
+/// InceptionV3 the forward at the micro-batch and the batch-100 step), and the batch used.
+struct Measured {
+    forward: f64,
+    step: f64,
+    images: Vec<f32>,
+}
+
+fn bench(net: &str, a: &Args) -> Measured {
     let artifacts = Artifacts::open(&artifacts_for(net, a.batch)).expect("artifacts");
     let m = artifacts.manifest.clone();
     let init = Checkpoint::read(&artifacts.dir.join(&m.checkpoint)).expect("init.h5");
@@ -173,10 +194,11 @@ fn bench(net: &str, a: &Args) {
         train / forward,
         (train - forward) / forward
     );
+    Measured { forward, step: train, images }
 }
 
 /// Phase 2 of the InceptionV3 fine-tuning: a batch-100 optimizer step at micro-batch `micro`.
-fn bench_inception(micro: usize, a: &Args) {
+fn bench_inception(micro: usize, a: &Args) -> Measured {
     const BATCH: usize = 100;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("target/bench-artifacts/inception-finetune");
@@ -235,6 +257,128 @@ fn bench_inception(micro: usize, a: &Args) {
         "inception_v3",
         forward_rate / train_rate,
     );
+    Measured { forward, step: train, images }
+}
+
+/// The Keras twin (benches/keras_peer.py) in the TensorFlow venv.
+struct Peer {
+    python: PathBuf,
+    threads: usize,
+}
+
+impl Peer {
+    /// $RETRAIN_TF_PYTHON, else .venv-tf/bin/python; None (and the SKIP line) if it is missing.
+    fn find(a: &Args) -> Option<Peer> {
+        if a.device != Device::Cpu {
+            println!("SKIP keras peer: it runs tensorflow-cpu, the bench ran on {}", a.device);
+            return None;
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let chosen = std::env::var_os("RETRAIN_TF_PYTHON").map(PathBuf::from);
+        let python = chosen.clone().unwrap_or_else(|| root.join(".venv-tf/bin/python"));
+        if !python.exists() {
+            match chosen {
+                Some(p) => println!("SKIP keras peer: RETRAIN_TF_PYTHON={} missing", p.display()),
+                None => println!("SKIP keras peer: .venv-tf missing (scripts/setup.sh --faceres makes it)"),
+            }
+            return None;
+        }
+        let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Some(Peer { python, threads })
+    }
+
+    /// Runs the script on `net` (tcdcn, cascade_cnn or inception at `micro`) with the batch
+    /// retrain measured; the JSON entry of the network, or None after saying why.
+    fn run(&self, net: &str, key: &str, micro: Option<usize>, a: &Args, images: &[f32]) -> Option<serde_json::Value> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/bench-artifacts/keras-peer");
+        std::fs::create_dir_all(&dir).expect("make target/bench-artifacts/keras-peer");
+        let inputs = dir.join(format!("{key}.f32"));
+        let bytes: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&inputs, bytes).expect("write the peer's batch");
+        let mut command = Command::new(&self.python);
+        command
+            .arg(root.join("benches/keras_peer.py"))
+            .args(["--only", net, "--batch", &a.batch.to_string()])
+            .args(["--repeats", &a.repeats.to_string(), "--inception-repeats", &a.repeats.min(3).to_string()])
+            .args(["--threads", &self.threads.to_string()])
+            .arg("--inputs")
+            .arg(&inputs);
+        if let Some(m) = micro {
+            command.args(["--micro", &m.to_string()]);
+        }
+        let out = command.stderr(std::process::Stdio::inherit()).output();
+        let _ = std::fs::remove_file(&inputs);
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                println!("keras peer: could not run {}: {e}", self.python.display());
+                return None;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let parsed = serde_json::from_str::<serde_json::Value>(text.trim()).ok();
+        match parsed.as_ref().and_then(|v| v.get("networks")).and_then(|n| n.get(key)) {
+            Some(entry) if out.status.success() => Some(entry.clone()),
+            _ => {
+                println!("keras peer failed on {key} ({}): {text}", out.status);
+                None
+            }
+        }
+    }
+
+    /// The peer's line and the two ratios after retrain's own line for `net`.
+    fn compare(&self, net: &str, a: &Args, ours: &Measured) {
+        let key = net.to_string();
+        let Some(k) = self.run(net, &key, None, a, &ours.images) else { return };
+        let (forward, step) = (seconds(&k, "forward_s"), seconds(&k, "step_s"));
+        let n = a.batch as f64;
+        println!(
+            "{:12} batch {}: forward {:8.1} images/s | train step {:7.1} images/s | step/forward {:.2} | keras {}, {} parameters, {} intra-op threads, 1 inter-op",
+            format!("{net} keras"),
+            a.batch,
+            n / forward,
+            n / step,
+            step / forward,
+            k["tf_version"].as_str().unwrap_or("?"),
+            k["params"],
+            k["intra_op_threads"],
+        );
+        println!("ratio retrain step / keras step: {:.3} ({net}, batch {})", ours.step / step, a.batch);
+        println!("ratio retrain forward / keras forward: {:.3} ({net}, batch {})", ours.forward / forward, a.batch);
+    }
+
+    /// The same for InceptionV3's phase 2 at micro-batch `micro`.
+    fn compare_inception(&self, micro: usize, a: &Args, ours: &Measured) {
+        let key = format!("inception_v3_micro{micro}");
+        let Some(k) = self.run("inception", &key, Some(micro), a, &ours.images) else { return };
+        let (forward, step) = (seconds(&k, "forward_s"), seconds(&k, "batch100_step_s"));
+        let (batch, pieces) = (k["batch"].as_u64().unwrap_or(100), k["pieces"].as_u64().unwrap_or(0));
+        println!(
+            "{:12} micro {micro:3}: forward {:8.1} images/s | train step {:7.1} images/s | step/forward {:.2} | batch-{batch} step {step:.1} s ({pieces} micro-batches + update) | keras {}, {} intra-op threads, 1 inter-op",
+            "inception_v3 keras",
+            micro as f64 / forward,
+            batch as f64 / step,
+            (micro as f64 / forward) / (batch as f64 / step),
+            k["tf_version"].as_str().unwrap_or("?"),
+            k["intra_op_threads"],
+        );
+        println!("batch-{batch} phase-2 step, micro {micro}: retrain {:.1} s | keras {step:.1} s", ours.step);
+        println!("ratio retrain step / keras step: {:.3} (inception_v3 micro {micro}, batch-{batch} step)", ours.step / step);
+        println!("ratio retrain forward / keras forward: {:.3} (inception_v3 micro {micro})", ours.forward / forward);
+    }
+}
+
+fn seconds(entry: &serde_json::Value, field: &str) -> f64 {
+    entry[field].as_f64().unwrap_or_else(|| panic!("the keras peer's JSON has no {field}: {entry}"))
+}
+
+/// The CPU model and core count, as `cargo bench --bench extract` names the machine.
+fn cpu_line() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model =
+        info.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_else(|| "unknown".into());
+    format!("cpu {model}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()))
 }
 
 fn main() {
@@ -245,9 +389,18 @@ fn main() {
         return;
     }
     println!("device {}, {} repeats after one warm-up, same random batch for both", a.device, a.repeats);
+    let peer = if a.peer {
+        println!("{}", cpu_line());
+        Peer::find(&a)
+    } else {
+        None
+    };
     let wanted = |net: &str| a.only.as_deref().is_none_or(|o| o == net);
     for net in ["tcdcn", "cascade_cnn"].into_iter().filter(|n| wanted(n)) {
-        bench(net, &a);
+        let ours = bench(net, &a);
+        if let Some(p) = &peer {
+            p.compare(net, &a, &ours);
+        }
     }
     if !wanted("inception") {
         return;
@@ -257,6 +410,9 @@ fn main() {
         return;
     }
     for &micro in &a.micro {
-        bench_inception(micro, &a);
+        let ours = bench_inception(micro, &a);
+        if let Some(p) = &peer {
+            p.compare_inception(micro, &a, &ours);
+        }
     }
 }
