@@ -44,6 +44,7 @@ impl Draws {
 }
 
 impl Distortions {
+    /// Whether no distortion is on (training images are then used as they are).
     pub fn is_off(&self) -> bool {
         !self.flip && !self.resamples() && self.brightness_percent == 0.0
     }

@@ -47,7 +47,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
+// The library's API, each step of the data flow a module.
 pub mod augment;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod cache;
@@ -55,13 +55,8 @@ pub mod cache;
 pub mod dataset;
 pub mod description;
 pub mod eval;
-#[doc(hidden)]
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
-pub mod examples;
 pub mod export;
 pub mod extract;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
-pub mod fault;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod finetune;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
@@ -71,25 +66,35 @@ pub mod locate;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod metrics;
 pub mod model;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
-pub mod onnx;
-pub mod plot;
 pub mod predict;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod preprocess;
-pub mod progress;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod quantize;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
-pub mod rng;
 pub mod runs;
 pub mod runtime;
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
-pub mod stream;
+pub mod train;
+
+// The study's report, built on the API above; nothing in it is imported by the rest.
 #[allow(missing_docs)] // documented in part; the lint is turned on module by module
 pub mod study;
-#[allow(missing_docs)] // documented in part; the lint is turned on module by module
-pub mod train;
+
+// Internals that the tests and benchmarks reach, left out of the documented API.
+#[doc(hidden)]
+pub mod examples;
+#[doc(hidden)]
+pub mod fault;
+#[doc(hidden)]
+pub mod onnx;
+#[doc(hidden)]
+pub mod plot;
+#[doc(hidden)]
+pub mod progress;
+#[doc(hidden)]
+pub mod rng;
+#[doc(hidden)]
+pub mod stream;
 
 use std::path::Path;
 
