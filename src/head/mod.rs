@@ -43,7 +43,24 @@ pub struct HeadOptions {
     pub sgd: SgdParams,
 }
 
+/// Parameters -> fit -> a head that predicts, in linfa's manner:
+///
+/// ```
+/// use retrain::cache::Cache;
+/// use retrain::head::{ClassWeight, HeadOptions, Solver};
+/// # let dir = tempfile::tempdir()?;
+/// # let cache_path = retrain::examples::cache(dir.path())?;
+///
+/// let cache = Cache::read(&cache_path)?;
+/// let params = HeadOptions::new("class", Solver::Linfa).with_class_weight(ClassWeight::Balanced).with_seed(7);
+/// let head = params.fit(&cache, &cache_path)?.head;
+/// let labels = head.predict_labels(cache.features.view());
+/// assert_eq!((labels[0], labels[labels.len() - 1]), ("dark", "light"));
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 impl HeadOptions {
+    /// Defaults for `attribute` fitted by `solver`: seed 0, standardised features, no class
+    /// weighting, the solver's own validation share and parameters.
     pub fn new(attribute: &str, solver: Solver) -> Self {
         HeadOptions {
             attribute: attribute.to_string(),
@@ -55,6 +72,37 @@ impl HeadOptions {
             linfa: LinfaParams::default(),
             sgd: SgdParams::default(),
         }
+    }
+
+    /// The seed of the validation split and of SGD's batches.
+    pub fn with_seed(self, seed: u64) -> Self {
+        HeadOptions { seed, ..self }
+    }
+
+    /// The loss weight of each class.
+    pub fn with_class_weight(self, class_weight: ClassWeight) -> Self {
+        HeadOptions { class_weight, ..self }
+    }
+
+    /// The percentage of training rows held out for validation.
+    pub fn with_validation_percent(self, percent: f64) -> Self {
+        HeadOptions { validation_percent: Some(percent), ..self }
+    }
+
+    /// The linfa solver's parameters (C, iterations, precision).
+    pub fn with_linfa(self, linfa: LinfaParams) -> Self {
+        HeadOptions { linfa, ..self }
+    }
+
+    /// The SGD solver's parameters (learning rate, batch, steps).
+    pub fn with_sgd(self, sgd: SgdParams) -> Self {
+        HeadOptions { sgd, ..self }
+    }
+
+    /// Fits a head on the labelled rows of `cache` (read from `cache_path`, recorded with it):
+    /// [`train`] without a learning-curve callback.
+    pub fn fit(&self, cache: &Cache, cache_path: &Path) -> Result<Trained> {
+        train(cache, cache_path, self, &mut |_| {})
     }
 }
 
@@ -72,6 +120,16 @@ impl Head {
     /// Class probabilities for raw (unstandardised) features.
     pub fn probabilities(&self, x: ArrayView2<f32>) -> Array2<f32> {
         softmax::probabilities(self.standardizer.apply(x).view(), self.weights.view(), &self.bias)
+    }
+
+    /// The most probable class (its index into `info.labels`) of each row of raw features.
+    pub fn predict(&self, x: ArrayView2<f32>) -> Vec<usize> {
+        self.probabilities(x).rows().into_iter().map(softmax::argmax).collect()
+    }
+
+    /// The most probable class name of each row of raw features.
+    pub fn predict_labels(&self, x: ArrayView2<f32>) -> Vec<&str> {
+        self.predict(x).into_iter().map(|k| self.info.labels[k].as_str()).collect()
     }
 
     /// Writes `path` (the ONNX head) and its history next to it.
