@@ -3,7 +3,7 @@
 //! Layout (readable by h5py):
 //! - `/features` [N, D] float32, chunked and resizable along N
 //! - `/paths` \[N\] UTF-8 strings, the data set's own names for the images (byte for byte: a name
-//!   that is not UTF-8 is stored escaped and its row listed in `/paths_escaped`, see [`names`])
+//!   that is not UTF-8 is stored escaped and its row listed in `/paths_escaped`, see src/cache/names.rs)
 //! - `/labels` [N, C] int32 (MTFL: gender, smile, glasses, pose in MTFL coding; -1 = unknown)
 //! - `/landmarks` [N, 10] float32 (x1..x5, y1..y5; NaN where the data set has none)
 //! - `/source_index` \[N\] int64, each row's position in the full image list, so shards of one
