@@ -224,3 +224,28 @@ fn split_keeps_the_rows_of_one_part() {
     let o = extract_labels(&file, &dir.path().join("bad.h5"), &["--split", "testing"]);
     assert!(stderr(&o).contains("--labels takes --split train, val or test"), "{}", stderr(&o));
 }
+
+#[test]
+fn landmarks_of_a_label_file_place_the_face_crop() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("photos");
+    let mut csv = String::from("path,x1,x2,x3,x4,x5,y1,y2,y3,y4,y5,hair\n");
+    for i in 0..4u32 {
+        let p = root.join(format!("{i}.jpg"));
+        std::fs::create_dir_all(&root).unwrap();
+        picture(i, 80, 80).save(&p).unwrap();
+        csv.push_str(&format!("{i}.jpg,30,50,40,32,48,35,35,45,60,60,{}\n", ["x", "y"][i as usize % 2]));
+    }
+    csv.push_str("plain.jpg,,,,,,,,,,,x\n");
+    picture(9, 80, 80).save(root.join("plain.jpg")).unwrap();
+    let file = root.join("l.csv");
+    std::fs::write(&file, csv).unwrap();
+    let out = dir.path().join("face.h5");
+    let o = extract_labels(&file, &out, &["--crop", "face"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = Cache::read(&out).unwrap();
+    assert_eq!(c.paths.len(), 4);
+    assert_eq!(c.landmarks.row(0).to_vec(), vec![30., 50., 40., 32., 48., 35., 35., 45., 60., 60.]);
+    assert_eq!(c.skipped.len(), 1, "the row without landmarks cannot be face-cropped: {:?}", c.skipped);
+    assert!(c.skipped[0].reason.contains("landmarks"), "{:?}", c.skipped);
+}
