@@ -119,6 +119,7 @@ pub fn extract(dataset: &Dataset, model: &mut Model, opts: &ExtractOptions) -> R
         source: dataset.source.clone(),
         label_columns: dataset.label_columns.clone(),
         class_names: dataset.class_names.clone(),
+        column_class_names: dataset.column_class_names.clone(),
         shard: opts.shard,
     };
     if opts.strict && !dataset.problems.is_empty() {

@@ -343,6 +343,7 @@ fn a_program_started_while_a_cache_is_open_does_not_inherit_it() {
         source: "test".into(),
         label_columns: vec!["class".into()],
         class_names: vec![],
+        column_class_names: Default::default(),
         shard: Shard::WHOLE,
     };
     let _writer = CacheWriter::open_or_create(&path, &id, 4).unwrap();

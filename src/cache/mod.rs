@@ -60,8 +60,14 @@ pub struct Identity {
     pub source: String,
     pub label_columns: Vec<String>,
     pub class_names: Vec<String>,
+    /// Label files: each label column's class names (stored as the `column_class_names`
+    /// attribute, written only when not empty, so caches of the other layouts are unchanged).
+    pub column_class_names: ColumnClassNames,
     pub shard: Shard,
 }
+
+/// Class names per label column, index = label code.
+pub type ColumnClassNames = std::collections::BTreeMap<String, Vec<String>>;
 
 /// Which part of the image list this file holds: `index` of `count` (0 of 1 = everything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,6 +340,9 @@ fn write_layout(path: &Path, id: &Identity, dim: usize) -> Result<hdf5::File> {
     }
     write_str_attr(&file, "label_columns", &id.label_columns.join(","))?;
     write_str_attr(&file, "class_names", &serde_json::to_string(&id.class_names)?)?;
+    if !id.column_class_names.is_empty() {
+        write_str_attr(&file, "column_class_names", &serde_json::to_string(&id.column_class_names)?)?;
+    }
     write_str_attr(&file, "created", &chrono::Utc::now().to_rfc3339())?;
     write_str_attr(&file, "tool_version", &format!("retrain {}", env!("CARGO_PKG_VERSION")))?;
     for (key, value) in [("format_version", FORMAT_VERSION), ("shard_index", id.shard.index as i64), ("shard_count", id.shard.count as i64)] {
@@ -445,6 +454,11 @@ fn check_identity(file: &hdf5::File, id: &Identity, dim: usize) -> Result<()> {
     if columns != id.label_columns.join(",") {
         bail!("label_columns differ: '{columns}' vs '{}'", id.label_columns.join(","));
     }
+    let classes = read_column_class_names(file)?;
+    if classes != id.column_class_names {
+        let show = |c: &ColumnClassNames| serde_json::to_string(c).unwrap_or_default();
+        bail!("column_class_names differ: '{}' vs '{}'", show(&classes), show(&id.column_class_names));
+    }
     let shard = Shard { index: read_i64_attr(file, "shard_index")? as usize, count: read_i64_attr(file, "shard_count")? as usize };
     if shard != id.shard {
         bail!("the file holds shard {}/{}, this run asks for {}/{}", shard.index, shard.count, id.shard.index, id.shard.count);
@@ -512,6 +526,15 @@ pub fn write_str_attr(loc: &hdf5::Location, name: &str, value: &str) -> Result<(
 pub fn read_str_attr(loc: &hdf5::Location, name: &str) -> Result<String> {
     let v: VarLenUnicode = loc.attr(name).with_context(|| format!("attribute '{name}' missing"))?.read_scalar()?;
     Ok(v.as_str().to_string())
+}
+
+/// The `column_class_names` attribute; empty where a cache has none (every cache but a label
+/// file's).
+pub fn read_column_class_names(loc: &hdf5::Location) -> Result<ColumnClassNames> {
+    if !loc.attr_names()?.iter().any(|n| n == "column_class_names") {
+        return Ok(ColumnClassNames::new());
+    }
+    Ok(serde_json::from_str(&read_str_attr(loc, "column_class_names")?)?)
 }
 
 pub fn read_i64_attr(loc: &hdf5::Location, name: &str) -> Result<i64> {

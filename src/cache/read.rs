@@ -23,6 +23,8 @@ pub struct Cache {
     pub skipped: Vec<Skipped>,
     pub label_columns: Vec<String>,
     pub class_names: Vec<String>,
+    /// Label files: each label column's class names (see [`super::Identity`]).
+    pub column_class_names: super::ColumnClassNames,
     pub model_sha256: String,
     pub output: String,
     pub preprocess: String,
@@ -50,6 +52,7 @@ impl Cache {
                 skipped: skipped(&file, skipped_len)?,
                 label_columns: read_str_attr(&file, "label_columns")?.split(',').map(str::to_string).collect(),
                 class_names: serde_json::from_str(&read_str_attr(&file, "class_names")?)?,
+                column_class_names: super::read_column_class_names(&file)?,
                 model_sha256: read_str_attr(&file, "model_sha256")?,
                 output: read_str_attr(&file, "output")?,
                 preprocess: read_str_attr(&file, "preprocess")?,
@@ -98,6 +101,7 @@ impl Cache {
             source: self.source.clone(),
             label_columns: self.label_columns.clone(),
             class_names: self.class_names.clone(),
+            column_class_names: self.column_class_names.clone(),
             shard: self.shard,
         }
     }

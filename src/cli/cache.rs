@@ -39,6 +39,9 @@ fn info(path: &Path) -> Result<()> {
     println!("{}: {} rows x {} features", path.display(), c.features.nrows(), c.features.ncols());
     println!("source: {}\nmodel sha256: {}\noutput: {}\npreprocess: {}", c.source, c.model_sha256, c.output, c.preprocess);
     println!("labels: {}", c.label_columns.join(", "));
+    for (column, names) in &c.column_class_names {
+        println!("  {column}: {}", names.join(", "));
+    }
     println!(
         "shard: {}/{}; images {} of {} done{}",
         c.shard.index,

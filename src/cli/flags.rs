@@ -55,30 +55,53 @@ pub struct CropArgs {
     pub crop: Crop,
 }
 
-/// A data set: MTFL's annotation files or class folders.
+/// A data set: MTFL's annotation files, class folders or a label file.
 #[derive(Args)]
 pub struct DataArgs {
     /// MTFL folder (holding training.txt, testing.txt and the images).
-    #[arg(long, requires = "split", conflicts_with = "folders")]
+    #[arg(long, requires = "split", conflicts_with_all = ["folders", "labels"])]
     pub mtfl: Option<PathBuf>,
-    /// Which MTFL annotation file to read.
-    #[arg(long, value_parser = ["training", "testing"])]
+    /// With --mtfl: which annotation file to read (training, testing). With --labels: only the
+    /// rows whose split cell is train, val or test.
+    #[arg(long, value_parser = ["training", "testing", "train", "val", "test"])]
     pub split: Option<String>,
     /// Class-folder layout instead of MTFL: DIR/<class>/*.jpg.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "labels")]
     pub folders: Option<PathBuf>,
+    /// A label file: CSV with a header path,ATTR,... (paths relative to its folder; optional
+    /// x1..x5,y1..y5 landmark and split columns; see docs/formats.md).
+    #[arg(long, value_name = "FILE.csv")]
+    pub labels: Option<PathBuf>,
+    /// With --labels: accept paths that lead outside the CSV's folder (`..`, symlinks, absolute).
+    #[arg(long, requires = "labels")]
+    pub allow_outside: bool,
 }
 
 impl DataArgs {
     pub fn given(&self) -> bool {
-        self.mtfl.is_some() || self.folders.is_some()
+        self.mtfl.is_some() || self.folders.is_some() || self.labels.is_some()
     }
 
     pub fn load(&self) -> Result<Dataset> {
-        match (&self.mtfl, &self.folders) {
-            (Some(root), None) => mtfl::load(root, self.split.as_deref().unwrap_or("training").parse()?),
-            (None, Some(root)) => dataset::folders::load(root),
-            _ => anyhow::bail!("give either --mtfl DIR --split training|testing, or --folders DIR"),
+        let split = self.split.as_deref();
+        match (&self.mtfl, &self.folders, &self.labels) {
+            (Some(root), None, None) => match split {
+                Some("train" | "val" | "test") => anyhow::bail!("--mtfl takes --split training or testing"),
+                _ => mtfl::load(root, split.unwrap_or("training").parse()?),
+            },
+            (None, Some(root), None) => match split {
+                Some(s) => anyhow::bail!("--split {s}: class folders have no splits (give each split its own folder)"),
+                None => dataset::folders::load(root),
+            },
+            (None, None, Some(csv)) => {
+                let only = match split {
+                    Some("training" | "testing") => anyhow::bail!("--labels takes --split train, val or test (the file's split column)"),
+                    Some(s) => Some(s.parse()?),
+                    None => None,
+                };
+                dataset::labels::load(csv, &dataset::labels::LabelOptions { allow_outside: self.allow_outside, only })
+            }
+            _ => anyhow::bail!("give one data set: --mtfl DIR --split training|testing, --folders DIR or --labels FILE.csv"),
         }
     }
 }

@@ -16,7 +16,7 @@ pub struct QuantizeArgs {
     /// The fp32 ONNX backbone (described by retrain.* metadata or a sidecar).
     #[arg(long)]
     model: PathBuf,
-    /// Static quantisation calibrated on images of --mtfl/--split or --folders (else dynamic:
+    /// Static quantisation calibrated on images of --mtfl/--split, --folders or --labels (else dynamic:
     /// weights only, no images needed).
     #[arg(long)]
     calibrate: bool,
@@ -46,7 +46,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let model = Model::load(&a.model, &SessionConfig::new(Device::Cpu), None)?;
     let given = a.source.given();
     if given != a.calibrate {
-        anyhow::bail!("--calibrate and images (--mtfl DIR --split S, or --folders DIR) go together: with both, static quantisation; with neither, dynamic");
+        anyhow::bail!(
+            "--calibrate and images (--mtfl DIR --split S, --folders DIR or --labels FILE) go together: with both, static quantisation; with neither, dynamic"
+        );
     }
     let dataset = if a.calibrate { Some(a.source.load()?) } else { None };
     let opts = quantize::QuantizeOptions {

@@ -31,7 +31,15 @@ pub fn load(root: &Path) -> Result<Dataset> {
         }
     }
     let class_names = classes.iter().map(|c| c.to_string_lossy().into_owned()).collect();
-    Ok(Dataset { source: format!("folders:{}", root.display()), label_columns: vec!["class".to_string()], class_names, samples, problems: Vec::new() })
+    Ok(Dataset {
+        source: format!("folders:{}", root.display()),
+        label_columns: vec!["class".to_string()],
+        class_names,
+        column_class_names: Default::default(),
+        parts: Vec::new(),
+        samples,
+        problems: Vec::new(),
+    })
 }
 
 fn is_image_name(name: &OsStr) -> bool {

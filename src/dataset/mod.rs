@@ -1,13 +1,15 @@
 //! Data sets: where images are and what is known about them.
 //!
-//! Two layouts are read: MTFL annotation files and TensorFlow retrain.py-style class folders.
-//! Both yield [`Sample`]s; the rest of the pipeline never looks at the layout again.
+//! Three layouts are read: MTFL annotation files, TensorFlow retrain.py-style class folders and
+//! label files (a CSV of paths and class names). All yield [`Sample`]s; the rest of the pipeline never looks at the layout again.
 
 pub mod folders;
+pub mod labels;
 pub mod mtfl;
 pub mod split;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,12 @@ pub struct Dataset {
     pub label_columns: Vec<String>,
     /// For class folders: the class names, index = label value.
     pub class_names: Vec<String>,
+    /// For label files: each label column's class names, index = label value (empty for the
+    /// other layouts).
+    pub column_class_names: BTreeMap<String, Vec<String>>,
+    /// For label files with a `split` column: each sample's `split` cell (`None`: empty), in
+    /// the order of `samples`; empty when the source has no such column.
+    pub parts: Vec<Option<labels::Part>>,
     pub samples: Vec<Sample>,
     /// Lines of the listing that could not be used; the rest is kept.
     pub problems: Vec<Skipped>,

@@ -60,6 +60,8 @@ pub fn load(root: &Path, split: Split) -> Result<Dataset> {
         source: format!("mtfl:{}", split.name()),
         label_columns: MTFL_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
         class_names: Vec::new(),
+        column_class_names: Default::default(),
+        parts: Vec::new(),
         samples: parsed.samples,
         problems,
     })

@@ -30,9 +30,16 @@ pub struct Classes {
 }
 
 impl Classes {
-    /// MTFL attributes by name; class folders (`class` column) from the cache's class names.
+    /// A label file's columns from the cache's `column_class_names`; MTFL attributes by name;
+    /// class folders (`class` column) from the cache's class names.
     pub fn of(cache: &Cache, attribute: &str) -> Result<Classes> {
         cache.label_column(attribute)?;
+        if let Some(names) = cache.column_class_names.get(attribute) {
+            if names.is_empty() {
+                bail!("attribute '{attribute}': no row of the label file gives it a class");
+            }
+            return Ok(Classes { attribute: attribute.to_string(), labels: names.clone(), codes: (0..names.len() as i32).collect() });
+        }
         if let Some(classes) = Self::mtfl(attribute) {
             return Ok(classes);
         }

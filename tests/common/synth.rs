@@ -158,6 +158,7 @@ fn write_synthetic(path: &Path, n: usize, dim: usize, rng: &mut Rng, mut draw: i
         source: "synthetic".into(),
         label_columns: retrain::dataset::MTFL_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
         class_names: Vec::new(),
+        column_class_names: Default::default(),
         shard: Shard::WHOLE,
     };
     let mut writer = CacheWriter::open_or_create(path, &id, dim).unwrap();
