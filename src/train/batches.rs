@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use super::artifacts::Manifest;
+pub use super::data::Pick;
 use super::data::{Examples, LabeledImages};
 use super::decode::Decoder;
 use crate::augment::Distortions;
@@ -18,20 +19,6 @@ use crate::model::Model;
 use crate::preprocess::InputSpec;
 use crate::rng;
 use anyhow::{Context, Result};
-
-/// A row of a step: its image and the epoch (pass over the rows) it is drawn in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pick {
-    pub index: usize,
-    pub epoch: u64,
-}
-
-impl Pick {
-    /// The seed of this row's distortion.
-    pub fn distortion_seed(&self, seed: u64) -> u64 {
-        rng::distortion_seed(seed, self.epoch, self.index)
-    }
-}
 
 /// How the steps walk through the rows; every epoch is a new seeded shuffle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -290,6 +290,20 @@ impl Subsets {
     }
 }
 
+/// A row of a step: its image and the epoch (pass over the rows) it is drawn in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub index: usize,
+    pub epoch: u64,
+}
+
+impl Pick {
+    /// The seed of this row's distortion.
+    pub fn distortion_seed(&self, seed: u64) -> u64 {
+        crate::rng::distortion_seed(seed, self.epoch, self.index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,7 @@
 
 use anyhow::{bail, Result};
 
-use super::batches::Pick;
-use super::data::{Examples, LabeledImages, Landmarks};
+use super::data::{Examples, LabeledImages, Landmarks, Pick};
 use crate::augment::Distortions;
 use crate::dataset::Skipped;
 use crate::preprocess::{Preprocess, Window};
