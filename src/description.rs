@@ -199,8 +199,13 @@ impl Description {
 
     /// The description of the ONNX file `path` whose bytes are `bytes`: its metadata, else its sidecar.
     pub fn of_file(path: &Path, bytes: &[u8]) -> Result<Description> {
-        let described = Description::from_metadata(&crate::onnx::read_metadata(bytes)?).with_context(|| format!("model description of {}", path.display()))?;
-        match described {
+        Description::of_model(path, &crate::onnx::read_metadata(bytes)?)
+    }
+
+    /// The description of the model file `path` whose metadata entries are `entries`: theirs,
+    /// else the sidecar's.
+    pub fn of_model(path: &Path, entries: &[(String, String)]) -> Result<Description> {
+        match Description::from_metadata(entries).with_context(|| format!("model description of {}", path.display()))? {
             Some(d) => Ok(d),
             None => Description::from_sidecar(path),
         }

@@ -110,10 +110,7 @@ fn read_description(path: &Path, session: &Session) -> Result<Description> {
     let meta = session.metadata().map_err(|e| anyhow!("{e}"))?;
     let keys = meta.custom_keys().map_err(|e| anyhow!("{e}"))?;
     let entries: Vec<(String, String)> = keys.iter().filter_map(|k| Some((k.clone(), meta.custom(k)?))).collect();
-    match Description::from_metadata(&entries).with_context(|| format!("model description of {}", path.display()))? {
-        Some(d) => Ok(d),
-        None => Description::from_sidecar(path),
-    }
+    Description::of_model(path, &entries)
 }
 
 fn check_input(session: &Session, name: &str, spec: &InputSpec) -> Result<()> {

@@ -4,6 +4,8 @@
 //! scaling and layout (as for any backbone) and the crop the heads were trained on. A model
 //! exported with `--pixel-input` gets each whole decoded image and prepares it itself.
 
+pub mod table;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,6 @@ use anyhow::{bail, Context, Result};
 use crate::dataset::{mtfl, Sample, Skipped};
 use crate::description::ExportedHead;
 use crate::model::Model;
-pub mod table;
-
 use crate::preprocess::{Crop, Preprocess};
 use crate::stream::{Batches, Decoded, Skips, WholeImages};
 use crate::{progress, runtime};
